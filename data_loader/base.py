@@ -1,0 +1,77 @@
+"""Turns a dataset into the train, validation and test DataLoaders, with a seeded validation split."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from data_loader.sampling import ResumableSampler, SeededDataset
+from data_loader.transforms import build_transforms
+from utils.errors import DataError
+
+
+class BaseDataLoader:
+    """Subclasses say how to build the dataset (`make_dataset`); this class does the split and the loaders.
+
+    `validation_split` is a fraction (0.1) or a number of samples (500) of the training files held out for
+    validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples.
+    """
+
+    def __init__(self, batch_size: int = 64, shuffle: bool = True, validation_split: float | int = 0.1,
+                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
+                 drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
+                 target_transform: list | None = None, seed: int = 0):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"data_loader.args.batch_size must be a whole number >= 1, got {batch_size!r}.")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.validation_split = validation_split
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self.seed = seed
+        self.transform = build_transforms(transform, "data_loader.args.transform")
+        self.eval_transform = (build_transforms(eval_transform, "data_loader.args.eval_transform")
+                               if eval_transform is not None else self.transform)
+        self.target_transform = build_transforms(target_transform, "data_loader.args.target_transform")
+        self._split: tuple[list[int], list[int]] | None = None
+
+    def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        """The training files (`train=True`) or the test files, decoded with `transform`."""
+        raise NotImplementedError
+
+    def split(self) -> tuple[list[int], list[int]]:
+        """Indices of the training files used for training and for validation."""
+        if self._split is None:
+            n = len(self.make_dataset(True, None))
+            share = self.validation_split
+            n_val = int(share) if isinstance(share, int) and not isinstance(share, bool) else round(n * float(share))
+            if n_val < 0 or n_val >= n or (isinstance(share, float) and not 0.0 <= share < 1.0):
+                raise DataError(f"data_loader.args.validation_split={share!r} leaves no training samples out of {n}; "
+                                "use a fraction below 1 (e.g. 0.1) or a count below the number of samples.")
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+            self._split = (sorted(order[n_val:]), sorted(order[:n_val]))
+        return self._split
+
+    def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def train_loader(self) -> DataLoader:
+        dataset = self.make_dataset(True, self.transform)
+        with_seeds = self.num_workers > 0
+        sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds)
+        return self._loader(SeededDataset(dataset) if with_seeds else dataset, sampler, self.drop_last)
+
+    def val_loader(self) -> DataLoader | None:
+        val_indices = self.split()[1]
+        if not val_indices:
+            return None
+        return self._loader(Subset(self.make_dataset(True, self.eval_transform), val_indices))
+
+    def test_loader(self) -> DataLoader:
+        return self._loader(self.make_dataset(False, self.eval_transform))

@@ -1,0 +1,67 @@
+"""Data order that can be resumed mid-epoch: a seeded permutation per epoch, started at any position.
+
+With worker processes, each sample also gets its own seed (from the run's seed, the epoch and the sample
+index), so random augmentations do not depend on which worker loads it or where a run was resumed.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+_MASK = 2**63 - 1
+
+
+class ResumableSampler(Sampler):
+    """Yields `indices` in a seeded order per epoch (`set_epoch`), starting after `skip(n)` samples."""
+
+    def __init__(self, indices: Sequence[int], shuffle: bool = True, seed: int = 0, with_seeds: bool = False):
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.with_seeds = with_seeds
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.start = 0
+
+    def skip(self, samples: int) -> None:
+        """Begin the next pass after the first `samples` of this epoch's order (used when resuming)."""
+        self.start = samples
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "start": self.start}
+
+    def __iter__(self) -> Iterator:
+        order = self.indices
+        if self.shuffle:
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) & _MASK)
+            order = order[torch.randperm(len(order), generator=generator)]
+        for index in order[self.start:].tolist():
+            if self.with_seeds:
+                yield index, ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) & _MASK
+            else:
+                yield index
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that `dataset[(index, seed)]` draws its random augmentation from `seed`."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        torch.manual_seed(seed)
+        random.seed(seed)
+        return self.dataset[index]

@@ -1,0 +1,48 @@
+"""Transforms built from the config: a list of `{type, args}` steps from this module or
+`torchvision.transforms.v2`, composed in order."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torchvision.transforms import v2
+
+from utils.config import call_with_args, lookup
+from utils.errors import ConfigError
+
+
+class OneHot:
+    """Target transform: class index -> one-hot float vector (pair it with a loss that takes probabilities,
+    such as CrossEntropyLoss)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def __call__(self, label: int) -> torch.Tensor:
+        return torch.zeros(self.num_classes).scatter_(0, torch.tensor(label), 1.0)
+
+
+def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable | None:
+    """`[{type: ToDtype, args: {dtype: float32, scale: true}}, ...]` -> a composed transform (None if empty)."""
+    if not steps:
+        return None
+    if not isinstance(steps, list):
+        raise ConfigError(f"'{key}' must be a list of {{type, args}} steps, got {steps!r}.")
+    import data_loader.transforms as own
+
+    built = []
+    for i, step in enumerate(steps):
+        where = f"{key}[{i}]"
+        if isinstance(step, str):
+            step = {"type": step}
+        if not isinstance(step, dict) or "type" not in step or set(step) - {"type", "args"}:
+            raise ConfigError(f"'{where}' must be a mapping with 'type' and optional 'args', got {step!r}.")
+        args = dict(step.get("args") or {})
+        if isinstance(args.get("dtype"), str):
+            dtype = getattr(torch, args["dtype"], None)
+            if not isinstance(dtype, torch.dtype):
+                raise ConfigError(f"'{where}.args.dtype' must name a torch dtype such as float32, got {args['dtype']!r}.")
+            args["dtype"] = dtype
+        factory = lookup(step["type"], (own, v2), where, "config")
+        built.append(call_with_args(factory, where, "config", **args))
+    return built[0] if len(built) == 1 else v2.Compose(built)

@@ -1,0 +1,112 @@
+"""Train a model from a config file:  python train.py -c configs/config.yaml [key.path=value ...]
+
+Continue a run (a checkpoint file or a run folder):  python train.py --resume saved/models/<name>/<run_id>
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+
+import torch
+
+import data_loader as module_data
+from model.factory import build_criterion, build_metrics, build_model
+from trainer.checkpoint import check_resume_config, find_checkpoint
+from trainer.signals import StopRequested
+from trainer.trainer import Trainer
+from utils.config import Config, save_config
+from utils.device import configure_backends, select_device
+from utils.errors import ConfigError, TemplateError
+from utils.log import setup_logging
+from utils.rng import seed_everything
+from utils.run import new_run, run_of_checkpoint
+from utils.summary import model_summary
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a model from a YAML (or classic JSON) config.")
+    parser.add_argument("-c", "--config", help="config file, e.g. configs/config.yaml")
+    parser.add_argument("-r", "--resume", help="checkpoint file or run folder to continue")
+    parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
+    parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    parser.add_argument("--lr", type=float, help="sets optimizer.args.lr")
+    parser.add_argument("--bs", "--batch-size", dest="bs", type=int, help="sets data_loader.args.batch_size")
+    parser.add_argument("--epochs", type=int, help="sets trainer.epochs")
+    parser.add_argument("--seed", type=int, help="sets seed")
+    parser.add_argument("--name", help="sets name (the experiment's folder under save_dir)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="set any config key, e.g. optimizer.args.lr=3e-4 trainer.epochs=5")
+    return parser.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
+    if args.config is None and args.resume is None:
+        raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
+    checkpoint_path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
+    config = Config.load(args.config, args.overrides, base=checkpoint["config"] if checkpoint else None,
+                         lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)
+    if checkpoint is not None and args.config is not None:
+        check_resume_config(checkpoint["config"], config.data, config.source)
+    setup_logging(config["trainer"]["verbosity"])
+    if config["seed"] is None:
+        config.data["seed"] = random.SystemRandom().randrange(2**31)
+    seed_everything(config["seed"])
+
+    # Build everything from the config before anything is written to disk: a wrong key fails here.
+    device = select_device(config["device"], config["n_gpu"])
+    trainer_cfg = config["trainer"]
+    configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
+    data = config.init_obj("data_loader", module_data, seed=config["seed"])
+    train_loader, val_loader = data.train_loader(), data.val_loader()
+    model = build_model(config)
+    criterion = build_criterion(config)
+    metrics = build_metrics(config)
+    optimizer = config.init_obj("optimizer", torch.optim, params=[p for p in model.parameters() if p.requires_grad])
+    lr_scheduler = (config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer=optimizer)
+                    if config["lr_scheduler"] else None)
+    trainer = Trainer(model, criterion, metrics, optimizer, config, device, train_loader, val_loader,
+                      lr_scheduler, resume=checkpoint)
+
+    run = run_of_checkpoint(checkpoint_path) if checkpoint else new_run(trainer_cfg["save_dir"], config["name"],
+                                                                         args.run_id)
+    setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
+    if checkpoint:
+        log.info("Resuming %s from %s: epoch %d, batch %d, step %d.", run.run_id, checkpoint_path,
+                 trainer.epoch, trainer.batch_idx, trainer.global_step)
+    log.info("Run %s on %s: checkpoints in %s, logs in %s", run.run_id, device, run.models, run.log)
+    log.info("Data: %d training, %d validation samples", len(train_loader.sampler),
+             len(val_loader.dataset) if val_loader else 0)
+    log.info("%s\n%s", type(model).__name__, model_summary(model))
+    save_config(config.data, run.models / "config.yaml")
+
+    result = trainer.fit(run)
+    if trainer.monitor_key is not None:
+        log.info("Done. Best %s: %.6g, saved in %s", trainer.monitor_key, trainer.best, run.models / "model_best.pth")
+    log.info("Evaluate with: python test.py --resume %s", run.models / "model_best.pth")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        train(args)
+    except TemplateError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except StopRequested as e:
+        log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",
+                    e, e.checkpoint, e.checkpoint.rsplit("/", 1)[0])
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("Interrupted. Continue from the last checkpoint with: python train.py --resume <run folder>")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

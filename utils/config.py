@@ -1,0 +1,312 @@
+"""Read a YAML/JSON config, fill in defaults, apply command-line overrides, and build objects from it.
+
+The config is the API of the template: every key is listed in `DEFAULTS` (and in the README's config
+reference). Objects are built by name with `Config.init_obj(key, *modules)`, which only looks names up in
+the modules the calling code passes (the project's own modules, `torch.nn`, `torch.optim`, ...): a config can
+never import arbitrary code.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from utils.errors import ConfigError
+
+REQUIRED = object()
+
+DEFAULTS: dict[str, Any] = {
+    "name": "experiment",
+    "seed": 0,
+    "device": "auto",
+    "n_gpu": None,
+    "arch": REQUIRED,
+    "data_loader": REQUIRED,
+    "optimizer": REQUIRED,
+    "loss": REQUIRED,
+    "metrics": [],
+    "lr_scheduler": None,
+    "trainer": {
+        "epochs": 10,
+        "save_dir": "saved/",
+        "save_period": 1,
+        "save_top_k": 3,
+        "save_every_steps": 0,
+        "save_every_minutes": 0,
+        "verbosity": 2,
+        "monitor": "off",
+        "early_stop": 0,
+        "tensorboard": False,
+        "log_step": 10,
+        "on_nan": "stop",
+        "amp": "off",
+        "accumulate_grad_batches": 1,
+        "grad_clip_norm": None,
+        "channels_last": False,
+        "compile": False,
+        "cudnn_benchmark": False,
+        "deterministic": False,
+        "matmul_precision": "highest",
+    },
+}
+
+# Keys of a `{type, args}` section besides those two.
+_OBJECT_SECTIONS = {"arch": set(), "data_loader": set(), "optimizer": set(), "lr_scheduler": {"interval"}}
+
+# Short command-line flags and the keys they set.
+SHORT_FLAGS = {
+    "lr": "optimizer.args.lr",
+    "bs": "data_loader.args.batch_size",
+    "epochs": "trainer.epochs",
+    "seed": "seed",
+    "name": "name",
+    "device": "device",
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (plain YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one command-line value the way the config file would (`3e-4` -> float, `[1, 2]` -> list)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict; syntax errors name the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' not found. Pass an existing file with -c, e.g. -c configs/config.yaml.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_Loader)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
+                          "Fix the syntax there (a missing comma or quote is the usual cause).") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}, {where}: invalid YAML ({problem}). Fix the syntax there: indent with spaces, "
+                          "and quote values that contain ': ' or start with a special character.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys (name, arch, data_loader, ...), not {type(data).__name__}.")
+    return data
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _merge_defaults(user: dict[str, Any], defaults: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    unknown = [k for k in user if k not in defaults]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(f"{source}: unknown key '{where}{k}'.{_suggest(k, list(defaults))} "
+                          f"Known keys here: {', '.join(defaults)}.")
+    merged = {}
+    for key, default in defaults.items():
+        if key not in user:
+            if default is REQUIRED:
+                raise ConfigError(f"{source}: the key '{where}{key}' is required. See configs/config.yaml for an example.")
+            merged[key] = copy.deepcopy(default)
+        elif isinstance(default, dict) and isinstance(user[key], dict):
+            merged[key] = _merge_defaults(user[key], default, f"{where}{key}.", source)
+        else:
+            merged[key] = user[key]
+    return merged
+
+
+def _check_object_spec(spec: Any, key: str, source: str, extra: set[str] = frozenset()) -> None:
+    if isinstance(spec, str):
+        return
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"{source}: '{key}' must be a mapping with 'type' and optional 'args', "
+                          f"e.g. {key}: {{type: Name, args: {{}}}}; got {spec!r}.")
+    unknown = set(spec) - {"type", "args"} - set(extra)
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"{source}: unknown key '{key}.{k}'. A '{key}' section takes "
+                          f"{', '.join(['type', 'args', *sorted(extra)])}.")
+    if not isinstance(spec["type"], str):
+        raise ConfigError(f"{source}: '{key}.type' must be a name such as Adam, got {spec['type']!r}.")
+    if spec.get("args") is not None and not isinstance(spec["args"], dict):
+        raise ConfigError(f"{source}: '{key}.args' must be a mapping of argument names to values, got {spec['args']!r}.")
+
+
+def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate section shapes and classic-template spellings once the defaults are in."""
+    for key, extra in _OBJECT_SECTIONS.items():
+        if config[key] is not None:
+            _check_object_spec(config[key], key, source, extra)
+            if isinstance(config[key], str):
+                config[key] = {"type": config[key]}
+            config[key].setdefault("args", {})
+            config[key]["args"] = config[key]["args"] or {}
+    if config["lr_scheduler"] is not None:
+        config["lr_scheduler"].setdefault("interval", "epoch")
+        if config["lr_scheduler"]["interval"] not in ("epoch", "step"):
+            raise ConfigError(f"{source}: 'lr_scheduler.interval' must be 'epoch' or 'step', "
+                              f"got {config['lr_scheduler']['interval']!r}.")
+    _check_object_spec(config["loss"], "loss", source)
+    if not isinstance(config["metrics"], list):
+        raise ConfigError(f"{source}: 'metrics' must be a list of names, e.g. [accuracy, top_k_acc].")
+    for i, metric in enumerate(config["metrics"]):
+        _check_object_spec(metric, f"metrics[{i}]", source)
+    trainer = config["trainer"]
+    choices = {"on_nan": ("stop", "skip_batch"), "amp": ("off", "bf16", "fp16"),
+               "matmul_precision": ("highest", "high", "medium")}
+    for key, allowed in choices.items():
+        if trainer[key] not in allowed:
+            raise ConfigError(f"{source}: 'trainer.{key}' must be one of {', '.join(allowed)}; got {trainer[key]!r}.")
+    for key in ("epochs", "save_period", "save_every_steps", "early_stop", "log_step", "accumulate_grad_batches"):
+        value = trainer[key]
+        minimum = 1 if key in ("epochs", "log_step", "accumulate_grad_batches") else 0
+        if value is None and key == "early_stop":
+            trainer[key] = 0
+        elif isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{source}: 'trainer.{key}' must be a whole number >= {minimum}; got {value!r}.")
+    if not isinstance(trainer["save_top_k"], int) or trainer["save_top_k"] < -1:
+        raise ConfigError(f"{source}: 'trainer.save_top_k' must be -1 (keep all), 0 or a positive number; "
+                          f"got {trainer['save_top_k']!r}.")
+    monitor = trainer["monitor"]
+    if monitor != "off" and (not isinstance(monitor, str) or len(monitor.split()) != 2
+                             or monitor.split()[0] not in ("min", "max")):
+        raise ConfigError(f"{source}: 'trainer.monitor' must be 'off' or '<min|max> <metric>', "
+                          f"e.g. 'min val_loss' or 'max val_accuracy'; got {monitor!r}.")
+    return config
+
+
+def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node: Any = config
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{'.'.join(parts[:depth])}' is not a mapping.")
+        elif part not in node and not (last and parts[depth - 1:depth] == ["args"]):
+            raise ConfigError(f"{source}: unknown key '{here}' in the override '{dotted}=...'."
+                              f"{_suggest(part, [str(k) for k in node])} "
+                              "Only keys under an 'args' mapping may be added; see the README's config reference.")
+        if last:
+            node[part] = value
+        else:
+            if node[part] is None and parts[depth + 1:depth + 2] == ["args"]:
+                raise ConfigError(f"{source}: cannot set '{dotted}': '{here}' is not set in the config.")
+            node = node[part]
+
+
+class Config:
+    """The resolved config (a plain dict) plus where it came from, for error messages."""
+
+    def __init__(self, data: dict[str, Any], source: str = "config"):
+        self.data = data
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str] = (), base: dict[str, Any] | None = None,
+             **short: Any) -> "Config":
+        """Read `path` (or start from `base`, e.g. a checkpoint's config), then apply `key=value` overrides
+        and short flags such as lr=..., bs=...; validate everything before any file is written."""
+        source = str(path) if path is not None else "the checkpoint's config"
+        raw = read_config_file(path) if path is not None else copy.deepcopy(base)
+        config = _normalise(_merge_defaults(raw, DEFAULTS, "", source), source)
+        settings = [(SHORT_FLAGS[name], value) for name, value in short.items() if value is not None]
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"Cannot read the override '{item}': write it as key.path=value, "
+                                  "e.g. optimizer.args.lr=3e-4 trainer.epochs=5.")
+            settings.append((key.strip(), parse_value(text)))
+        for key, value in settings:
+            _apply_override(config, key, value, "command line")
+        return cls(_normalise(config, source), source)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def init_obj(self, key: str, *modules: ModuleType, spec: Any = None, **kwargs: Any) -> Any:
+        """Build `type(*args)` for the section `key` ({type, args}), looking the type up in `modules` in order.
+
+        `kwargs` are supplied by the code (e.g. the optimizer's `params`) and may not also appear in `args`.
+        """
+        spec = self.data[key] if spec is None else spec
+        if isinstance(spec, str):
+            spec = {"type": spec}
+        factory = lookup(spec["type"], modules, key, self.source)
+        args = dict(spec.get("args") or {})
+        clash = set(args) & set(kwargs)
+        if clash:
+            raise ConfigError(f"{self.source}: '{key}.args.{sorted(clash)[0]}' is set by the code and cannot be "
+                              "given in the config; remove it.")
+        return call_with_args(factory, key, self.source, **args, **kwargs)
+
+
+def lookup(name: str, modules: tuple[ModuleType, ...], key: str, source: str) -> Any:
+    """Find the class or function `name` in `modules`; anything else (a dotted path, a private name) is refused."""
+    found = None
+    if name.isidentifier() and not name.startswith("_"):
+        for module in modules:
+            candidate = getattr(module, name, None)
+            if callable(candidate):
+                found = candidate
+                break
+    if found is None:
+        names = sorted({n for m in modules for n in dir(m) if not n.startswith("_") and callable(getattr(m, n))})
+        where = ", ".join(m.__name__ for m in modules)
+        raise ConfigError(f"{source}: unknown {key} type '{name}'.{_suggest(name, names)} "
+                          f"Types for '{key}' are looked up in {where}; define yours there (and import it in the "
+                          "package's __init__.py) or fix the spelling.")
+    return found
+
+
+def call_with_args(factory: Any, key: str, source: str, **kwargs: Any) -> Any:
+    """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`."""
+    name = getattr(factory, "__name__", str(factory))
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            params = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
+            raise ConfigError(f"{source}: wrong args for {key} type '{name}': {e}. "
+                              f"It accepts: {', '.join(params) or 'no arguments'}.") from None
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        shown = {k: v for k, v in kwargs.items() if not k.startswith("param")}
+        raise ConfigError(f"{source}: {key} type '{name}' rejected its args {shown}: {e}") from None
+
+
+def save_config(config: dict[str, Any], path: Path) -> None:
+    """Write the resolved config beside the checkpoints, so a run can be repeated exactly."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))

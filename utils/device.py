@@ -1,0 +1,59 @@
+"""Choose the training device and set the global switches that trade speed against reproducibility."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def select_device(requested: str, n_gpu: int | None = None) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; `cpu`, `cuda`, `cuda:1`, `mps` are taken as asked.
+
+    `n_gpu` comes from a classic template config: 0 means CPU; more than one is served by torchrun, not
+    DataParallel.
+    """
+    if n_gpu is not None:
+        if n_gpu == 0 and requested == "auto":
+            requested = "cpu"
+        if n_gpu > 1:
+            log.info("The config asks for n_gpu=%d. This template trains on several GPUs with DDP: launch "
+                     "`torchrun --standalone --nproc_per_node=%d train.py -c ...`; this process uses one device.",
+                     n_gpu, n_gpu)
+        log.info("Read the classic key n_gpu=%d as device: %s.", n_gpu, requested)
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"Unknown device '{requested}' (config key 'device' or --device). "
+                          "Use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ConfigError(f"Device '{requested}' was asked for (config key 'device' or --device), but this machine "
+                              f"has {count} usable CUDA device(s). Use device: auto or --device cpu.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"Device 'mps' was asked for, but MPS is not available here. Use device: auto or --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unsupported device '{requested}'. Use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
+def configure_backends(cudnn_benchmark: bool, deterministic: bool, matmul_precision: str) -> None:
+    """Apply the trainer's speed/reproducibility switches before any model or data is built."""
+    torch.set_float32_matmul_precision(matmul_precision)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        cudnn_benchmark = False
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cudnn.deterministic = deterministic

@@ -1,0 +1,29 @@
+"""The errors the template reports to the user as one clear paragraph instead of a traceback.
+
+Each carries the exit code that `train.py` / `test.py` return, so scripts and schedulers can tell a bad
+input (2) from a failure during training (1).
+"""
+
+
+class TemplateError(Exception):
+    """Base class: the message is written for the user and says what to fix."""
+
+    exit_code = 2
+
+
+class ConfigError(TemplateError):
+    """A config file, a key, a `type` or its `args`, or a command-line flag is wrong."""
+
+
+class DataError(TemplateError):
+    """A data folder, file, image or label cannot be used."""
+
+
+class CheckpointError(TemplateError):
+    """A checkpoint cannot be read, written or does not fit the config."""
+
+
+class TrainingError(TemplateError):
+    """Training cannot go on (a non-finite loss, a failed save); what was saved before stays intact."""
+
+    exit_code = 1

@@ -1,0 +1,53 @@
+"""Run folders: `<save_dir>/models/<name>/<run_id>/` for checkpoints and the config,
+`<save_dir>/log/<name>/<run_id>/` for the log file and TensorBoard events."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    models: Path
+    log: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.models.name
+
+
+def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPaths:
+    """Create the folders of a new run. The default run id is a timestamp; runs started in the same second
+    get `-2`, `-3`, ... (the folder is created atomically, so two processes never share one)."""
+    base = Path(save_dir)
+    if run_id is not None:
+        models = base / "models" / name / run_id
+        if models.exists() and any(models.iterdir()):
+            raise ConfigError(f"The run folder '{models}' already exists and is not empty. Continue it with "
+                              f"--resume {models}, or choose another --run-id.")
+        models.mkdir(parents=True, exist_ok=True)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (base / "models" / name).mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 10_000):
+            models = base / "models" / name / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+            try:
+                models.mkdir()
+                break
+            except FileExistsError:
+                continue
+    log = base / "log" / name / models.name
+    log.mkdir(parents=True, exist_ok=True)
+    return RunPaths(models, log)
+
+
+def run_of_checkpoint(checkpoint: Path) -> RunPaths:
+    """The run a checkpoint belongs to: a resumed run keeps writing there, so its log, TensorBoard steps and
+    early-stop counter go on where they were."""
+    models = checkpoint.resolve().parent
+    log = models.parent.parent.parent / "log" / models.parent.name / models.name
+    log.mkdir(parents=True, exist_ok=True)
+    return RunPaths(models, log)
