@@ -1,0 +1,142 @@
+import json
+
+import pytest
+import torch
+
+import model.model as module_arch
+from utils.config import Config, parse_value
+from utils.errors import ConfigError
+
+MINIMAL = """
+arch: {type: DigitsCNN}
+data_loader: {type: CsvImageDataLoader, args: {data_dir: data/digits}}
+optimizer: {type: Adam, args: {lr: 1e-3}}
+loss: cross_entropy
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_fill_missing_keys_and_scientific_floats_are_floats(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL))
+    assert config["optimizer"]["args"]["lr"] == pytest.approx(1e-3)
+    assert isinstance(config["optimizer"]["args"]["lr"], float)
+    assert config["trainer"]["epochs"] == 10 and config["trainer"]["monitor"] == "off"
+    assert config["arch"]["args"] == {}
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, MINIMAL + "trainer:\n  epochs: 3\n   save_dir: x\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml, line 8, column \d+: invalid YAML"):
+        Config.load(path)
+
+
+def test_json_syntax_error_names_line(tmp_path):
+    path = write(tmp_path, '{\n "name": "x",\n "arch": {"type": "MnistModel"}\n "loss": "nll_loss"\n}', "c.json")
+    with pytest.raises(ConfigError, match=r"c\.json, line 4, column 2: invalid JSON"):
+        Config.load(path)
+
+
+def test_overrides_parse_values_as_yaml_and_may_add_args(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.lr=3e-4", "trainer.epochs=5",
+                                                    "optimizer.args.betas=[0.8, 0.9]", "trainer.monitor=min val_loss"])
+    assert config["optimizer"]["args"] == {"lr": 3e-4, "betas": [0.8, 0.9]}
+    assert config["trainer"]["epochs"] == 5
+    assert config["trainer"]["monitor"] == "min val_loss"
+
+
+def test_short_flags_set_their_keys(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), lr=0.5, bs=7, epochs=2, device="cpu")
+    assert config["optimizer"]["args"]["lr"] == 0.5
+    assert config["data_loader"]["args"]["batch_size"] == 7
+    assert config["trainer"]["epochs"] == 2 and config["device"] == "cpu"
+
+
+def test_unknown_override_key_is_refused_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.epoch'.*Did you mean 'epochs'"):
+        Config.load(write(tmp_path, MINIMAL), ["trainer.epoch=5"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        Config.load(write(tmp_path, MINIMAL), ["trainer.epochs"])
+
+
+def test_unknown_key_in_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.early_stopping'.*'early_stop'"):
+        Config.load(write(tmp_path, MINIMAL + "trainer: {early_stopping: 3}\n"))
+
+
+def test_wrong_choice_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.amp' must be one of off, bf16, fp16"):
+        Config.load(write(tmp_path, MINIMAL), ["trainer.amp=fp8"])
+    with pytest.raises(ConfigError, match="trainer.monitor"):
+        Config.load(write(tmp_path, MINIMAL), ["trainer.monitor=val_loss"])
+
+
+def test_init_obj_builds_from_the_given_modules_only(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["arch.args.width=4"])
+    model = config.init_obj("arch", module_arch)
+    assert isinstance(model, module_arch.DigitsCNN)
+    optimizer = config.init_obj("optimizer", torch.optim, params=model.parameters())
+    assert isinstance(optimizer, torch.optim.Adam)
+
+
+@pytest.mark.parametrize("name", ["os.system", "__import__", "_private", "eval"])
+def test_names_outside_the_modules_are_never_imported(tmp_path, name):
+    config = Config.load(write(tmp_path, MINIMAL), [f"optimizer.type={name}"])
+    with pytest.raises(ConfigError, match=f"unknown optimizer type '{name}'"):
+        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+
+
+def test_unknown_type_suggests_close_names(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.type=Adamm"])
+    with pytest.raises(ConfigError, match=r"Did you mean 'Adam'"):
+        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+
+
+def test_wrong_args_name_the_key_and_the_accepted_arguments(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["arch.args.depth=3"])
+    with pytest.raises(ConfigError, match=r"wrong args for arch type 'DigitsCNN'.*depth.*It accepts: num_classes"):
+        config.init_obj("arch", module_arch)
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.lr=-1"])
+    with pytest.raises(ConfigError, match=r"optimizer type 'Adam' rejected its args.*Invalid learning rate"):
+        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+
+
+def test_code_supplied_args_cannot_be_set_in_config(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.params=1"])
+    with pytest.raises(ConfigError, match="set by the code"):
+        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+
+
+CLASSIC = {
+    "name": "Mnist_LeNet",
+    "n_gpu": 1,
+    "arch": {"type": "MnistModel", "args": {}},
+    "data_loader": {"type": "MnistDataLoader", "args": {"data_dir": "data/", "batch_size": 128, "shuffle": True,
+                                                         "validation_split": 0.1, "num_workers": 2}},
+    "optimizer": {"type": "Adam", "args": {"lr": 0.001, "weight_decay": 0, "amsgrad": True}},
+    "loss": "nll_loss",
+    "metrics": ["accuracy", "top_k_acc"],
+    "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
+    "trainer": {"epochs": 100, "save_dir": "saved/", "save_period": 1, "verbosity": 2,
+                "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
+}
+
+
+def test_classic_template_json_loads_unchanged(tmp_path):
+    path = write(tmp_path, json.dumps(CLASSIC, indent=4), "config.json")
+    config = Config.load(path)
+    assert config["n_gpu"] == 1 and config["device"] == "auto"
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert config["trainer"]["monitor"] == "min val_loss"
+
+
+def test_parse_value():
+    assert parse_value("1e-3") == 1e-3
+    assert parse_value("true") is True
+    assert parse_value("null") is None
+    assert parse_value("cuda:1") == "cuda:1"
+    assert parse_value("[1, 2]") == [1, 2]

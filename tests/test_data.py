@@ -1,0 +1,135 @@
+import shutil
+
+import pytest
+import torch
+
+from data_loader.data_loaders import CsvImageDataLoader
+from data_loader.datasets import CsvImageDataset
+from data_loader.sampling import ResumableSampler, SeededDataset
+from data_loader.transforms import OneHot, build_transforms
+from utils.errors import ConfigError, DataError
+
+from conftest import REPO
+
+DIGITS = REPO / "data" / "digits"
+TO_FLOAT = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
+
+
+def small_copy(tmp_path, rows=20):
+    """A copy of the first `rows` digits, to edit freely."""
+    root = tmp_path / "digits"
+    (root / "images").mkdir(parents=True)
+    lines = (DIGITS / "labels.csv").read_text().splitlines()[: rows + 1]
+    for line in lines[1:]:
+        shutil.copy(DIGITS / line.split(",")[0], root / line.split(",")[0])
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_bundled_digits_are_real_and_split():
+    train = CsvImageDataset(DIGITS, split="train")
+    test = CsvImageDataset(DIGITS, split="test")
+    assert len(train) + len(test) == 1797 and len(test) == 360
+    image, label = train[0]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.uint8 and image.max() > 200
+    assert sorted({label for _, label in test.samples}) == list(range(10))
+    assert not {name for name, _ in train.samples} & {name for name, _ in test.samples}
+    size = sum(p.stat().st_size for p in DIGITS.rglob("*") if p.is_file())
+    assert size < 1_000_000
+
+
+def test_transform_and_target_transform_are_applied():
+    dataset = CsvImageDataset(DIGITS, split="test", transform=build_transforms(TO_FLOAT, "t"),
+                              target_transform=OneHot(10), cache=True)
+    image, target = dataset[3]
+    assert image.dtype == torch.float32 and 0.0 <= image.min() and image.max() <= 1.0
+    assert target.shape == (10,) and target.sum() == 1 and target.argmax() == dataset.samples[3][1]
+    assert torch.equal(dataset[3][0], image)
+
+
+def test_validation_split_is_seeded_disjoint_and_reproducible():
+    a = CsvImageDataLoader(data_dir=str(DIGITS), validation_split=0.2, seed=1, transform=TO_FLOAT)
+    b = CsvImageDataLoader(data_dir=str(DIGITS), validation_split=0.2, seed=1, transform=TO_FLOAT)
+    c = CsvImageDataLoader(data_dir=str(DIGITS), validation_split=0.2, seed=2, transform=TO_FLOAT)
+    train, val = a.split()
+    assert a.split() == b.split() and a.split() != c.split()
+    assert not set(train) & set(val) and len(train) + len(val) == 1437 and len(val) == round(1437 * 0.2)
+    assert len(a.val_loader().dataset) == len(val)
+    assert len(CsvImageDataLoader(data_dir=str(DIGITS), validation_split=100).split()[1]) == 100
+
+
+def test_bad_validation_split_is_refused():
+    with pytest.raises(DataError, match="validation_split"):
+        CsvImageDataLoader(data_dir=str(DIGITS), validation_split=1.0).split()
+
+
+def test_missing_folder_csv_and_columns_are_clear(tmp_path):
+    with pytest.raises(DataError, match="Data folder .*nowhere.* not found .*data_loader.args.data_dir"):
+        CsvImageDataset(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="labels.csv' not found"):
+        CsvImageDataset(tmp_path)
+    (tmp_path / "labels.csv").write_text("path,class\na.png,1\n")
+    with pytest.raises(DataError, match="lacks the column"):
+        CsvImageDataset(tmp_path)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = small_copy(tmp_path)
+    (root / "images" / "0002.png").write_bytes(b"not a png")
+    dataset = CsvImageDataset(root, split="train")
+    with pytest.raises(DataError, match=r"Cannot read image .*0002\.png"):
+        [dataset[i] for i in range(len(dataset))]
+
+
+def test_bad_labels_name_the_line(tmp_path):
+    root = small_copy(tmp_path)
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 2)[0] + ",x,train"
+    (root / "labels.csv").write_text("\n".join(lines))
+    with pytest.raises(DataError, match="line 4: label 'x'"):
+        CsvImageDataset(root)
+    lines[3] = lines[3].replace(",x,", ",12,")
+    (root / "labels.csv").write_text("\n".join(lines))
+    with pytest.raises(DataError, match="line 4: label 12 is outside 0..9"):
+        CsvImageDataset(root, num_classes=10)
+
+
+def test_transform_errors_name_the_step():
+    with pytest.raises(ConfigError, match=r"unknown transform\[1\] type 'RandomFlipp'.*RandomVerticalFlip"):
+        build_transforms(TO_FLOAT + [{"type": "RandomFlipp"}], "transform")
+    with pytest.raises(ConfigError, match=r"transform\[0\].args.dtype"):
+        build_transforms([{"type": "ToDtype", "args": {"dtype": "float99"}}], "transform")
+
+
+def test_sampler_resumes_the_same_order_mid_epoch():
+    sampler = ResumableSampler(range(50), shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert sorted(full) == list(range(50))
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+    sampler.set_epoch(2)
+    sampler.skip(17)
+    assert list(sampler) == full[17:]
+    assert len(sampler) == 50
+
+
+def test_per_sample_seeds_make_augmentation_independent_of_order():
+    sampler = ResumableSampler(range(10), shuffle=True, seed=0, with_seeds=True)
+    sampler.set_epoch(1)
+    items = list(sampler)
+    dataset = SeededDataset(torch.utils.data.TensorDataset(torch.arange(10)))
+
+    class Noisy(torch.utils.data.Dataset):
+        def __getitem__(self, i):
+            return torch.rand(1)
+
+        def __len__(self):
+            return 10
+
+    noisy = SeededDataset(Noisy())
+    forward = [noisy[item] for item in items]
+    backward = [noisy[item] for item in reversed(items)][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    assert len({float(x) for x in forward}) == 10
+    assert dataset[items[0]][0] == items[0][0]

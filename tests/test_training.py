@@ -1,0 +1,195 @@
+"""The training pipeline end to end, in-process: train.main / test.main on the bundled digits."""
+import re
+
+import pytest
+import torch
+
+import model.loss
+import test as test_script
+import train
+from trainer.checkpoint import load_checkpoint
+from trainer.evaluate import MetricTracker
+from utils.run import new_run
+
+from conftest import fast_args, only_run
+
+
+def epoch_lines(save_dir):
+    log_file = next((save_dir / "log").glob("*/*/train.log"))
+    return [line for line in log_file.read_text().splitlines() if re.search(r" epoch \d+/\d+  loss", line)]
+
+
+def logged(line, key):
+    return float(re.search(rf"  {key} ([-\d.naif]+)", line).group(1))
+
+
+def test_val_figures_of_test_py_match_the_trainer_log(save_dir, capsys):
+    code = train.main(fast_args(save_dir, "trainer.epochs=3", "trainer.monitor=min val_loss", "--seed", "1"))
+    assert code == 0
+    run = only_run(save_dir)
+    lines = epoch_lines(save_dir)
+    best_line = min(lines, key=lambda line: logged(line, "val_loss"))
+    capsys.readouterr()
+    assert test_script.main(["--resume", str(run / "model_best.pth"), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    for key in ("loss", "accuracy", "top_k_acc"):
+        printed = float(re.search(rf"^  {key}\s+([\d.]+)$", out, re.M).group(1))
+        assert f"{printed:.4f}" == f"{logged(best_line, 'val_' + key):.4f}", (key, out, best_line)
+    # BatchNorm statistics (buffers) were trained and saved with the weights.
+    state = load_checkpoint(run / "model_best.pth")["model"]
+    assert not torch.allclose(state["features.1.running_var"], torch.ones_like(state["features.1.running_var"]))
+    assert int(state["features.1.num_batches_tracked"]) > 0
+    assert test_script.main(["--resume", str(run)]) == 0
+    assert "on the test split: 360 samples" in capsys.readouterr().out
+
+
+def test_best_model_is_saved_whenever_the_monitor_improves_not_only_on_save_period(save_dir):
+    assert train.main(fast_args(save_dir, "trainer.epochs=4", "trainer.save_period=3", "trainer.save_top_k=-1",
+                                "trainer.monitor=min val_loss")) == 0
+    run = only_run(save_dir)
+    losses = [logged(line, "val_loss") for line in epoch_lines(save_dir)]
+    best_epoch = losses.index(min(losses)) + 1
+    best = load_checkpoint(run / "model_best.pth")
+    assert best["loop"]["epoch"] == best_epoch + 1 and best["loop"]["batch_idx"] == 0
+    assert best["monitor"]["best"] == pytest.approx(min(losses), abs=1e-4)
+    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-epoch3.pth", "checkpoint-latest.pth"]
+
+
+def test_save_top_k_keeps_the_k_best_epoch_checkpoints(save_dir):
+    assert train.main(fast_args(save_dir, "trainer.epochs=4", "trainer.save_top_k=2",
+                                "trainer.monitor=max val_accuracy")) == 0
+    run = only_run(save_dir)
+    accuracies = [logged(line, "val_accuracy") for line in epoch_lines(save_dir)]
+    kept = load_checkpoint(run / "checkpoint-latest.pth")["monitor"]["kept"]
+    assert len(kept) == 2 and sorted(v for v, _ in kept) == pytest.approx(sorted(accuracies)[-2:], abs=1e-4)
+    assert {p.name for p in run.glob("checkpoint-epoch*.pth")} == {name for _, name in kept}
+
+
+def test_early_stop_stops_after_exactly_early_stop_epochs_without_improvement(save_dir):
+    # top-3-of-3 accuracy is always 1.0: it improves once (epoch 1) and never again.
+    code = train.main(fast_args(save_dir, "trainer.epochs=10", "trainer.early_stop=2",
+                                "metrics=[accuracy, {type: top_k_acc, args: {k: 10}}]",
+                                "trainer.monitor=max val_top_k_acc_k10"))
+    assert code == 0
+    assert len(epoch_lines(save_dir)) == 3
+    state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
+    assert state["monitor"]["not_improved"] == 2 and state["loop"]["epoch"] == 4
+
+
+def test_resume_continues_in_the_same_run_with_scheduler_and_patience(save_dir):
+    args = fast_args(save_dir, "trainer.monitor=max val_top_k_acc_k10", "trainer.early_stop=5",
+                     "metrics=[{type: top_k_acc, args: {k: 10}}]",
+                     "lr_scheduler={type: StepLR, args: {step_size: 1, gamma: 0.5}}", "--run-id", "first-run")
+    assert train.main(args) == 0
+    run = only_run(save_dir)
+    assert run.name == "first-run"
+    assert train.main(["--resume", str(run), "trainer.epochs=4"]) == 0
+    assert only_run(save_dir) == run
+    state = load_checkpoint(run / "checkpoint-latest.pth")
+    assert state["loop"]["epoch"] == 5 and state["monitor"]["not_improved"] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.5**4)
+    lines = epoch_lines(save_dir)
+    assert [re.search(r"epoch (\d)/", line).group(1) for line in lines] == ["1", "2", "3", "4"]
+    assert "Resuming first-run" in (save_dir / "log" / run.parent.name / run.name / "train.log").read_text()
+
+
+def test_reduce_lr_on_plateau_is_fed_the_monitored_metric_and_resumes(save_dir):
+    args = fast_args(save_dir, "trainer.monitor=max val_top_k_acc_k10", "optimizer.args.lr=0.01",
+                     "metrics=[{type: top_k_acc, args: {k: 10}}]",
+                     "lr_scheduler={type: ReduceLROnPlateau, args: {mode: max, patience: 0, factor: 0.1}}")
+    assert train.main(args) == 0
+    run = only_run(save_dir)
+    assert train.main(["--resume", str(run), "trainer.epochs=3"]) == 0
+    state = load_checkpoint(run / "checkpoint-latest.pth")
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.1**2)
+
+
+def poison_loss(monkeypatch, bad_calls):
+    """Make the loss non-finite on the given call numbers (counted from 1)."""
+    calls = {"n": 0}
+    real = model.loss.cross_entropy
+
+    def loss(output, target):
+        calls["n"] += 1
+        value = real(output, target)
+        return value * float("nan") if bad_calls(calls["n"]) else value
+
+    monkeypatch.setattr(model.loss, "cross_entropy", loss)
+
+
+def test_nan_loss_stops_without_touching_the_best_checkpoint(save_dir, monkeypatch, capsys):
+    assert train.main(fast_args(save_dir, "trainer.monitor=min val_loss")) == 0
+    run = only_run(save_dir)
+    best_bytes = (run / "model_best.pth").read_bytes()
+    poison_loss(monkeypatch, lambda n: n >= 5)
+    capsys.readouterr()
+    assert train.main(["--resume", str(run), "trainer.epochs=4"]) == 1
+    err = capsys.readouterr().err
+    assert "training loss became nan in epoch 3" in err and "on_nan: skip_batch" in err
+    assert (run / "model_best.pth").read_bytes() == best_bytes
+    latest = load_checkpoint(run / "checkpoint-latest.pth")
+    assert latest["loop"]["epoch"] == 3
+    assert all(torch.isfinite(t).all() for t in latest["model"].values() if t.is_floating_point())
+
+
+def test_skip_batch_skips_non_finite_losses(save_dir, monkeypatch):
+    poison_loss(monkeypatch, lambda n: n % 7 == 0)
+    assert train.main(fast_args(save_dir, "trainer.on_nan=skip_batch")) == 0
+    lines = epoch_lines(save_dir)
+    assert all("batches with a non-finite loss skipped" in line for line in lines)
+    assert all(logged(line, "loss") < 3 for line in lines)
+
+
+def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir, monkeypatch, capsys):
+    from trainer import checkpoint
+
+    real_fsync, calls = checkpoint.os.fsync, {"n": 0}
+
+    def flaky_fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 1 writes latest (2 fsyncs: file, folder); fail in epoch 2's save
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", flaky_fsync)
+    assert train.main(fast_args(save_dir, "trainer.save_period=0")) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    run = only_run(save_dir)
+    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["epoch"] == 2
+    assert not list(run.glob(".*tmp*"))
+
+
+def test_resume_with_a_different_model_is_refused(save_dir, capsys):
+    assert train.main(fast_args(save_dir, "trainer.epochs=1")) == 0
+    run = only_run(save_dir)
+    code = train.main(["--resume", str(run), *fast_args(save_dir, "arch.args.width=16")])
+    assert code == 2
+    assert "arch.args to {'num_classes': 10, 'width': 16" in capsys.readouterr().err
+    code = train.main(["--resume", str(run), *fast_args(save_dir, "optimizer.type=SGD")])
+    assert code == 2
+    assert "optimizer.type to 'SGD', but the checkpoint was trained with 'AdamW'" in capsys.readouterr().err
+
+
+def test_seed_comes_from_the_config(save_dir):
+    def first_weights(seed):
+        args = fast_args(save_dir, "trainer.epochs=1", "optimizer.args.lr=0", "--seed", str(seed),
+                         "--run-id", f"s{seed}-{len(list(save_dir.glob('models/*/*')))}")
+        assert train.main(args) == 0
+        run = sorted((save_dir / "models").glob("*/*"), key=lambda p: p.stat().st_mtime)[-1]
+        return load_checkpoint(run / "checkpoint-latest.pth")["model"]["features.0.weight"]
+
+    assert torch.equal(first_weights(1), first_weights(1))
+    assert not torch.equal(first_weights(1), first_weights(2))
+
+
+def test_run_ids_never_collide(tmp_path):
+    runs = [new_run(tmp_path, "x") for _ in range(3)]
+    assert len({r.models for r in runs}) == 3 and all(r.log.is_dir() for r in runs)
+
+
+def test_metrics_are_weighted_by_sample_count():
+    tracker = MetricTracker({"accuracy": __import__("model.metric").metric.accuracy}, torch.device("cpu"))
+    tracker.update(torch.tensor(1.0), torch.tensor([[1.0, 0], [1, 0], [0, 1]]), torch.tensor([0, 1, 0]))
+    tracker.update(torch.tensor(3.0), torch.tensor([[0.0, 1]]), torch.tensor([1]))
+    result = tracker.result()
+    assert result["accuracy"] == pytest.approx(2 / 4) and result["loss"] == pytest.approx((3 * 1 + 3) / 4)
