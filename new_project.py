@@ -1,0 +1,31 @@
+"""Start a new project from this template:  python new_project.py ../my_project
+
+Copies the template without run outputs, caches, virtual environments or git history, and refuses to write
+into a folder that is not empty.
+"""
+import shutil
+import sys
+from pathlib import Path
+
+IGNORE = shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv",
+                                "*.pyc", "*.egg-info", "MNIST", "cifar-10-batches-py")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python new_project.py <new project folder>", file=sys.stderr)
+        return 2
+    source, target = Path(__file__).resolve().parent, Path(argv[0]).resolve()
+    if target.exists() and any(target.iterdir()):
+        print(f"error: '{target}' exists and is not empty; choose a new folder.", file=sys.stderr)
+        return 2
+    if target.is_relative_to(source):
+        print(f"error: '{target}' is inside the template; choose a folder outside it.", file=sys.stderr)
+        return 2
+    shutil.copytree(source, target, ignore=IGNORE, dirs_exist_ok=True)
+    print(f"New project in {target}. Next: cd {target} && python train.py -c configs/config.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

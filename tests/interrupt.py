@@ -1,0 +1,77 @@
+"""Run train.py and interrupt it at a chosen point, the way a cluster or a user would.
+
+    python tests/interrupt.py --at step:7 --signal KILL -- <train.py arguments>
+
+Points: `step:N` after optimizer step N, `epoch-start:E` before epoch E's first batch, `save:N` inside the
+N-th checkpoint file write (after the temporary file is written, before it is renamed), `validation:E` at
+the start of epoch E's validation.
+"""
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from trainer import checkpoint  # noqa: E402
+from trainer.trainer import Trainer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--at", required=True)
+    parser.add_argument("--signal", default="KILL", choices=("KILL", "TERM", "INT", "USR1"))
+    parser.add_argument("train_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    where, number = args.at.split(":")
+    number = int(number)
+    signum = getattr(signal, f"SIG{args.signal}")
+
+    def fire():
+        os.kill(os.getpid(), signum)
+
+    if where == "step":
+        step = Trainer._optimizer_step
+
+        def patched_step(self):
+            step(self)
+            if self.global_step == number:
+                fire()
+
+        Trainer._optimizer_step = patched_step
+    elif where == "epoch-start":
+        train_epoch = Trainer._train_epoch
+
+        def patched_epoch(self):
+            if self.epoch == number and self.batch_idx == 0:
+                fire()
+            return train_epoch(self)
+
+        Trainer._train_epoch = patched_epoch
+    elif where == "save":
+        replace, calls = os.replace, {"n": 0}
+
+        def patched_replace(src, dst):
+            calls["n"] += 1
+            if calls["n"] == number:
+                fire()
+            return replace(src, dst)
+
+        checkpoint.os.replace = patched_replace
+    elif where == "validation":
+        validate = Trainer._validate
+
+        def patched_validate(self):
+            if self.epoch == number:
+                fire()
+            return validate(self)
+
+        Trainer._validate = patched_validate
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    return train.main(train_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The entry points as a user runs them: subprocesses, exit codes, messages, nothing written on bad input."""
+import json
+import struct
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from data_loader.datasets import CsvImageDataset
+
+from conftest import REPO, fast_args, only_run, run_script
+from test_config import CLASSIC
+
+BROKEN = {
+    "yaml syntax": ("arch:\n  type: DigitsCNN\n   args: {}\n", [], r"line 3, column \d+: invalid YAML"),
+    "unknown type": (None, ["arch.type=ResNet9000"], "unknown arch type 'ResNet9000'"),
+    "wrong args": (None, ["optimizer.args.momentum_typo=0.9"], "wrong args for optimizer type 'AdamW'"),
+    "unknown key": (None, ["trainer.epoch=3"], "unknown key 'trainer.epoch'.*Did you mean 'epochs'"),
+    "missing data": (None, ["data_loader.args.data_dir=no/such/folder"], "Data folder 'no/such/folder' not found"),
+    "unlogged monitor": (None, ["trainer.monitor=max val_f1"], "trainer.monitor names 'val_f1', which is not logged"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_configs_give_one_message_exit_2_and_write_nothing(tmp_path, case, capsys):
+    text, overrides, message = BROKEN[case]
+    args = fast_args(tmp_path / "saved", *overrides)
+    if text is not None:
+        (tmp_path / "broken.yaml").write_text(text)
+        args[1] = str(tmp_path / "broken.yaml")
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert pytest.importorskip("re").search(message, err), err
+    assert not (tmp_path / "saved").exists()
+
+
+def test_train_resume_and_test_as_subprocesses(tmp_path):
+    save_dir = tmp_path / "saved"
+    first = run_script("train.py", *fast_args(save_dir, "trainer.epochs=1", "--run-id", "cli"))
+    assert first.returncode == 0, first.stderr
+    assert "Evaluate with: python test.py --resume" in first.stdout
+    assert "total" in first.stdout and "buffers" in first.stdout
+    run = only_run(save_dir)
+    resumed = run_script("train.py", "--resume", str(run), "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epoch 2/2" in resumed.stdout and "epoch 1/" not in resumed.stdout
+    tested = run_script("test.py", "--resume", str(run / "checkpoint-latest.pth"), "--device", "cpu")
+    assert tested.returncode == 0, tested.stderr
+    assert "on the test split: 360 samples" in tested.stdout
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes((run / "checkpoint-latest.pth").read_bytes()[:1000])
+    failed = run_script("test.py", "--resume", str(broken))
+    assert failed.returncode == 2 and "broken.pth' is truncated or corrupt" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def write_idx(path, array: torch.Tensor):
+    """An MNIST IDX file, the format torchvision's MNIST reads."""
+    header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def write_tiny_mnist(root, train=256, test=64):
+    """MNIST-format files made from the bundled digits, upscaled to 28x28."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    digits = CsvImageDataset(REPO / "data" / "digits")
+    images = torch.stack([digits[i][0] for i in range(train + test)]).float()
+    images = F.pad(F.interpolate(images, size=(20, 20), mode="bilinear"), (4, 4, 4, 4)).squeeze(1)
+    labels = torch.tensor([digits.samples[i][1] for i in range(train + test)])
+    write_idx(raw / "train-images-idx3-ubyte", images[:train])
+    write_idx(raw / "train-labels-idx1-ubyte", labels[:train])
+    write_idx(raw / "t10k-images-idx3-ubyte", images[train:])
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels[train:])
+
+
+def test_classic_template_config_json_trains_without_edits(tmp_path):
+    write_tiny_mnist(tmp_path / "data")
+    (tmp_path / "config.json").write_text(json.dumps(CLASSIC, indent=4))
+    result = run_script("train.py", "-c", "config.json", "trainer.epochs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Read the classic key n_gpu=1 as device: auto" in result.stdout
+    run = only_run(tmp_path / "saved")
+    assert (run / "model_best.pth").is_file() and list((tmp_path / "saved" / "log").glob("*/*/events.out.*"))
+    tested = run_script("test.py", "--resume", str(run / "model_best.pth"), cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert "on the test split: 64 samples" in tested.stdout
+
+
+def test_missing_mnist_without_download_is_explained(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CLASSIC))
+    result = run_script("train.py", "-c", "config.json", "data_loader.args.download=false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "MNIST not found under 'data/MNIST/raw' and download is off" in result.stderr
+    assert not (tmp_path / "saved").exists()
+
+
+def test_new_project_copies_a_clean_template(tmp_path):
+    target = tmp_path / "my_project"
+    result = run_script("new_project.py", str(target))
+    assert result.returncode == 0, result.stderr
+    for name in ("train.py", "test.py", "configs/config.yaml", "data/digits/labels.csv", "trainer/trainer.py",
+                 "requirements.txt", "README.md"):
+        assert (target / name).is_file(), name
+    for name in (".git", "saved", "__pycache__", ".pytest_cache"):
+        assert not list(target.rglob(name)), name
+    again = run_script("new_project.py", str(target))
+    assert again.returncode == 2 and "not empty" in again.stderr

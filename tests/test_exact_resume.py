@@ -1,0 +1,90 @@
+"""A run that is killed (SIGKILL) or stopped (SIGTERM, SIGINT, SIGUSR1) and resumed, as many times as it
+was interrupted, ends bit-identical to the same run left alone: weights, buffers and optimizer state."""
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trainer.checkpoint import load_checkpoint
+
+from conftest import REPO, run_script
+
+# Three epochs of 20 steps, with random augmentation (RandomAffine) and dropout, so the data order and
+# every random draw have to be replayed exactly.
+ARGS = ["-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8", "trainer.tensorboard=false",
+        "trainer.epochs=3", "trainer.save_every_steps=4", "trainer.monitor=min val_loss",
+        "data_loader.args.batch_size=64", "lr_scheduler.args.T_max=3"]
+
+
+def interrupted(at: str, sig: str, *train_args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tests" / "interrupt.py"), "--at", at, "--signal", sig,
+                           "--", *train_args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def assert_same_state(a_path, b_path):
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert a["loop"] == b["loop"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for index, param_state in a["optimizer"]["state"].items():
+        for key, value in param_state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
+    assert a["lr_scheduler"] == b["lr_scheduler"]
+    assert a["monitor"] == b["monitor"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("reference")
+    result = run_script("train.py", *ARGS, f"trainer.save_dir={save_dir}", "--run-id", "ref")
+    assert result.returncode == 0, result.stderr
+    return save_dir / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth"
+
+
+def test_sigkill_at_three_points_then_resume_is_bit_identical(tmp_path, reference):
+    run = tmp_path / "models" / "digits_cnn" / "killed"
+    first = ARGS + [f"trainer.save_dir={tmp_path}", "--run-id", "killed"]
+    # 1. inside epoch 1, three steps after the step-4 checkpoint
+    result = interrupted("step:7", "KILL", *first)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    # 2. between epochs, before epoch 2's first batch
+    result = interrupted("epoch-start:2", "KILL", "--resume", str(run))
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert "Resuming killed from" in result.stdout and "epoch 1, batch 4, step 4" in result.stdout
+    # 3. in the middle of writing a checkpoint: the temporary file is complete but not yet renamed
+    result = interrupted("save:3", "KILL", "--resume", str(run))
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert list(run.glob(".*.tmp-*")), "the kill should leave a half-finished save behind"
+    result = run_script("train.py", "--resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert not list(run.glob(".*.tmp-*"))
+    assert_same_state(reference, run / "checkpoint-latest.pth")
+    assert_same_state(reference.with_name("model_best.pth"), run / "model_best.pth")
+
+
+@pytest.mark.parametrize("sig, at", [("TERM", "step:23"), ("INT", "validation:2"), ("USR1", "step:9")])
+def test_stop_signals_save_and_exit_then_resume_is_bit_identical(tmp_path, reference, sig, at):
+    run = tmp_path / "models" / "digits_cnn" / "stopped"
+    result = interrupted(at, sig, *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "stopped")
+    assert result.returncode == 128 + getattr(signal, f"SIG{sig}"), result.stderr
+    assert f"python train.py --resume {run}" in result.stdout
+    state = load_checkpoint(run / "checkpoint-latest.pth")
+    expected = {"step:23": (2, 3), "validation:2": (2, 20), "step:9": (1, 9)}[at]
+    assert (state["loop"]["epoch"], state["loop"]["batch_idx"]) == expected
+    result = run_script("train.py", "--resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert_same_state(reference, run / "checkpoint-latest.pth")
+
+
+def test_worker_processes_replay_augmentation_exactly(tmp_path):
+    args = ARGS + ["data_loader.args.num_workers=2", "trainer.epochs=2"]
+    ref = run_script("train.py", *args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a")
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "b" / "models" / "digits_cnn" / "b"
+    result = interrupted("step:10", "KILL", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b")
+    assert result.returncode == -signal.SIGKILL
+    assert run_script("train.py", "--resume", str(run)).returncode == 0
+    assert_same_state(tmp_path / "a" / "models" / "digits_cnn" / "a" / "checkpoint-latest.pth",
+                      run / "checkpoint-latest.pth")
