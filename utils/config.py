@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "save_top_k": 3,
         "save_every_steps": 0,
         "save_every_minutes": 0,
-        "verbosity": 2,
+        "verbosity": 1,
         "monitor": "off",
         "early_stop": 0,
         "tensorboard": False,
