@@ -42,7 +42,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     config = Config.load(None, args.overrides, base=base, device=args.device)
     device = select_device(config["device"])
     data = config.init_obj("data_loader", module_data, seed=config["seed"])
-    loader = data.test_loader() if args.split == "test" else data.val_loader()
+    loader = data.test_loader(device) if args.split == "test" else data.val_loader(device)
     if loader is None:
         raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "
                               "is 0); use --split test.")

@@ -61,7 +61,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     trainer_cfg = config["trainer"]
     configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
     data = config.init_obj("data_loader", module_data, seed=config["seed"])
-    train_loader, val_loader = data.train_loader(), data.val_loader()
+    train_loader, val_loader = data.train_loader(device), data.val_loader(device)
     model = build_model(config)
     criterion = build_criterion(config)
     metrics = build_metrics(config)

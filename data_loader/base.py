@@ -61,17 +61,18 @@ class BaseDataLoader:
                           persistent_workers=self.persistent_workers,
                           generator=torch.Generator().manual_seed(self.seed))
 
-    def train_loader(self) -> DataLoader:
+    def train_loader(self, device: torch.device | None = None) -> DataLoader:
+        """Batches on the host; `device` (where the trainer will use them) matters to device-resident loaders."""
         dataset = self.make_dataset(True, self.transform)
         with_seeds = self.num_workers > 0
         sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds)
         return self._loader(SeededDataset(dataset) if with_seeds else dataset, sampler, self.drop_last)
 
-    def val_loader(self) -> DataLoader | None:
+    def val_loader(self, device: torch.device | None = None) -> DataLoader | None:
         val_indices = self.split()[1]
         if not val_indices:
             return None
         return self._loader(Subset(self.make_dataset(True, self.eval_transform), val_indices))
 
-    def test_loader(self) -> DataLoader:
+    def test_loader(self, device: torch.device | None = None) -> DataLoader:
         return self._loader(self.make_dataset(False, self.eval_transform))

@@ -36,12 +36,16 @@ class ResumableSampler(Sampler):
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "start": self.start}
 
-    def __iter__(self) -> Iterator:
+    def order(self) -> torch.Tensor:
+        """This epoch's indices from the current position on."""
         order = self.indices
         if self.shuffle:
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) & _MASK)
             order = order[torch.randperm(len(order), generator=generator)]
-        for index in order[self.start:].tolist():
+        return order[self.start:]
+
+    def __iter__(self) -> Iterator:
+        for index in self.order().tolist():
             if self.with_seeds:
                 yield index, ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) & _MASK
             else:

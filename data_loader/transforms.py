@@ -44,5 +44,5 @@ def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable |
                 raise ConfigError(f"'{where}.args.dtype' must name a torch dtype such as float32, got {args['dtype']!r}.")
             args["dtype"] = dtype
         factory = lookup(step["type"], (own, v2), where, "config")
-        built.append(call_with_args(factory, where, "config", **args))
+        built.append(call_with_args(factory, args, where, "config"))
     return built[0] if len(built) == 1 else v2.Compose(built)

@@ -72,8 +72,16 @@ SHORT_FLAGS = {
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (plain YAML 1.1 reads it as a string)."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 reads it as a string) and `off`/`on`/`yes`/`no` as
+    strings (YAML 1.1 reads them as booleans), so `amp: off` and `lr: 1e-3` mean what they say."""
 
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -265,7 +273,7 @@ class Config:
         if clash:
             raise ConfigError(f"{self.source}: '{key}.args.{sorted(clash)[0]}' is set by the code and cannot be "
                               "given in the config; remove it.")
-        return call_with_args(factory, key, self.source, **args, **kwargs)
+        return call_with_args(factory, {**args, **kwargs}, key, self.source)
 
 
 def lookup(name: str, modules: tuple[ModuleType, ...], key: str, source: str) -> Any:
@@ -286,7 +294,7 @@ def lookup(name: str, modules: tuple[ModuleType, ...], key: str, source: str) ->
     return found
 
 
-def call_with_args(factory: Any, key: str, source: str, **kwargs: Any) -> Any:
+def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str) -> Any:
     """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`."""
     name = getattr(factory, "__name__", str(factory))
     try:
