@@ -56,7 +56,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     result = evaluate(model, loader, build_criterion(config), build_metrics(config), device, desc=args.split)
     loop = checkpoint["loop"]
     print(f"{path} (epoch {loop['epoch'] - 1 if loop['batch_idx'] == 0 else loop['epoch']}, "
-          f"step {loop['global_step']}) on the {args.split} split: {len(loader.dataset)} samples")
+          f"step {loop['global_step']}) on the {args.split} split: {len(loader.sampler)} samples")
     width = max(len(name) for name in result)
     for name, value in result.items():
         print(f"  {name:<{width}}  {value:.6f}")

@@ -16,6 +16,7 @@ from model.factory import build_criterion, build_metrics, build_model
 from trainer.checkpoint import check_resume_config, find_checkpoint
 from trainer.signals import StopRequested
 from trainer.trainer import Trainer
+from utils import distributed
 from utils.config import Config, save_config
 from utils.device import configure_backends, select_device
 from utils.errors import ConfigError, TemplateError
@@ -51,37 +52,47 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                          lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)
     if checkpoint is not None and args.config is not None:
         check_resume_config(checkpoint["config"], config.data, config.source)
-    setup_logging(config["trainer"]["verbosity"])
+    trainer_cfg = config["trainer"]
+    dist = distributed.init_distributed(trainer_cfg["dist_backend"])
+    setup_logging(trainer_cfg["verbosity"] if dist.is_main else -1)  # other ranks: errors only
     if config["seed"] is None:
-        config.data["seed"] = random.SystemRandom().randrange(2**31)
+        config.data["seed"] = distributed.broadcast(random.SystemRandom().randrange(2**31))
     seed_everything(config["seed"])
 
     # Build everything from the config before anything is written to disk: a wrong key fails here.
-    device = select_device(config["device"], config["n_gpu"])
-    trainer_cfg = config["trainer"]
+    device = select_device(config["device"], config["n_gpu"], dist.local_rank if dist.enabled else None)
     configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
     data = config.init_obj("data_loader", module_data, seed=config["seed"])
     train_loader, val_loader = data.train_loader(device), data.val_loader(device)
     model = build_model(config)
+    if dist.enabled and trainer_cfg["sync_batchnorm"]:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if dist.enabled:
+        seed_everything(config["seed"] + dist.rank)  # same initial weights, different dropout per process
     criterion = build_criterion(config)
     metrics = build_metrics(config)
     optimizer = config.init_obj("optimizer", torch.optim, params=[p for p in model.parameters() if p.requires_grad])
     lr_scheduler = (config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer=optimizer)
                     if config["lr_scheduler"] else None)
     trainer = Trainer(model, criterion, metrics, optimizer, config, device, train_loader, val_loader,
-                      lr_scheduler, resume=checkpoint)
+                      lr_scheduler, resume=checkpoint, dist=dist)
 
-    run = run_of_checkpoint(checkpoint_path) if checkpoint else new_run(trainer_cfg["save_dir"], config["name"],
-                                                                         args.run_id)
-    setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
+    run = None
+    if dist.is_main:
+        run = run_of_checkpoint(checkpoint_path) if checkpoint else new_run(trainer_cfg["save_dir"], config["name"],
+                                                                             args.run_id)
+        setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
+    run = distributed.broadcast(run)
     if checkpoint:
         log.info("Resuming %s from %s: epoch %d, batch %d, step %d.", run.run_id, checkpoint_path,
                  trainer.epoch, trainer.batch_idx, trainer.global_step)
-    log.info("Run %s on %s: checkpoints in %s, logs in %s", run.run_id, device, run.models, run.log)
-    log.info("Data: %d training, %d validation samples", len(train_loader.sampler),
-             len(val_loader.dataset) if val_loader else 0)
+    log.info("Run %s on %s%s: checkpoints in %s, logs in %s", run.run_id, device,
+             f" x {dist.world_size} processes" if dist.enabled else "", run.models, run.log)
+    log.info("Data per process: %d training, %d validation samples", len(train_loader.sampler),
+             len(val_loader.sampler) if val_loader else 0)
     log.info("%s\n%s", type(model).__name__, model_summary(model))
-    save_config(config.data, run.models / "config.yaml")
+    if dist.is_main:
+        save_config(config.data, run.models / "config.yaml")
 
     result = trainer.fit(run)
     if trainer.monitor_key is not None:
@@ -96,15 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(args)
     except TemplateError as e:
-        log.error("%s", e)
+        log.error("%s%s", distributed.rank_prefix(), e)
         return e.exit_code
     except StopRequested as e:
-        log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",
-                    e, e.checkpoint, e.checkpoint.rsplit("/", 1)[0])
+        if distributed.is_main():
+            log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",
+                        e, e.checkpoint, e.checkpoint.rsplit("/", 1)[0])
         return e.exit_code
+    except torch.distributed.DistError as e:
+        log.error("%sLost contact with the other training processes (%s). Another process most likely failed: "
+                  "its own message comes first in the output.", distributed.rank_prefix(), str(e).splitlines()[0])
+        return 1
     except KeyboardInterrupt:
         log.error("Interrupted. Continue from the last checkpoint with: python train.py --resume <run folder>")
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -4,11 +4,20 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
 
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import build_transforms
+from utils import distributed
 from utils.errors import DataError
+
+
+def process_share(pad: bool) -> dict[str, Any]:
+    """Sampler arguments for this process's share of the data under DDP (all of it in a single process)."""
+    if not distributed.active():
+        return {"pad": pad}
+    return {"num_replicas": dist.get_world_size(), "rank": dist.get_rank(), "pad": pad}
 
 
 class BaseDataLoader:
@@ -62,17 +71,20 @@ class BaseDataLoader:
                           generator=torch.Generator().manual_seed(self.seed))
 
     def train_loader(self, device: torch.device | None = None) -> DataLoader:
-        """Batches on the host; `device` (where the trainer will use them) matters to device-resident loaders."""
+        """Batches on the host; `device` (where the trainer will use them) matters to device-resident loaders.
+        Under DDP, each process gets its share of every epoch."""
         dataset = self.make_dataset(True, self.transform)
         with_seeds = self.num_workers > 0
-        sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds)
+        sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds,
+                                   **process_share(pad=True))
         return self._loader(SeededDataset(dataset) if with_seeds else dataset, sampler, self.drop_last)
 
     def val_loader(self, device: torch.device | None = None) -> DataLoader | None:
         val_indices = self.split()[1]
         if not val_indices:
             return None
-        return self._loader(Subset(self.make_dataset(True, self.eval_transform), val_indices))
+        sampler = ResumableSampler(val_indices, shuffle=False, **process_share(pad=False))
+        return self._loader(self.make_dataset(True, self.eval_transform), sampler)
 
     def test_loader(self, device: torch.device | None = None) -> DataLoader:
         return self._loader(self.make_dataset(False, self.eval_transform))

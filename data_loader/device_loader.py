@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from data_loader.base import BaseDataLoader
+from data_loader.base import BaseDataLoader, process_share
 from data_loader.sampling import ResumableSampler
 from utils.config import call_with_args, lookup
 from utils.errors import ConfigError, DataError
@@ -113,7 +113,8 @@ class DeviceDataLoader:
 
     def _batches(self, dataset: Dataset, indices, device, what: str, train: bool) -> DeviceBatches:
         images, targets = self._to_device(dataset, device, what)
-        sampler = ResumableSampler(indices, shuffle=train and self.source.shuffle, seed=self.seed)
+        sampler = ResumableSampler(indices, shuffle=train and self.source.shuffle, seed=self.seed,
+                                   **process_share(pad=train))
         return DeviceBatches(images, targets, self.source.batch_size, sampler,
                              drop_last=train and self.source.drop_last,
                              crop_padding=self.crop_padding if train else 0, hflip=train and self.hflip)

@@ -15,13 +15,23 @@ _MASK = 2**63 - 1
 
 
 class ResumableSampler(Sampler):
-    """Yields `indices` in a seeded order per epoch (`set_epoch`), starting after `skip(n)` samples."""
+    """Yields `indices` in a seeded order per epoch (`set_epoch`), starting after `skip(n)` samples.
 
-    def __init__(self, indices: Sequence[int], shuffle: bool = True, seed: int = 0, with_seeds: bool = False):
+    Under DDP each of `num_replicas` processes takes every `num_replicas`-th sample of the same epoch order,
+    from position `rank`. With `pad` (training), the order is first padded with its own first samples to a
+    multiple of `num_replicas`, so every process runs the same number of steps (as DistributedSampler does);
+    without it (evaluation), each sample is seen exactly once.
+    """
+
+    def __init__(self, indices: Sequence[int], shuffle: bool = True, seed: int = 0, with_seeds: bool = False,
+                 num_replicas: int = 1, rank: int = 0, pad: bool = True):
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
         self.shuffle = shuffle
         self.seed = seed
         self.with_seeds = with_seeds
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad = pad
         self.epoch = 0
         self.start = 0
 
@@ -34,14 +44,18 @@ class ResumableSampler(Sampler):
         self.start = samples
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "start": self.start}
+        return {"seed": self.seed, "epoch": self.epoch, "start": self.start, "num_replicas": self.num_replicas}
 
     def order(self) -> torch.Tensor:
-        """This epoch's indices from the current position on."""
+        """This process's indices of this epoch, from the current position on."""
         order = self.indices
         if self.shuffle:
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) & _MASK)
             order = order[torch.randperm(len(order), generator=generator)]
+        if self.num_replicas > 1:
+            if self.pad and len(order) % self.num_replicas:
+                order = torch.cat([order, order[: self.num_replicas - len(order) % self.num_replicas]])
+            order = order[self.rank::self.num_replicas]
         return order[self.start:]
 
     def __iter__(self) -> Iterator:
@@ -52,7 +66,13 @@ class ResumableSampler(Sampler):
                 yield index
 
     def __len__(self) -> int:
-        return len(self.indices)
+        """Samples this process sees per epoch."""
+        n = len(self.indices)
+        if self.num_replicas == 1:
+            return n
+        if self.pad:
+            return -(-n // self.num_replicas)
+        return len(range(self.rank, n, self.num_replicas))
 
 
 class SeededDataset(Dataset):

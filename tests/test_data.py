@@ -54,7 +54,7 @@ def test_validation_split_is_seeded_disjoint_and_reproducible():
     train, val = a.split()
     assert a.split() == b.split() and a.split() != c.split()
     assert not set(train) & set(val) and len(train) + len(val) == 1437 and len(val) == round(1437 * 0.2)
-    assert len(a.val_loader().dataset) == len(val)
+    assert len(a.val_loader().sampler) == len(val)
     assert len(CsvImageDataLoader(data_dir=str(DIGITS), validation_split=100).split()[1]) == 100
 
 

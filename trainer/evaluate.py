@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils import distributed
+
 
 class MetricTracker:
     """Sample-weighted sums of the loss and metrics, kept as one tensor on the device.
@@ -20,7 +22,9 @@ class MetricTracker:
     def __init__(self, metrics: dict[str, Callable], device: torch.device):
         self.metrics = metrics
         self.names = ["loss", *metrics]
-        self.sums = torch.zeros(len(self.names), device=device)
+        # float64 keeps long epochs' sums exact (MPS has no float64).
+        self.sums = torch.zeros(len(self.names), device=device,
+                                dtype=torch.float32 if device.type == "mps" else torch.float64)
         self.count = 0
 
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
@@ -30,11 +34,14 @@ class MetricTracker:
         self.count += n
 
     def result(self, prefix: str = "") -> dict[str, float]:
-        totals = self.sums.tolist()
-        return {prefix + name: total / max(self.count, 1) for name, total in zip(self.names, totals)}
+        """Means over every sample seen, by all processes under DDP (sums and counts are all-reduced, so the
+        figures are exact, not an average of per-process averages). A collective call under DDP."""
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+        *sums, count = distributed.all_reduce(totals).tolist()
+        return {prefix + name: total / max(count, 1) for name, total in zip(self.names, sums)}
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums, "count": self.count}
+        return {"sums": self.sums.cpu(), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums = state["sums"].to(self.sums.device)
@@ -60,13 +67,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, criterion: Callable, metrics: dict[str, Callable], device: torch.device,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False, desc: str = "valid",
-             should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
-    """Loss and metrics over the whole `loader` in eval mode; None if `should_stop()` interrupted it."""
+             should_stop: Callable[[], bool] = lambda: False, progress: bool = True) -> dict[str, float] | None:
+    """Loss and metrics over the whole `loader` in eval mode (each process its share under DDP, then the
+    exact totals); None if `should_stop()` interrupted it."""
     was_training = model.training
     model.eval()
     tracker = MetricTracker(metrics, device)
     try:
-        for data, target in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+        for data, target in tqdm(loader, desc=desc, leave=False, disable=None if progress else True,
+                                 dynamic_ncols=True):
             if should_stop():
                 return None
             data, target = to_device(data, target, device, channels_last)

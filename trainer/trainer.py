@@ -15,7 +15,9 @@ from tqdm import tqdm
 from trainer.checkpoint import BEST, FORMAT, LATEST, keep_top_k, save_checkpoint
 from trainer.evaluate import MetricTracker, autocast, evaluate, to_device
 from trainer.signals import StopRequested, StopSignals
+from utils import distributed
 from utils.config import Config
+from utils.distributed import Dist
 from utils.errors import CheckpointError, ConfigError, TrainingError
 from utils.rng import get_rng_state, set_rng_state
 from utils.run import RunPaths
@@ -29,15 +31,16 @@ class Trainer:
     """Trains `model` on `train_loader` as the config's `trainer` section says.
 
     Pass the state of a checkpoint as `resume` to continue exactly where it was saved, mid-epoch included.
+    Under DDP (`dist`), every process runs this same loop on its share of the data; rank 0 alone writes.
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, metrics: dict[str, Callable],
                  optimizer: torch.optim.Optimizer, config: Config, device: torch.device, train_loader,
-                 val_loader=None, lr_scheduler=None,
-                 resume: dict[str, Any] | None = None):
+                 val_loader=None, lr_scheduler=None, resume: dict[str, Any] | None = None, dist: Dist = Dist()):
         self.config = config
         self.cfg = cfg = config["trainer"]
         self.device = device
+        self.dist = dist
         self.model = model.to(device)
         if cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -52,7 +55,12 @@ class Trainer:
         self.accumulate = cfg["accumulate_grad_batches"]
         self.amp_dtype = AMP_DTYPES[cfg["amp"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
-        self.forward_model = self._compile(self.model, cfg["compile"])
+        self.eval_model = self._compile(self.model, cfg["compile"])
+        self.train_model = self.eval_model
+        if dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=cfg["find_unused_parameters"])
 
         self.monitor_mode, self.monitor_key = ("off", None) if cfg["monitor"] == "off" else cfg["monitor"].split()
         logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
@@ -89,7 +97,10 @@ class Trainer:
                         self.epoch - 1, self.epochs)
             return last
         with self.stop:
-            self._open_tensorboard()
+            if self.dist.is_main and self.cfg["tensorboard"]:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run.log), purge_step=self.global_step or None)
             try:
                 while self.epoch <= self.epochs and not self._early_stopped():
                     started = time.perf_counter()
@@ -109,7 +120,7 @@ class Trainer:
         loader.sampler.skip(self.batch_idx * loader.batch_size)
         n_batches = len(loader)
         bar = tqdm(total=n_batches, initial=self.batch_idx, desc=f"epoch {self.epoch}/{self.epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)
+                   leave=False, disable=None if self.dist.is_main else True, dynamic_ncols=True)
         data_wait = compute = 0.0
         samples = 0
         fetch_started = time.perf_counter()
@@ -123,21 +134,19 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
 
             with autocast(self.device, self.amp_dtype):
-                output = self.forward_model(data)
+                output = self.train_model(data)
                 loss = self.criterion(output, target)
-            if self.cfg["on_nan"] == "skip_batch" and not torch.isfinite(loss):
+            if self.cfg["on_nan"] == "skip_batch" and self._any_rank(~torch.isfinite(loss)):
                 self.skipped_batches += 1
             else:
-                self.scaler.scale(loss / window).backward()
+                self.scaler.scale(loss / window if window > 1 else loss).backward()
                 self.tracker.update(loss, output.float(), target)
             self.batch_idx += 1
             samples += target.size(0)
 
             if self.batch_idx - window_start == window:
                 self._optimizer_step()
-                if self.global_step % self.cfg["log_step"] == 0:
-                    self._log_step(bar)
-                self._maybe_save_mid_epoch()
+                self._after_step(bar)
             bar.update(1)
             fetch_started = time.perf_counter()
             compute += fetch_started - step_started
@@ -160,11 +169,13 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         if self.val_loader is None:
             return {}
-        result = evaluate(self.forward_model, self.val_loader, self.criterion, self.metrics, self.device,
+        # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
+        result = evaluate(self.eval_model, self.val_loader, self.criterion, self.metrics, self.device,
                           self.amp_dtype, self.cfg["channels_last"], desc=f"valid {self.epoch}/{self.epochs}",
-                          should_stop=lambda: self.stop.requested is not None)
+                          should_stop=lambda: self.stop.requested is not None and not self.dist.enabled,
+                          progress=self.dist.is_main)
         if result is None:
-            self._stop_now()
+            self._stop_now(self.stop.requested)
         return {f"val_{name}": value for name, value in result.items()}
 
     def _end_epoch(self, epoch_log: dict[str, float], seconds: float) -> None:
@@ -191,8 +202,9 @@ class Trainer:
         self.batch_idx = 0
         self.tracker = MetricTracker(self.metrics, self.device)
         latest = self._save_epoch(epoch, epoch_log, improved)
-        if self.stop.requested is not None:
-            raise StopRequested(self.stop.requested, str(latest))
+        signum, _ = self._agree(self.stop.requested, False)
+        if signum:
+            raise StopRequested(signum, str(latest))
 
     def _early_stopped(self) -> bool:
         patience = self.cfg["early_stop"]
@@ -240,12 +252,6 @@ class Trainer:
                 self.writer.add_scalar("speed/samples_per_second", self.throughput[0], self.global_step)
                 self.writer.add_scalar("speed/data_wait_share", self.throughput[1], self.global_step)
 
-    def _open_tensorboard(self) -> None:
-        if self.cfg["tensorboard"]:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run.log), purge_step=self.global_step or None)
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly: tensors and plain values only."""
@@ -258,10 +264,11 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step},
-            "tracker": self.tracker.state_dict(),
             "monitor": {"best": self.best, "not_improved": self.not_improved, "kept": self.kept},
             "data": self.train_loader.sampler.state_dict(),
-            "rng": get_rng_state(),
+            "world_size": self.dist.world_size,
+            # Each process's own random state and running sums, in rank order (one entry without DDP).
+            "per_rank": distributed.gather({"rng": get_rng_state(), "tracker": self.tracker.state_dict()}),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -280,8 +287,25 @@ class Trainer:
         self.epoch, self.batch_idx, self.global_step = loop["epoch"], loop["batch_idx"], loop["global_step"]
         self.best, self.not_improved = state["monitor"]["best"], state["monitor"]["not_improved"]
         self.kept = state["monitor"]["kept"]
-        self.tracker.load_state_dict(state["tracker"])
-        set_rng_state(state["rng"])
+        ranks, world = state["per_rank"], state["world_size"]
+        if world == self.dist.world_size:
+            self.tracker.load_state_dict(ranks[self.dist.rank]["tracker"])
+        else:
+            self._rederive_position(ranks, world)
+        set_rng_state(ranks[min(self.dist.rank, len(ranks) - 1)]["rng"])
+
+    def _rederive_position(self, ranks: list[dict], world: int) -> None:
+        """Resume with another number of processes: continue from the same global sample position (rounded
+        down to a whole step), with the running sums on rank 0."""
+        batch = self.train_loader.batch_size
+        seen = self.batch_idx * batch * world
+        self.batch_idx = seen // (batch * self.dist.world_size)
+        if self.dist.is_main:
+            self.tracker.load_state_dict({"sums": sum(r["tracker"]["sums"] for r in ranks),
+                                          "count": sum(r["tracker"]["count"] for r in ranks)})
+        log.warning("The checkpoint was written by %d process(es), this run has %d: the data order of epoch %d is "
+                    "re-derived from sample %d on (batch %d); random draws will differ from an uninterrupted run.",
+                    world, self.dist.world_size, self.epoch, seen, self.batch_idx)
 
     def _check_finite(self, loss: float) -> None:
         """With on_nan: stop, a non-finite loss ends training before anything is saved from it."""
@@ -292,21 +316,45 @@ class Trainer:
                 "rate, set trainer.grad_clip_norm, check the data for bad values, or set trainer.on_nan: skip_batch.")
 
     def _checkpoint(self, names: list[str]) -> Path:
+        """Every process contributes its state; rank 0 writes while the others wait."""
         paths = [self.run.models / name for name in names]
-        save_checkpoint(self.state_dict(), paths)
+        state = self.state_dict()
+        if self.dist.is_main:
+            save_checkpoint(state, paths)
+        distributed.barrier()
         self._last_save_time = time.monotonic()
         return paths[0]
 
-    def _maybe_save_mid_epoch(self) -> None:
-        """Step-level checkpoints (`save_every_steps`, `save_every_minutes`) and the stop-signal save."""
+    def _after_step(self, bar: tqdm) -> None:
+        """Logging, step-level checkpoints (`save_every_steps`, `save_every_minutes`) and the stop-signal save.
+
+        Under DDP the processes agree on a stop or a timed save at logging steps only (one small collective).
+        """
+        log_now = self.global_step % self.cfg["log_step"] == 0
+        if log_now:
+            self._log_step(bar)
         every_steps, every_minutes = self.cfg["save_every_steps"], self.cfg["save_every_minutes"]
-        due = (every_steps and self.global_step % every_steps == 0) or (
-            every_minutes and time.monotonic() - self._last_save_time >= 60 * every_minutes)
-        if self.stop.requested is not None:
-            self._stop_now()
-        if due:
+        signum, timed = None, False
+        if log_now or not self.dist.enabled:
+            timed = bool(every_minutes) and time.monotonic() - self._last_save_time >= 60 * every_minutes
+            signum, timed = self._agree(self.stop.requested, timed)
+        if signum:
+            self._stop_now(signum)
+        if (every_steps and self.global_step % every_steps == 0) or timed:
             self._check_finite(self.tracker.result()["loss"])
             self._checkpoint([LATEST])
+
+    def _agree(self, signum: int | None, flag: bool) -> tuple[int | None, bool]:
+        """The highest stop signal and the OR of `flag` over all processes."""
+        if not self.dist.enabled:
+            return signum, flag
+        both = distributed.all_reduce(torch.tensor([signum or 0, int(flag)], device=self.device), op="max")
+        signum, flag = both.tolist()
+        return signum or None, bool(flag)
+
+    def _any_rank(self, flag: torch.Tensor) -> bool:
+        """Whether `flag` holds on any process (so that all of them skip the same batch)."""
+        return bool(distributed.all_reduce(flag.to(torch.int32).reshape(1), op="max").item())
 
     def _save_epoch(self, epoch: int, epoch_log: dict[str, float], improved: bool) -> Path:
         names = [LATEST]
@@ -327,15 +375,14 @@ class Trainer:
             if write:
                 names.append(name)
         latest = self._checkpoint(names)
-        for name in evict:
+        for name in evict if self.dist.is_main else ():
             (self.run.models / name).unlink(missing_ok=True)
         if improved:
             log.info("Saved %s (%s %.6g).", self.run.models / BEST, self.monitor_key, self.best)
         return latest
 
-    def _stop_now(self) -> None:
+    def _stop_now(self, signum: int) -> None:
         """Save where the loop stands and leave through StopRequested."""
-        signum = self.stop.requested
         path = self._checkpoint([LATEST])
         raise StopRequested(signum, str(path))
 

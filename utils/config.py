@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
         "cudnn_benchmark": False,
         "deterministic": False,
         "matmul_precision": "highest",
+        "dist_backend": None,
+        "find_unused_parameters": False,
+        "sync_batchnorm": False,
     },
 }
 

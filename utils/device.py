@@ -11,8 +11,9 @@ from utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def select_device(requested: str, n_gpu: int | None = None) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; `cpu`, `cuda`, `cuda:1`, `mps` are taken as asked.
+def select_device(requested: str, n_gpu: int | None = None, local_rank: int | None = None) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; `cpu`, `cuda`, `cuda:1`, `mps` are taken as asked. Under torchrun,
+    `local_rank` picks this process's GPU.
 
     `n_gpu` comes from a classic template config: 0 means CPU; more than one is served by torchrun, not
     DataParallel.
@@ -20,11 +21,13 @@ def select_device(requested: str, n_gpu: int | None = None) -> torch.device:
     if n_gpu is not None:
         if n_gpu == 0 and requested == "auto":
             requested = "cpu"
-        if n_gpu > 1:
+        if n_gpu > 1 and local_rank is None:
             log.info("The config asks for n_gpu=%d. This template trains on several GPUs with DDP: launch "
                      "`torchrun --standalone --nproc_per_node=%d train.py -c ...`; this process uses one device.",
                      n_gpu, n_gpu)
         log.info("Read the classic key n_gpu=%d as device: %s.", n_gpu, requested)
+    if local_rank is not None and requested in ("auto", "cuda") and torch.cuda.is_available():
+        requested = f"cuda:{local_rank}"
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

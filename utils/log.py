@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
 def setup_logging(verbosity: int = 1, log_file: Path | None = None) -> None:

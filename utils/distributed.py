@@ -1,0 +1,88 @@
+"""torch.distributed set-up for DDP under torchrun (or srun exporting the same variables): one process per
+device, rank 0 writes, collectives for exact metrics and agreed decisions. Single-process runs skip all of it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str | None = None) -> Dist:
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT); nccl on CUDA, gloo on CPU, unless `backend` says otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return Dist(rank, local_rank, world_size)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main() -> bool:
+    return not active() or dist.get_rank() == 0
+
+
+def rank_prefix() -> str:
+    """'[rank N] ' under DDP, to tell whose message it is."""
+    return f"[rank {dist.get_rank()}] " if active() else ""
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place sum or max over all processes (no-op in a single process)."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every process's `obj`, in rank order, on every process (`[obj]` in a single process)."""
+    if not active():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every process."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
