@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="which data to evaluate on")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. data_loader.args.batch_size=256")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:

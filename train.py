@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import signal
 import sys
 
 import torch
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="sets name (the experiment's folder under save_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="set any config key, e.g. optimizer.args.lr=3e-4 trainer.epochs=5")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
@@ -66,6 +67,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     train_loader, val_loader = data.train_loader(device), data.val_loader(device)
     model = build_model(config)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
+        if device.type != "cuda":
+            raise ConfigError("trainer.sync_batchnorm works on CUDA devices only (PyTorch's SyncBatchNorm); "
+                              f"this run uses {device}. Set trainer.sync_batchnorm: false.")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dist.enabled:
         seed_everything(config["seed"] + dist.rank)  # same initial weights, different dropout per process
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as e:
         if distributed.is_main():
             log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",
-                        e, e.checkpoint, e.checkpoint.rsplit("/", 1)[0])
+                        signal.Signals(e.signum).name, e.checkpoint, e.checkpoint.rsplit("/", 1)[0])
         return e.exit_code
     except torch.distributed.DistError as e:
         log.error("%sLost contact with the other training processes (%s). Another process most likely failed: "

@@ -7,17 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> list[nn.Module]:
+    norm = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm), norm, nn.ReLU(inplace=True)]
+
+
 class DigitsCNN(nn.Module):
     """A small CNN for the bundled 8x8 digits. BatchNorm layers carry running statistics (buffers) that
-    checkpoints must save along with the weights."""
+    checkpoints must save along with the weights; `batch_norm: false` leaves them out."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, dropout: float = 0.2):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, dropout: float = 0.2,
+                 batch_norm: bool = True):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            *_conv_block(in_channels, width, batch_norm),
+            *_conv_block(width, 2 * width, batch_norm),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
+            *_conv_block(2 * width, 4 * width, batch_norm),
             nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * width, num_classes))

@@ -1,10 +1,10 @@
 """Run train.py and interrupt it at a chosen point, the way a cluster or a user would.
 
-    python tests/interrupt.py --at step:7 --signal KILL -- <train.py arguments>
+    python tests/interrupt.py --at step:7 --send KILL -- <train.py arguments>
 
 Points: `step:N` after optimizer step N, `epoch-start:E` before epoch E's first batch, `save:N` inside the
 N-th checkpoint file write (after the temporary file is written, before it is renamed), `validation:E` at
-the start of epoch E's validation.
+the start of epoch E's validation, `fail-rank1:N` a DataError raised by rank 1 alone after step N (DDP).
 """
 import argparse
 import os
@@ -22,12 +22,12 @@ from trainer.trainer import Trainer  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--at", required=True)
-    parser.add_argument("--signal", default="KILL", choices=("KILL", "TERM", "INT", "USR1"))
+    parser.add_argument("--send", default="KILL", choices=("KILL", "TERM", "INT", "USR1"))
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     where, number = args.at.split(":")
     number = int(number)
-    signum = getattr(signal, f"SIG{args.signal}")
+    signum = getattr(signal, f"SIG{args.send}")
 
     def fire():
         os.kill(os.getpid(), signum)
@@ -60,6 +60,17 @@ def main() -> int:
             return replace(src, dst)
 
         checkpoint.os.replace = patched_replace
+    elif where == "fail-rank1":
+        from utils.errors import DataError
+
+        step = Trainer._optimizer_step
+
+        def failing_step(self):
+            step(self)
+            if self.global_step == number and self.dist.rank == 1:
+                raise DataError("Cannot read image 'images/0042.png': simulated failure on rank 1.")
+
+        Trainer._optimizer_step = failing_step
     elif where == "validation":
         validate = Trainer._validate
 

@@ -141,3 +141,12 @@ def test_parse_value():
     assert parse_value("cuda:1") == "cuda:1"
     assert parse_value("off") == "off" and parse_value("yes") == "yes" and parse_value("false") is False
     assert parse_value("[1, 2]") == [1, 2]
+
+
+def test_flags_and_overrides_may_be_mixed_in_any_order():
+    import train
+
+    args = train.parse_args(["trainer.epochs=3", "-c", "x.yaml", "--run-id", "a-b", "optimizer.args.lr=1", "--lr", "2"])
+    assert args.overrides == ["trainer.epochs=3", "optimizer.args.lr=1"]
+    assert args.run_id == "a-b" and args.lr == 2.0 and args.config == "x.yaml"
+    assert train.parse_args(["--batch-size", "8"]).bs == 8

@@ -19,7 +19,7 @@ ARGS = ["-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8", "train
 
 
 def interrupted(at: str, sig: str, *train_args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tests" / "interrupt.py"), "--at", at, "--signal", sig,
+    return subprocess.run([sys.executable, str(REPO / "tests" / "interrupt.py"), "--at", at, "--send", sig,
                            "--", *train_args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

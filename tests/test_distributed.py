@@ -1,0 +1,83 @@
+"""DDP on the CPU: two processes under torchrun with gloo, on the bundled digits."""
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import test as test_script
+from trainer.checkpoint import load_checkpoint
+
+from conftest import REPO, fast_args, only_run, run_script
+from test_exact_resume import assert_same_state
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+# 1216 training samples: 19 full global batches of 64, so one process with batch 64 and two with batch 32 see
+# the same samples at every step. No dropout and no random augmentation (they draw per process), and no
+# BatchNorm (its batch statistics are per process; SyncBatchNorm needs CUDA).
+SAME_GLOBAL_BATCH = ["data_loader.args.validation_split=221", "arch.args.dropout=0", "arch.args.batch_norm=false"]
+
+
+def torchrun(*args: str, script: str = "train.py", timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / script)]
+    return subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, capsys):
+    two = torchrun(*fast_args(tmp_path / "two", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=32",
+                              "trainer.monitor=min val_loss"))
+    assert two.returncode == 0, two.stderr
+    one = run_script("train.py", *fast_args(tmp_path / "one", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=64"))
+    assert one.returncode == 0, one.stderr
+    run = only_run(tmp_path / "two")  # one checkpoint set, written by rank 0
+    a = load_checkpoint(run / "checkpoint-latest.pth")
+    b = load_checkpoint(only_run(tmp_path / "one") / "checkpoint-latest.pth")
+    assert a["world_size"] == 2 and len(a["per_rank"]) == 2 and a["loop"] == b["loop"]
+    assert not any(name.startswith("module.") for name in a["model"])
+    for name, tensor in a["model"].items():
+        # Not bit-identical: the gradient mean is summed in another order (per process, then across processes).
+        assert torch.allclose(tensor.float(), b["model"][name].float(), rtol=1e-4, atol=1e-5), name
+    # The 2-process checkpoint loads in a single process and reproduces the logged validation figures.
+    logged = [line for line in two.stdout.splitlines() if line.startswith("epoch 2/2")][0]
+    assert test_script.main(["--resume", str(run / "model_best.pth"), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    for key in ("loss", "accuracy", "top_k_acc"):
+        printed = float(re.search(rf"^  {key}\s+([\d.]+)$", out, re.M).group(1))
+        assert f"{printed:.4f}" == re.search(rf"  val_{key} ([\d.]+)", logged).group(1)
+
+
+def test_two_processes_killed_and_resumed_end_identical(tmp_path):
+    args = fast_args(tmp_path, "trainer.save_every_steps=4",
+                     "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
+                     "{type: ToDtype, args: {dtype: float32, scale: true}}]")
+    reference = torchrun(*args, "--run-id", "ref")
+    assert reference.returncode == 0, reference.stderr
+    killed = torchrun("--at", "step:6", "--send", "KILL", "--", *args, "--run-id", "ddp", script="tests/interrupt.py")
+    assert killed.returncode != 0
+    run = tmp_path / "models" / "digits_cnn" / "ddp"
+    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
+    resumed = torchrun("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
+
+
+def test_a_failing_process_brings_the_run_down_with_its_message(tmp_path):
+    started = time.monotonic()
+    result = torchrun("--at", "fail-rank1:3", "--", *fast_args(tmp_path), script="tests/interrupt.py")
+    assert result.returncode != 0
+    assert "error: [rank 1] Cannot read image 'images/0042.png'" in result.stdout + result.stderr
+    assert time.monotonic() - started < 120
+
+
+def test_sigterm_stops_all_processes_with_a_checkpoint(tmp_path):
+    args = fast_args(tmp_path, "--run-id", "stop", "trainer.log_step=2")
+    result = torchrun("--at", "step:5", "--send", "TERM", "--", *args, script="tests/interrupt.py")
+    output = result.stdout + result.stderr
+    assert "continue it with" in output, output
+    state = load_checkpoint(tmp_path / "models" / "digits_cnn" / "stop" / "checkpoint-latest.pth")
+    assert state["loop"]["global_step"] == 6  # the processes agree at the next logging step
+    assert torchrun("--resume", str(tmp_path / "models" / "digits_cnn" / "stop")).returncode == 0
