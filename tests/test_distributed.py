@@ -1,6 +1,6 @@
 """DDP on the CPU: two processes under torchrun with gloo, on the bundled digits."""
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +60,12 @@ def test_two_processes_killed_and_resumed_end_identical(tmp_path):
     assert killed.returncode != 0
     run = tmp_path / "models" / "digits_cnn" / "ddp"
     assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
+    # Resuming the 2-process checkpoint in one process re-derives the data position and says so.
+    single = tmp_path / "single" / "models" / "digits_cnn" / "ddp"
+    shutil.copytree(run, single)
+    alone = run_script("train.py", "--resume", str(single), "--epochs", "1")
+    assert alone.returncode == 0, alone.stderr
+    assert "written by 2 process(es), this run has 1" in alone.stdout and "(batch 8)" in alone.stdout
     resumed = torchrun("--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
