@@ -14,7 +14,7 @@ import torch
 
 import data_loader as module_data
 from model.factory import build_criterion, build_metrics, build_model
-from trainer.checkpoint import check_resume_config, find_checkpoint
+from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
 from trainer.signals import StopRequested
 from trainer.trainer import Trainer
 from utils import distributed
@@ -83,6 +83,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     run = None
     if dist.is_main:
+        if checkpoint:
+            remove_temp_files(checkpoint_path.parent)
         run = run_of_checkpoint(checkpoint_path) if checkpoint else new_run(trainer_cfg["save_dir"], config["name"],
                                                                              args.run_id)
         setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
@@ -101,7 +103,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     result = trainer.fit(run)
     if trainer.monitor_key is not None:
         log.info("Done. Best %s: %.6g, saved in %s", trainer.monitor_key, trainer.best, run.models / "model_best.pth")
-    log.info("Evaluate with: python test.py --resume %s", run.models / "model_best.pth")
+    best = run.models / ("model_best.pth" if trainer.monitor_key is not None else "checkpoint-latest.pth")
+    log.info("Evaluate with: python test.py --resume %s", best)
     return result
 
 

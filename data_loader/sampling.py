@@ -53,8 +53,9 @@ class ResumableSampler(Sampler):
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) & _MASK)
             order = order[torch.randperm(len(order), generator=generator)]
         if self.num_replicas > 1:
-            if self.pad and len(order) % self.num_replicas:
-                order = torch.cat([order, order[: self.num_replicas - len(order) % self.num_replicas]])
+            missing = -len(order) % self.num_replicas
+            if self.pad and missing:
+                order = torch.cat([order, order.repeat(-(-missing // len(order)))[:missing]])
             order = order[self.rank::self.num_replicas]
         return order[self.start:]
 

@@ -53,7 +53,7 @@ def test_run_folder_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog)
     (tmp_path / ".checkpoint-latest.pth.tmp-123").write_bytes(b"half written")
     path, loaded = find_checkpoint(tmp_path)
     assert path == latest and torch.equal(loaded["model"]["w"], torch.full((3,), 2.0))
-    assert not (tmp_path / ".checkpoint-latest.pth.tmp-123").exists()
+    assert (tmp_path / ".checkpoint-latest.pth.tmp-123").exists()  # a live run may be writing it
     latest.write_bytes(b"PK\x03\x04 garbage")
     path, loaded = find_checkpoint(tmp_path)
     assert path == older and torch.equal(loaded["model"]["w"], torch.ones(3))

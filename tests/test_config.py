@@ -139,6 +139,7 @@ def test_parse_value():
     assert parse_value("true") is True
     assert parse_value("null") is None
     assert parse_value("cuda:1") == "cuda:1"
+    assert parse_value("2024-06-01") == "2024-06-01"
     assert parse_value("off") == "off" and parse_value("yes") == "yes" and parse_value("false") is False
     assert parse_value("[1, 2]") == [1, 2]
 

@@ -133,3 +133,13 @@ def test_per_sample_seeds_make_augmentation_independent_of_order():
     assert all(torch.equal(a, b) for a, b in zip(forward, backward))
     assert len({float(x) for x in forward}) == 10
     assert dataset[items[0]][0] == items[0][0]
+
+
+def test_distributed_shares_cover_every_sample_and_have_equal_length():
+    for n, replicas in [(3, 8), (10, 4), (8, 2)]:
+        shares = [list(ResumableSampler(range(n), seed=1, num_replicas=replicas, rank=r)) for r in range(replicas)]
+        assert all(len(share) == -(-n // replicas) for share in shares)
+        assert set(sum(shares, [])) == set(range(n))
+        unpadded = [list(ResumableSampler(range(n), seed=1, num_replicas=replicas, rank=r, pad=False))
+                    for r in range(replicas)]
+        assert sorted(sum(unpadded, [])) == list(range(n))

@@ -193,3 +193,21 @@ def test_metrics_are_weighted_by_sample_count():
     tracker.update(torch.tensor(3.0), torch.tensor([[0.0, 1]]), torch.tensor([1]))
     result = tracker.result()
     assert result["accuracy"] == pytest.approx(2 / 4) and result["loss"] == pytest.approx((3 * 1 + 3) / 4)
+
+
+def test_plateau_scheduler_per_step_and_changed_scheduler_on_resume_are_refused(save_dir, capsys):
+    plateau = "lr_scheduler={type: ReduceLROnPlateau, interval: step}"
+    assert train.main(fast_args(save_dir, plateau)) == 2
+    assert "set lr_scheduler.interval: epoch" in capsys.readouterr().err
+    assert train.main(fast_args(save_dir, "trainer.epochs=1")) == 0
+    code = train.main(["--resume", str(only_run(save_dir)),
+                       *fast_args(save_dir, "lr_scheduler={type: StepLR, args: {step_size: 1}}")])
+    assert code == 2 and "lr_scheduler.type to 'StepLR'" in capsys.readouterr().err
+
+
+def test_fp16_window_with_every_batch_skipped_does_not_step(save_dir, monkeypatch):
+    poison_loss(monkeypatch, lambda n: n <= 40)  # the whole first epoch (20 batches of 2 accumulated)
+    args = fast_args(save_dir, "trainer.amp=fp16", "trainer.on_nan=skip_batch", "trainer.accumulate_grad_batches=2")
+    assert train.main(args) == 0
+    state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
+    assert 0 < state["loop"]["global_step"] < 20

@@ -96,7 +96,6 @@ def find_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     if not path.is_dir():
         return path, load_checkpoint(path)
-    remove_temp_files(path)
     candidates = sorted(path.glob("*.pth"), key=lambda p: (p.name != LATEST, -p.stat().st_mtime))
     if not candidates:
         raise CheckpointError(f"No checkpoint (*.pth) in the run folder '{path}'. Pass a folder under "
@@ -141,11 +140,11 @@ def keep_top_k(kept: list[list], value: float, name: str, k: int, mode: str) -> 
 def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: str) -> None:
     """Refuse to resume a checkpoint with a config that builds a different model or optimizer.
 
-    Changing `epochs`, the data path or logging options is fine; the architecture and the optimizer type are not,
-    because the saved tensors and optimizer state would not fit them.
+    Changing `epochs`, the data path or logging options is fine; the architecture, the optimizer type and the
+    scheduler type are not, because the saved tensors and states would not fit them.
     """
-    for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type")):
-        before, now = saved[key].get(part), config[key].get(part)
+    for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type"), ("lr_scheduler", "type")):
+        before, now = (saved[key] or {}).get(part), (config[key] or {}).get(part)
         if key == "arch" and part == "args":
             before, now = before or {}, now or {}
         if before != now:

@@ -62,6 +62,10 @@ class Trainer:
                 self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=cfg["find_unused_parameters"])
 
+        if (isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                and config["lr_scheduler"]["interval"] == "step"):
+            raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
+                              "epoch; set lr_scheduler.interval: epoch.")
         self.monitor_mode, self.monitor_key = ("off", None) if cfg["monitor"] == "off" else cfg["monitor"].split()
         logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
         if self.monitor_key is not None and self.monitor_key not in logged:
@@ -132,6 +136,7 @@ class Trainer:
             window = min(self.accumulate, n_batches - window_start)
             if self.batch_idx == window_start:
                 self.optimizer.zero_grad(set_to_none=True)
+                window_has_grad = False
 
             with autocast(self.device, self.amp_dtype):
                 output = self.train_model(data)
@@ -141,10 +146,11 @@ class Trainer:
             else:
                 self.scaler.scale(loss / window if window > 1 else loss).backward()
                 self.tracker.update(loss, output.float(), target)
+                window_has_grad = True
             self.batch_idx += 1
             samples += target.size(0)
 
-            if self.batch_idx - window_start == window:
+            if self.batch_idx - window_start == window and window_has_grad:
                 self._optimizer_step()
                 self._after_step(bar)
             bar.update(1)

@@ -76,11 +76,13 @@ SHORT_FLAGS = {
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a float (YAML 1.1 reads it as a string) and `off`/`on`/`yes`/`no` as
-    strings (YAML 1.1 reads them as booleans), so `amp: off` and `lr: 1e-3` mean what they say."""
+    strings (YAML 1.1 reads them as booleans), and dates as strings, so `amp: off`, `lr: 1e-3` and
+    `name: 2024-06-01` mean what they say."""
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
