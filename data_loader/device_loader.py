@@ -19,8 +19,6 @@ from data_loader.sampling import ResumableSampler
 from utils.config import call_with_args, lookup
 from utils.errors import ConfigError, DataError
 
-_MASK = 2**63 - 1
-
 
 class DeviceBatches:
     """Batches of `images`/`targets` (already on the device) in the order of a ResumableSampler."""
@@ -47,8 +45,8 @@ class DeviceBatches:
             index = order[(number - first) * self.batch_size:(number - first + 1) * self.batch_size]
             images = self.images[index]
             if self.crop_padding or self.hflip:
-                seed = ((self.sampler.seed * 1_000_003 + self.sampler.epoch) * 100_003 + number) & _MASK
-                images = self._augment(images, torch.Generator(device=device).manual_seed(seed))
+                generator = torch.Generator(device=device).manual_seed(self.sampler.draw_seed(100_003, number))
+                images = self._augment(images, generator)
             yield images, self.targets[index]
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -46,11 +46,16 @@ class ResumableSampler(Sampler):
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "start": self.start, "num_replicas": self.num_replicas}
 
+    def draw_seed(self, factor: int = 0, number: int = 0) -> int:
+        """A seed for random draws of this run seed and epoch; `factor` and `number` pick one of a stream of
+        seeds (a sample, a batch). The epoch's shuffle uses the plain epoch seed."""
+        return ((self.seed * 1_000_003 + self.epoch) * (factor or 1) + number) & _MASK
+
     def order(self) -> torch.Tensor:
         """This process's indices of this epoch, from the current position on."""
         order = self.indices
         if self.shuffle:
-            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) & _MASK)
+            generator = torch.Generator().manual_seed(self.draw_seed())
             order = order[torch.randperm(len(order), generator=generator)]
         if self.num_replicas > 1:
             missing = -len(order) % self.num_replicas
@@ -62,7 +67,7 @@ class ResumableSampler(Sampler):
     def __iter__(self) -> Iterator:
         for index in self.order().tolist():
             if self.with_seeds:
-                yield index, ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) & _MASK
+                yield index, self.draw_seed(10_000_019, index)
             else:
                 yield index
 
