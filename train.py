@@ -23,7 +23,7 @@ from utils.device import configure_backends, select_device
 from utils.errors import ConfigError, TemplateError
 from utils.log import setup_logging
 from utils.rng import seed_everything
-from utils.run import new_run, run_of_checkpoint
+from utils.run import RunPaths, new_run, run_of_checkpoint
 from utils.summary import model_summary
 
 log = logging.getLogger("train")
@@ -81,14 +81,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     trainer = Trainer(model, criterion, metrics, optimizer, config, device, train_loader, val_loader,
                       lr_scheduler, resume=checkpoint, dist=dist)
 
-    run = None
-    if dist.is_main:
+    def open_run() -> RunPaths:
         if checkpoint:
             remove_temp_files(checkpoint_path.parent)
-        run = run_of_checkpoint(checkpoint_path) if checkpoint else new_run(trainer_cfg["save_dir"], config["name"],
-                                                                             args.run_id)
+            return run_of_checkpoint(checkpoint_path)
+        return new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
+
+    run = distributed.on_main(open_run)
+    if dist.is_main:
         setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
-    run = distributed.broadcast(run)
     if checkpoint:
         log.info("Resuming %s from %s: epoch %d, batch %d, step %d.", run.run_id, checkpoint_path,
                  trainer.epoch, trainer.batch_idx, trainer.global_step)
@@ -97,8 +98,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     log.info("Data per process: %d training, %d validation samples", len(train_loader.sampler),
              len(val_loader.sampler) if val_loader else 0)
     log.info("%s\n%s", type(model).__name__, model_summary(model))
-    if dist.is_main:
-        save_config(config.data, run.models / "config.yaml")
+    distributed.on_main(save_config, config.data, run.models / "config.yaml")
 
     result = trainer.fit(run)
     if trainer.monitor_key is not None:

@@ -65,7 +65,7 @@ def test_two_processes_killed_and_resumed_end_identical(tmp_path):
     shutil.copytree(run, single)
     alone = run_script("train.py", "--resume", str(single), "--epochs", "1")
     assert alone.returncode == 0, alone.stderr
-    assert "written by 2 process(es), this run has 1" in alone.stdout and "(batch 8)" in alone.stdout
+    assert "written by 2 process(es) with batch size 64, this run has 1 with 64" in alone.stdout and "(batch 8)" in alone.stdout
     resumed = torchrun("--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
@@ -87,3 +87,15 @@ def test_sigterm_stops_all_processes_with_a_checkpoint(tmp_path):
     state = load_checkpoint(tmp_path / "models" / "digits_cnn" / "stop" / "checkpoint-latest.pth")
     assert state["loop"]["global_step"] == 6  # the processes agree at the next logging step
     assert torchrun("--resume", str(tmp_path / "models" / "digits_cnn" / "stop")).returncode == 0
+
+
+def test_a_failure_on_rank_0_alone_stops_the_other_process_too(tmp_path):
+    taken = tmp_path / "models" / "digits_cnn" / "taken"
+    taken.mkdir(parents=True)
+    (taken / "checkpoint-latest.pth").write_bytes(b"an earlier run")
+    result = torchrun(*fast_args(tmp_path, "--run-id", "taken"), timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "already exists and is not empty" in output
+    assert "error: [rank 1] Stopped because rank 0 failed" in output
+    assert (taken / "checkpoint-latest.pth").read_bytes() == b"an earlier run"

@@ -88,3 +88,15 @@ def test_worker_processes_replay_augmentation_exactly(tmp_path):
     assert run_script("train.py", "--resume", str(run)).returncode == 0
     assert_same_state(tmp_path / "a" / "models" / "digits_cnn" / "a" / "checkpoint-latest.pth",
                       run / "checkpoint-latest.pth")
+
+
+def test_mid_epoch_resume_refuses_another_seed_and_rederives_another_batch_size(tmp_path):
+    run = tmp_path / "models" / "digits_cnn" / "mid"
+    result = interrupted("step:6", "TERM", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "mid")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    reseeded = run_script("train.py", "--resume", str(run), "--seed", "5")
+    assert reseeded.returncode == 2 and "in the middle of epoch 1 with seed 0; seed 5" in reseeded.stderr
+    smaller = run_script("train.py", "--resume", str(run), "--bs", "32", "--epochs", "1")
+    assert smaller.returncode == 0, smaller.stderr
+    # 6 batches of 64 seen: the run goes on from sample 384, batch 12 of 32.
+    assert "with batch size 64, this run has 1 with 32" in smaller.stdout and "(batch 12)" in smaller.stdout

@@ -271,7 +271,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step},
             "monitor": {"best": self.best, "not_improved": self.not_improved, "kept": self.kept},
-            "data": self.train_loader.sampler.state_dict(),
+            "data": {**self.train_loader.sampler.state_dict(), "batch_size": self.train_loader.batch_size},
             "world_size": self.dist.world_size,
             # Each process's own random state and running sums, in rank order (one entry without DDP).
             "per_rank": distributed.gather({"rng": get_rng_state(), "tracker": self.tracker.state_dict()}),
@@ -294,24 +294,33 @@ class Trainer:
         self.best, self.not_improved = state["monitor"]["best"], state["monitor"]["not_improved"]
         self.kept = state["monitor"]["kept"]
         ranks, world = state["per_rank"], state["world_size"]
-        if world == self.dist.world_size:
+        saved_batch = state["data"].get("batch_size", self.train_loader.batch_size)
+        seed = self.train_loader.sampler.seed
+        if self.batch_idx and state["data"]["seed"] != seed:
+            raise CheckpointError(f"The checkpoint was saved in the middle of epoch {self.epoch} with seed "
+                                  f"{state['data']['seed']}; seed {seed} would reorder the rest of that epoch, so "
+                                  "samples would be seen twice or not at all. Resume without changing the seed, or "
+                                  "from a checkpoint saved at the end of an epoch (checkpoint-epoch<N>.pth).")
+        if world == self.dist.world_size and saved_batch == self.train_loader.batch_size:
             self.tracker.load_state_dict(ranks[self.dist.rank]["tracker"])
         else:
-            self._rederive_position(ranks, world)
+            self._rederive_position(ranks, world, saved_batch)
         set_rng_state(ranks[min(self.dist.rank, len(ranks) - 1)]["rng"])
 
-    def _rederive_position(self, ranks: list[dict], world: int) -> None:
-        """Resume with another number of processes: continue from the same global sample position (rounded
-        down to a whole step), with the running sums on rank 0."""
+    def _rederive_position(self, ranks: list[dict], world: int, saved_batch: int) -> None:
+        """Resume with another number of processes or batch size: continue from the same global sample
+        position (rounded down to a whole step), with the running sums on rank 0."""
         batch = self.train_loader.batch_size
-        seen = self.batch_idx * batch * world
+        seen = self.batch_idx * saved_batch * world
         self.batch_idx = seen // (batch * self.dist.world_size)
         if self.dist.is_main:
             self.tracker.load_state_dict({"sums": sum(r["tracker"]["sums"] for r in ranks),
                                           "count": sum(r["tracker"]["count"] for r in ranks)})
-        log.warning("The checkpoint was written by %d process(es), this run has %d: the data order of epoch %d is "
-                    "re-derived from sample %d on (batch %d); random draws will differ from an uninterrupted run.",
-                    world, self.dist.world_size, self.epoch, seen, self.batch_idx)
+        if seen:
+            log.warning("The checkpoint was written by %d process(es) with batch size %d, this run has %d with %d: "
+                        "the data order of epoch %d is re-derived from sample %d on (batch %d); random draws will "
+                        "differ from an uninterrupted run.", world, saved_batch, self.dist.world_size, batch,
+                        self.epoch, seen, self.batch_idx)
 
     def _check_finite(self, loss: float) -> None:
         """With on_nan: stop, a non-finite loss ends training before anything is saved from it."""
@@ -324,10 +333,7 @@ class Trainer:
     def _checkpoint(self, names: list[str]) -> Path:
         """Every process contributes its state; rank 0 writes while the others wait."""
         paths = [self.run.models / name for name in names]
-        state = self.state_dict()
-        if self.dist.is_main:
-            save_checkpoint(state, paths)
-        distributed.barrier()
+        distributed.on_main(save_checkpoint, self.state_dict(), paths)
         self._last_save_time = time.monotonic()
         return paths[0]
 

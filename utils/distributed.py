@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+from utils import errors
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,29 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` run by rank 0 alone (writing files), its result handed to every process.
+
+    If it fails, every process fails at once instead of waiting in the next collective until it times out:
+    rank 0 with its own error, the others with `PeerFailed`.
+    """
+    if not active():
+        return fn(*args)
+    outcome: tuple[str, Any] | None = None
+    failure: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            outcome = ("ok", fn(*args))
+        except BaseException as e:
+            failure, outcome = e, ("failed", getattr(e, "exit_code", 1))
+    outcome = broadcast(outcome)
+    if failure is not None:
+        raise failure
+    if outcome[0] == "failed":
+        raise errors.PeerFailed(outcome[1])
+    return outcome[1]
 
 
 def barrier() -> None:

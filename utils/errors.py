@@ -27,3 +27,11 @@ class TrainingError(TemplateError):
     """Training cannot go on (a non-finite loss, a failed save); what was saved before stays intact."""
 
     exit_code = 1
+
+
+class PeerFailed(TemplateError):
+    """Under DDP, rank 0 failed in work only it does (writing a file); its own message says what to fix."""
+
+    def __init__(self, exit_code: int):
+        super().__init__("Stopped because rank 0 failed; its message comes first in the output.")
+        self.exit_code = exit_code
