@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from data_loader.checks import BadSamples, CheckedDataset, collate, describe
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import build_transforms
 from utils import distributed
@@ -25,12 +26,15 @@ class BaseDataLoader:
 
     `validation_split` is a fraction (0.1) or a number of samples (500) of the training files held out for
     validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples.
+    `num_classes` bounds the labels and `channels` the images' channel count (both checked when given);
+    `skip_bad` leaves unreadable or wrong samples out and counts them instead of stopping.
     """
 
     def __init__(self, batch_size: int = 64, shuffle: bool = True, validation_split: float | int = 0.1,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
-                 target_transform: list | None = None, seed: int = 0):
+                 target_transform: list | None = None, num_classes: int | None = None, channels: int | None = None,
+                 skip_bad: bool = False, seed: int = 0):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"data_loader.args.batch_size must be a whole number >= 1, got {batch_size!r}.")
         self.batch_size = batch_size
@@ -45,6 +49,10 @@ class BaseDataLoader:
         self.eval_transform = (build_transforms(eval_transform, "data_loader.args.eval_transform")
                                if eval_transform is not None else self.transform)
         self.target_transform = build_transforms(target_transform, "data_loader.args.target_transform")
+        self.num_classes = num_classes
+        self.channels = channels
+        self.skip_bad = skip_bad
+        self.bad_samples = BadSamples() if skip_bad else None
         self._split: tuple[list[int], list[int]] | None = None
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
@@ -64,20 +72,23 @@ class BaseDataLoader:
             self._split = (sorted(order[n_val:]), sorted(order[:n_val]))
         return self._split
 
-    def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers,
-                          generator=torch.Generator().manual_seed(self.seed))
+    def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False,
+                with_seeds: bool = False) -> DataLoader:
+        dataset = CheckedDataset(dataset, self.channels, self.bad_samples)
+        loader = DataLoader(SeededDataset(dataset) if with_seeds else dataset, batch_size=self.batch_size,
+                            sampler=sampler, drop_last=drop_last, collate_fn=collate, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+                            generator=torch.Generator().manual_seed(self.seed))
+        loader.bad_samples = self.bad_samples  # read by the trainer at the end of each epoch
+        return loader
 
     def train_loader(self, device: torch.device | None = None) -> DataLoader:
         """Batches on the host; `device` (where the trainer will use them) matters to device-resident loaders.
         Under DDP, each process gets its share of every epoch."""
-        dataset = self.make_dataset(True, self.transform)
         with_seeds = self.num_workers > 0
         sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds,
                                    **process_share(pad=True))
-        return self._loader(SeededDataset(dataset) if with_seeds else dataset, sampler, self.drop_last)
+        return self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
 
     def val_loader(self, device: torch.device | None = None) -> DataLoader | None:
         val_indices = self.split()[1]
@@ -88,3 +99,16 @@ class BaseDataLoader:
 
     def test_loader(self, device: torch.device | None = None) -> DataLoader:
         return self._loader(self.make_dataset(False, self.eval_transform))
+
+    def check_labels(self, dataset: Dataset, targets: Any) -> None:
+        """Refuse labels outside 0..num_classes-1 (when `num_classes` is given), naming the first such sample."""
+        if self.num_classes is None:
+            return
+        targets = torch.as_tensor(targets)
+        outside = ((targets < 0) | (targets >= self.num_classes)).nonzero().flatten()
+        if len(outside):
+            index = int(outside[0])
+            raise DataError(f"{describe(dataset, index)} has label {int(targets[index])}, outside "
+                            f"0..{self.num_classes - 1} (data_loader.args.num_classes: {self.num_classes}); "
+                            f"{len(outside)} sample(s) in all. Set num_classes (and the model's) to the number of "
+                            "classes in the data.")

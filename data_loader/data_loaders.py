@@ -1,4 +1,4 @@
-"""The data loaders a config can name in `data_loader.type`. Add yours here."""
+"""The data loaders a config can name in `data_loader.type`. Add yours here (and in `__init__.py`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,51 +6,99 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 from torchvision import datasets
+from torchvision.transforms import v2
 
 from data_loader.base import BaseDataLoader
-from data_loader.datasets import CsvImageDataset
-from utils.errors import DataError
-
-_TO_FLOAT = [{"type": "ToImage"}, {"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
+from data_loader.datasets import CsvImageDataset, ImageFolderDataset
+from utils.errors import ConfigError, DataError
 
 
 class CsvImageDataLoader(BaseDataLoader):
     """Images in a folder plus a CSV of file,label,split - the bundled digits and most users' own data."""
 
     def __init__(self, data_dir: str = "data/digits", csv_file: str = "labels.csv", image_mode: str = "unchanged",
-                 num_classes: int | None = None, cache: bool = False, **kwargs):
+                 cache: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
         self.csv_file = csv_file
         self.image_mode = image_mode
-        self.num_classes = num_classes
         self.cache = cache
         self.make_dataset(True, None)
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         return CsvImageDataset(self.data_dir, self.csv_file, "train" if train else "test", transform,
-                               self.target_transform, self.image_mode, self.num_classes, self.cache)
+                               self.target_transform, self.image_mode, self.num_classes, self.cache, self.skip_bad)
 
 
-class MnistDataLoader(BaseDataLoader):
-    """torchvision's MNIST under `data_dir` (the classic template's example). Downloads only when the files
-    are absent and `download` is true."""
+class ImageFolderDataLoader(BaseDataLoader):
+    """One folder per class: `data_dir/train/<class>/<image>` and `data_dir/test/<class>/<image>`. Classes are
+    numbered in sorted order of their folder names; the test tree must have the same class folders."""
 
-    def __init__(self, data_dir: str = "data/", download: bool = True, **kwargs):
-        kwargs.setdefault("transform", _TO_FLOAT + [{"type": "Normalize", "args": {"mean": [0.1307], "std": [0.3081]}}])
-        kwargs.setdefault("validation_split", 0.0)
+    def __init__(self, data_dir: str, train_dir: str = "train", test_dir: str = "test",
+                 image_mode: str = "unchanged", **kwargs):
         super().__init__(**kwargs)
-        self.data_dir = data_dir
-        self.download = download
-        self.make_dataset(True, None)
+        self.folders = {True: Path(data_dir) / train_dir, False: Path(data_dir) / test_dir}
+        self.image_mode = image_mode
+        train = self.make_dataset(True, None)
+        self.check_labels(train, train.targets)
+        self.classes = train.classes
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        dataset = ImageFolderDataset(self.folders[train], transform, self.target_transform, self.image_mode)
+        if not train and dataset.classes != self.classes:
+            differ = sorted(set(dataset.classes) ^ set(self.classes))
+            raise DataError(f"The class folders of '{self.folders[False]}' differ from those of '{self.folders[True]}' "
+                            f"({', '.join(differ)}), so their labels would not match. Give both trees the same "
+                            "class folders (an empty folder is not counted: put at least one image in each).")
+        return dataset
+
+
+# torchvision datasets a config can name, with the folder under `data_dir` where they live and their files.
+_MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+TORCHVISION_DATASETS = {
+    "MNIST": ("MNIST/raw", _MNIST_FILES),
+    "FashionMNIST": ("FashionMNIST/raw", _MNIST_FILES),
+    "KMNIST": ("KMNIST/raw", _MNIST_FILES),
+    "CIFAR10": ("cifar-10-batches-py", "data_batch_1 ... data_batch_5, test_batch, batches.meta"),
+    "CIFAR100": ("cifar-100-python", "train, test, meta"),
+}
+
+
+class TorchvisionDataLoader(BaseDataLoader):
+    """One of torchvision's datasets (`dataset`: MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100) under
+    `data_dir`. Downloads only when the files are absent and `download` is true. Images are turned into uint8
+    (C, H, W) tensors before `transform`, as with the other loaders."""
+
+    def __init__(self, dataset: str = "MNIST", data_dir: str = "data/", download: bool = False, **kwargs):
+        if dataset not in TORCHVISION_DATASETS:
+            raise ConfigError(f"data_loader.args.dataset must be one of {', '.join(TORCHVISION_DATASETS)}; got "
+                              f"{dataset!r}. For another dataset, subclass BaseDataLoader in data_loader/data_loaders.py.")
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.download = download
+        train = self.make_dataset(True, None)
+        self.check_labels(train, train.targets)
+
+    def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        to_tensor = v2.Compose([v2.ToImage(), transform]) if transform is not None else v2.ToImage()
         try:
-            return datasets.MNIST(self.data_dir, train=train, transform=transform,
-                                  target_transform=self.target_transform, download=self.download)
+            return getattr(datasets, self.dataset)(self.data_dir, train=train, transform=to_tensor,
+                                                   target_transform=self.target_transform, download=self.download)
         except (RuntimeError, OSError) as e:
-            how = "download is off (data_loader.args.download: false)" if not self.download else f"the download failed ({e})"
-            raise DataError(f"MNIST not found under '{Path(self.data_dir) / 'MNIST' / 'raw'}' and {how}. Set "
-                            "data_loader.args.download: true on a machine with internet access, or place the four "
-                            "files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                            "t10k-labels-idx1-ubyte there.") from None
+            folder, files = TORCHVISION_DATASETS[self.dataset]
+            how = ("download is off (data_loader.args.download: false)" if not self.download
+                   else f"the download failed ({str(e).splitlines()[0]})")
+            raise DataError(f"{self.dataset} not found (or incomplete) under '{Path(self.data_dir) / folder}' and "
+                            f"{how}. Set data_loader.args.download: true on a machine with internet access, or "
+                            f"place the files {files} there.") from None
+
+
+class MnistDataLoader(TorchvisionDataLoader):
+    """The classic template's MNIST loader: torchvision's MNIST, downloaded when absent, no validation split."""
+
+    def __init__(self, data_dir: str = "data/", download: bool = True, **kwargs):
+        kwargs.setdefault("transform", [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}},
+                                        {"type": "Normalize", "args": {"mean": [0.1307], "std": [0.3081]}}])
+        kwargs.setdefault("validation_split", 0.0)
+        super().__init__("MNIST", data_dir, download, **kwargs)

@@ -1,17 +1,40 @@
-"""Datasets: a folder of images listed in a CSV file (file name, label, split) - the layout users bring."""
+"""Datasets for the layouts users bring: a folder of images listed in a CSV file (file name, label, split), and
+a tree with one folder per class (`ImageFolder`). Both decode images with `torchvision.io` into uint8 tensors."""
 from __future__ import annotations
 
 import csv
+import functools
+import logging
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
+from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from utils.errors import DataError
 
+log = logging.getLogger(__name__)
+
 _MODES = {"unchanged": ImageReadMode.UNCHANGED, "gray": ImageReadMode.GRAY, "rgb": ImageReadMode.RGB}
+
+
+def read_mode(image_mode: str) -> ImageReadMode:
+    if image_mode not in _MODES:
+        raise DataError(f"data_loader.args.image_mode must be one of {', '.join(_MODES)}, got {image_mode!r}.")
+    return _MODES[image_mode]
+
+
+def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) -> torch.Tensor:
+    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file raises DataError naming it."""
+    try:
+        return decode_image(read_file(str(path)), mode=mode)
+    except (RuntimeError, OSError) as e:
+        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(e).splitlines()[0])  # drop the C++ source location
+        raise DataError(f"Cannot read image '{path}': {reason} Replace the file or remove it from the data "
+                        "(or set data_loader.args.skip_bad: true to skip such files).") from None
 
 
 class CsvImageDataset(Dataset):
@@ -19,18 +42,19 @@ class CsvImageDataset(Dataset):
 
     Images are decoded with `torchvision.io` into uint8 tensors (C, H, W); `transform` gets that tensor,
     `target_transform` the integer label. `cache: true` keeps decoded images in memory (for small data sets).
+    Rows with a bad label stop with an error naming the line, or with `skip_bad` are left out with a warning.
     """
 
     def __init__(self, root: str | Path, csv_file: str = "labels.csv", split: str | None = None,
                  transform: Callable | None = None, target_transform: Callable | None = None,
-                 image_mode: str = "unchanged", num_classes: int | None = None, cache: bool = False):
+                 image_mode: str = "unchanged", num_classes: int | None = None, cache: bool = False,
+                 skip_bad: bool = False):
         self.root = Path(root)
+        self.csv_file = csv_file
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
         self.transform = transform
         self.target_transform = target_transform
-        if image_mode not in _MODES:
-            raise DataError(f"data_loader.args.image_mode must be one of {', '.join(_MODES)}, got {image_mode!r}.")
-        self.mode = _MODES[image_mode]
+        self.mode = read_mode(image_mode)
         csv_path = self.root / csv_file
         if not self.root.is_dir():
             raise DataError(f"Data folder '{self.root}' not found (data_loader.args.data_dir). Run from the project's "
@@ -38,13 +62,19 @@ class CsvImageDataset(Dataset):
         if not csv_path.is_file():
             raise DataError(f"Label file '{csv_path}' not found. Put a CSV with the columns file,label[,split] there, "
                             "or set data_loader.args.csv_file.")
-        self.samples = self._read_rows(csv_path, split, num_classes)
+        self.samples, bad = self._read_rows(csv_path, split, num_classes)
+        if bad and not skip_bad:
+            raise DataError(f"{bad[0]}. Fix the row or remove it (or set data_loader.args.skip_bad: true).")
+        if bad:
+            log.warning("Skipped %d row(s) of '%s' with a bad label (skip_bad: true); the first: %s.",
+                        len(bad), csv_path, bad[0])
         if not self.samples:
             raise DataError(f"'{csv_path}' lists no rows for split '{split}'. Check the 'split' column "
                             "(expected values: train, test).")
 
     @staticmethod
-    def _read_rows(csv_path: Path, split: str | None, num_classes: int | None) -> list[tuple[str, int]]:
+    def _read_rows(csv_path: Path, split: str | None, num_classes: int | None) -> tuple[list[tuple], list[str]]:
+        """The rows of `split` as (file, label, line), and a description of each row with a bad label."""
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"file", "label"} - set(reader.fieldnames or [])
@@ -55,39 +85,59 @@ class CsvImageDataset(Dataset):
             if split == "test" and not has_split:
                 raise DataError(f"'{csv_path}' has no 'split' column, so there is no test split. "
                                 "Add a split column with values train/test.")
-            rows = []
+            rows, bad = [], []
             for line, row in enumerate(reader, start=2):
                 if split is not None and has_split and row["split"] != split:
                     continue
                 try:
                     label = int(row["label"])
                 except (TypeError, ValueError):
-                    raise DataError(f"'{csv_path}', line {line}: label {row['label']!r} is not a whole number.") from None
+                    bad.append(f"'{csv_path}', line {line}: label {row['label']!r} is not a whole number")
+                    continue
                 if label < 0 or (num_classes is not None and label >= num_classes):
-                    raise DataError(f"'{csv_path}', line {line}: label {label} is outside 0..{(num_classes or 1) - 1}.")
-                rows.append((row["file"], label))
-            return rows
+                    bad.append(f"'{csv_path}', line {line}: label {label} is outside 0..{(num_classes or 1) - 1} "
+                               f"(data_loader.args.num_classes: {num_classes})")
+                    continue
+                rows.append((row["file"], label, line))
+            return rows, bad
+
+    def describe(self, index: int) -> str:
+        name, _, line = self.samples[index]
+        return f"image '{self.root / name}' (line {line} of {self.csv_file})"
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _decode(self, name: str) -> torch.Tensor:
-        path = self.root / name
-        try:
-            return decode_image(read_file(str(path)), mode=self.mode)
-        except (RuntimeError, OSError) as e:
-            raise DataError(f"Cannot read image '{path}' (listed in the CSV as '{name}'): {e}. "
-                            "Replace the file or remove its row.") from None
-
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        name, label = self.samples[index]
+        name, label, _ = self.samples[index]
         if self.cache is None:
-            image = self._decode(name)
+            image = read_image(self.root / name, self.mode)
         else:
             image = self.cache.get(index)
             if image is None:
-                image = self.cache[index] = self._decode(name)
+                image = self.cache[index] = read_image(self.root / name, self.mode)
         if self.transform is not None:
             image = self.transform(image)
         target = self.target_transform(label) if self.target_transform is not None else label
         return image, target
+
+
+class ImageFolderDataset(datasets.ImageFolder):
+    """torchvision's `ImageFolder` (`root/<class name>/<image>`, classes numbered in sorted order), decoding
+    with `torchvision.io` like CsvImageDataset, so the same transforms apply to both."""
+
+    def __init__(self, root: str | Path, transform: Callable | None = None,
+                 target_transform: Callable | None = None, image_mode: str = "unchanged"):
+        mode = read_mode(image_mode)
+        if not Path(root).is_dir():
+            raise DataError(f"Image folder '{root}' not found (data_loader.args.data_dir). It must hold one folder "
+                            "per class, e.g. train/cat/001.png, train/dog/002.png.")
+        try:
+            super().__init__(str(root), transform=transform, target_transform=target_transform,
+                             loader=functools.partial(read_image, mode=mode))
+        except FileNotFoundError as e:
+            raise DataError(f"No images found in '{root}' ({e}). It must hold one folder per class with image files "
+                            "in them (.png, .jpg, ...).") from None
+
+    def describe(self, index: int) -> str:
+        return f"image '{self.samples[index][0]}'"

@@ -93,7 +93,7 @@ def test_missing_mnist_without_download_is_explained(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(CLASSIC))
     result = run_script("train.py", "-c", "config.json", "data_loader.args.download=false", cwd=tmp_path)
     assert result.returncode == 2
-    assert "MNIST not found under 'data/MNIST/raw' and download is off" in result.stderr
+    assert "MNIST not found (or incomplete) under 'data/MNIST/raw' and download is off" in result.stderr
     assert not (tmp_path / "saved").exists()
 
 

@@ -32,8 +32,8 @@ def test_bundled_digits_are_real_and_split():
     assert len(train) + len(test) == 1797 and len(test) == 360
     image, label = train[0]
     assert image.shape == (1, 8, 8) and image.dtype == torch.uint8 and image.max() > 200
-    assert sorted({label for _, label in test.samples}) == list(range(10))
-    assert not {name for name, _ in train.samples} & {name for name, _ in test.samples}
+    assert sorted({label for _, label, _ in test.samples}) == list(range(10))
+    assert not {s[0] for s in train.samples} & {s[0] for s in test.samples}
     size = sum(p.stat().st_size for p in DIGITS.rglob("*") if p.is_file())
     assert size < 1_000_000
 

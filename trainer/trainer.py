@@ -248,6 +248,10 @@ class Trainer:
             parts.append(f"{self.skipped_batches} batches with a non-finite loss skipped")
             self.skipped_batches = 0
         log.info("  ".join(parts))
+        bad = self._take_bad_samples()
+        if bad:
+            log.warning("Skipped %d bad sample(s) in epoch %d (data_loader.args.skip_bad: true); the reason for the "
+                        "first is logged above.", bad, self.epoch)
         if self.writer is not None:
             for name, value in epoch_log.items():
                 split, metric = ("val", name[4:]) if name.startswith("val_") else ("train", name)
@@ -257,6 +261,14 @@ class Trainer:
             if self.throughput is not None:
                 self.writer.add_scalar("speed/samples_per_second", self.throughput[0], self.global_step)
                 self.writer.add_scalar("speed/data_wait_share", self.throughput[1], self.global_step)
+
+    def _take_bad_samples(self) -> int:
+        """Samples the loaders skipped since the last call (with `skip_bad`), summed over all processes."""
+        counters = [getattr(loader, "bad_samples", None) for loader in (self.train_loader, self.val_loader)]
+        if not any(counters):
+            return 0
+        count = sum(counter.take() for counter in counters if counter is not None)
+        return int(distributed.all_reduce(torch.tensor([count], device=self.device)).item())
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,13 @@ class TemplateError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = ""):
+        # A DataLoader worker process re-raises an error as `type(text)` with its traceback in the text;
+        # keep the message alone, so that the user still reads one paragraph.
+        if "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
 
 class ConfigError(TemplateError):
     """A config file, a key, a `type` or its `args`, or a command-line flag is wrong."""

@@ -1,0 +1,82 @@
+"""Checks between a dataset and its DataLoader: every sample is readable and has the expected number of
+channels, and the samples of a batch fit together. With `skip_bad`, a bad sample is left out of its batch and
+counted (the trainer reports the count at the end of the epoch) instead of stopping the run."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from utils.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class BadSamples:
+    """How many samples were skipped, shared with the DataLoader's worker processes."""
+
+    def __init__(self):
+        self._count = multiprocessing.Value("q", 0)
+
+    def add(self) -> int:
+        with self._count.get_lock():
+            self._count.value += 1
+            return self._count.value
+
+    def take(self) -> int:
+        """The count since the last call."""
+        with self._count.get_lock():
+            count, self._count.value = self._count.value, 0
+            return count
+
+
+def describe(dataset: Dataset, index: int) -> str:
+    """A sample's name for messages: its file when the dataset can tell (`describe`), else its index."""
+    if hasattr(dataset, "describe"):
+        return dataset.describe(index)
+    return f"sample {index} of {type(dataset).__name__}"
+
+
+class CheckedDataset(Dataset):
+    """`dataset` with its samples checked; a bad one raises DataError, or is None when `bad` counts them."""
+
+    def __init__(self, dataset: Dataset, channels: int | None = None, bad: BadSamples | None = None):
+        self.dataset = dataset
+        self.channels = channels
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any] | None:
+        try:
+            image, target = self.dataset[index]
+            if (self.channels is not None and isinstance(image, torch.Tensor) and image.dim() >= 3
+                    and image.shape[-3] != self.channels):
+                raise DataError(f"{describe(self.dataset, index)} has {image.shape[-3]} channels, but "
+                                f"data_loader.args.channels is {self.channels}. Convert images when reading "
+                                "(image_mode: gray or rgb), or set channels to match the data and the model.")
+        except DataError as e:
+            if self.bad is None:
+                raise
+            if self.bad.add() == 1:
+                log.warning("Skipping bad samples (data_loader.args.skip_bad: true); the first: %s", e)
+            return None
+        return image, target
+
+
+def collate(batch: list[tuple[Any, Any] | None]) -> Any:
+    """`default_collate` without the skipped samples, and a clear message when samples do not fit together."""
+    good = [sample for sample in batch if sample is not None]
+    if not good:
+        raise DataError(f"All {len(batch)} samples of a batch were bad and skipped: the data is mostly unreadable. "
+                        "Check the data folder.")
+    try:
+        return default_collate(good)
+    except RuntimeError as e:
+        raise DataError(f"The samples of a batch do not fit together ({str(e).splitlines()[0]}). Make every image "
+                        "the same size and channel count: add a Resize or CenterCrop transform, and set "
+                        "data_loader.args.image_mode to gray or rgb.") from None
