@@ -46,7 +46,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     if loader is None:
         raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "
                               "is 0); use --split test.")
-    model = build_model(config)
+    model = build_model(config, pretrained=False)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:

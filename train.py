@@ -13,7 +13,7 @@ import sys
 import torch
 
 import data_loader as module_data
-from model.factory import build_criterion, build_metrics, build_model
+from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
 from trainer.signals import StopRequested
 from trainer.trainer import Trainer
@@ -65,7 +65,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
     data = config.init_obj("data_loader", module_data, seed=config["seed"])
     train_loader, val_loader = data.train_loader(device), data.val_loader(device)
-    model = build_model(config)
+    model = build_model(config, pretrained=checkpoint is None)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
         if device.type != "cuda":
             raise ConfigError("trainer.sync_batchnorm works on CUDA devices only (PyTorch's SyncBatchNorm); "
@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         seed_everything(config["seed"] + dist.rank)  # same initial weights, different dropout per process
     criterion = build_criterion(config)
     metrics = build_metrics(config)
-    optimizer = config.init_obj("optimizer", torch.optim, params=[p for p in model.parameters() if p.requires_grad])
+    optimizer = build_optimizer(config, model)
     lr_scheduler = (config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer=optimizer)
                     if config["lr_scheduler"] else None)
     trainer = Trainer(model, criterion, metrics, optimizer, config, device, train_loader, val_loader,

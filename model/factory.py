@@ -1,4 +1,4 @@
-"""Build the model, the loss and the metrics that a config names."""
+"""Build the model, the loss, the metrics and the optimizer that a config names."""
 from __future__ import annotations
 
 import functools
@@ -11,12 +11,56 @@ from torch import nn
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
-from utils.config import Config, lookup
+from model.init import init_weights
+from utils.config import Config, lookup, suggest
 from utils.errors import ConfigError
 
 
-def build_model(config: Config) -> nn.Module:
-    return config.init_obj("arch", module_arch)
+def build_model(config: Config, pretrained: bool = True) -> nn.Module:
+    """The model of `arch`, initialised by `arch.init`. With `pretrained=False` (the weights will come from a
+    checkpoint) neither pretrained weights (`arch.args.weights`) nor the initialisation are applied, so that
+    loading a checkpoint never needs a download."""
+    if pretrained or "weights" not in config["arch"]["args"]:
+        model = config.init_obj("arch", module_arch)
+    else:
+        model = config.init_obj("arch", module_arch, spec={**config["arch"], "args": {**config["arch"]["args"],
+                                                                                       "weights": None}})
+    if pretrained and config["arch"].get("init") is not None:
+        init_weights(model, config["arch"]["init"], config.source)
+    return model
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of `optimizer` over the trainable parameters (frozen ones are left out), with optional
+    parameter groups: `param_groups: [{modules: [layer4], lr: 1e-4}, ...]` gives the parameters of those
+    modules their own settings (`modules: backbone` where the model names its backbone, as
+    TorchvisionClassifier does); every other parameter is in the first group, with `optimizer.args`."""
+    spec = config["optimizer"]
+    groups, taken = [], set()
+    for i, group in enumerate(spec.get("param_groups") or []):
+        key = f"optimizer.param_groups[{i}]"
+        if not isinstance(group, dict) or "modules" not in group:
+            raise ConfigError(f"{config.source}: '{key}' must be a mapping with 'modules' and the settings of that "
+                              f"group, e.g. {{modules: [layer4], lr: 1.0e-4}}; got {group!r}.")
+        names = group["modules"]
+        names = getattr(model, "backbone", None) if names == "backbone" else names
+        if names is None:
+            raise ConfigError(f"{config.source}: '{key}.modules: backbone' needs a model that names its backbone "
+                              f"({type(model).__name__} does not); list module names instead.")
+        params = []
+        for name in [names] if isinstance(names, str) else names:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                known = [n for n, _ in model.named_modules() if n]
+                raise ConfigError(f"{config.source}: '{key}.modules' names '{name}', which is not a module of "
+                                  f"{type(model).__name__}.{suggest(name, known)}") from None
+            params += [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
+            taken |= {id(p) for p in module.parameters()}
+        groups.append({**{k: v for k, v in group.items() if k != "modules"}, "params": params})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    params = [{"params": rest}, *groups] if groups else rest
+    return config.init_obj("optimizer", torch.optim, params=params)
 
 
 def build_criterion(config: Config) -> Callable:

@@ -1,15 +1,12 @@
 """The entry points as a user runs them: subprocesses, exit codes, messages, nothing written on bad input."""
 import json
-import struct
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 import train
-from data_loader.datasets import CsvImageDataset
 
-from conftest import REPO, fast_args, only_run, run_script
+from conftest import fast_args, only_run, run_script
+from fake_data import write_mnist
 from test_config import CLASSIC
 
 BROKEN = {
@@ -56,28 +53,8 @@ def test_train_resume_and_test_as_subprocesses(tmp_path):
     assert "Traceback" not in failed.stderr
 
 
-def write_idx(path, array: torch.Tensor):
-    """An MNIST IDX file, the format torchvision's MNIST reads."""
-    header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
-    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
-
-
-def write_tiny_mnist(root, train=256, test=64):
-    """MNIST-format files made from the bundled digits, upscaled to 28x28."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    digits = CsvImageDataset(REPO / "data" / "digits")
-    images = torch.stack([digits[i][0] for i in range(train + test)]).float()
-    images = F.pad(F.interpolate(images, size=(20, 20), mode="bilinear"), (4, 4, 4, 4)).squeeze(1)
-    labels = torch.tensor([digits.samples[i][1] for i in range(train + test)])
-    write_idx(raw / "train-images-idx3-ubyte", images[:train])
-    write_idx(raw / "train-labels-idx1-ubyte", labels[:train])
-    write_idx(raw / "t10k-images-idx3-ubyte", images[train:])
-    write_idx(raw / "t10k-labels-idx1-ubyte", labels[train:])
-
-
 def test_classic_template_config_json_trains_without_edits(tmp_path):
-    write_tiny_mnist(tmp_path / "data")
+    write_mnist(tmp_path / "data")
     (tmp_path / "config.json").write_text(json.dumps(CLASSIC, indent=4))
     result = run_script("train.py", "-c", "config.json", "trainer.epochs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from trainer.checkpoint import BEST, FORMAT, LATEST, keep_top_k, save_checkpoint
 from trainer.evaluate import MetricTracker, autocast, evaluate, to_device
+from trainer.hooks import ActivationStats
 from trainer.signals import StopRequested, StopSignals
 from utils import distributed
 from utils.config import Config
@@ -66,6 +67,9 @@ class Trainer:
                 and config["lr_scheduler"]["interval"] == "step"):
             raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
                               "epoch; set lr_scheduler.interval: epoch.")
+        if cfg["activation_stats"] and (not cfg["tensorboard"] or cfg["compile"]):
+            raise ConfigError(f"{config.source}: trainer.activation_stats writes to TensorBoard and attaches hooks to "
+                              "the modules: it needs trainer.tensorboard: true and trainer.compile: false.")
         self.monitor_mode, self.monitor_key = ("off", None) if cfg["monitor"] == "off" else cfg["monitor"].split()
         logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
         if self.monitor_key is not None and self.monitor_key not in logged:
@@ -86,6 +90,7 @@ class Trainer:
 
         self.stop = StopSignals()
         self.writer = None
+        self.stats: ActivationStats | None = None
         self.throughput: tuple[float, float] | None = None
         self._warned_data_wait = False
         self._last_save_time = time.monotonic()
@@ -105,6 +110,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.run.log), purge_step=self.global_step or None)
+                if self.cfg["activation_stats"]:
+                    self.stats = ActivationStats(self.model)
             try:
                 while self.epoch <= self.epochs and not self._early_stopped():
                     started = time.perf_counter()
@@ -138,6 +145,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 window_has_grad = False
 
+            watch = (self.stats is not None and self.batch_idx == window_start
+                     and self.global_step % self.cfg["activation_stats"] == 0)
+            if watch:
+                self.stats.attach()
             with autocast(self.device, self.amp_dtype):
                 output = self.train_model(data)
                 loss = self.criterion(output, target)
@@ -147,6 +158,9 @@ class Trainer:
                 self.scaler.scale(loss / window if window > 1 else loss).backward()
                 self.tracker.update(loss, output.float(), target)
                 window_has_grad = True
+            if watch:
+                self.stats.detach()
+                self.stats.write(self.writer, self.global_step)
             self.batch_idx += 1
             samples += target.size(0)
 

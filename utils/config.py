@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "early_stop": 0,
         "tensorboard": False,
         "log_step": 10,
+        "activation_stats": 0,
         "on_nan": "stop",
         "amp": "off",
         "accumulate_grad_batches": 1,
@@ -61,7 +62,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys of a `{type, args}` section besides those two.
-_OBJECT_SECTIONS = {"arch": set(), "data_loader": set(), "optimizer": set(), "lr_scheduler": {"interval"}}
+_OBJECT_SECTIONS = {"arch": {"init"}, "data_loader": set(), "optimizer": {"param_groups"},
+                    "lr_scheduler": {"interval"}}
 
 # Short command-line flags and the keys they set.
 SHORT_FLAGS = {
@@ -129,7 +131,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _suggest(name: str, choices: list[str]) -> str:
+def suggest(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=3)
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
@@ -138,7 +140,7 @@ def _merge_defaults(user: dict[str, Any], defaults: dict[str, Any], where: str, 
     unknown = [k for k in user if k not in defaults]
     if unknown:
         k = unknown[0]
-        raise ConfigError(f"{source}: unknown key '{where}{k}'.{_suggest(k, list(defaults))} "
+        raise ConfigError(f"{source}: unknown key '{where}{k}'.{suggest(k, list(defaults))} "
                           f"Known keys here: {', '.join(defaults)}.")
     merged = {}
     for key, default in defaults.items():
@@ -179,6 +181,8 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
                 config[key] = {"type": config[key]}
             config[key].setdefault("args", {})
             config[key]["args"] = config[key]["args"] or {}
+    config["arch"].setdefault("init", None)
+    config["optimizer"].setdefault("param_groups", None)
     if config["lr_scheduler"] is not None:
         config["lr_scheduler"].setdefault("interval", "epoch")
         if config["lr_scheduler"]["interval"] not in ("epoch", "step"):
@@ -195,7 +199,8 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
     for key, allowed in choices.items():
         if trainer[key] not in allowed:
             raise ConfigError(f"{source}: 'trainer.{key}' must be one of {', '.join(allowed)}; got {trainer[key]!r}.")
-    for key in ("epochs", "save_period", "save_every_steps", "early_stop", "log_step", "accumulate_grad_batches"):
+    for key in ("epochs", "save_period", "save_every_steps", "early_stop", "log_step", "accumulate_grad_batches",
+                "activation_stats"):
         value = trainer[key]
         minimum = 1 if key in ("epochs", "log_step", "accumulate_grad_batches") else 0
         if value is None and key == "early_stop":
@@ -225,7 +230,7 @@ def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str
             raise ConfigError(f"{source}: cannot set '{dotted}': '{'.'.join(parts[:depth])}' is not a mapping.")
         elif part not in node and not (last and parts[depth - 1:depth] == ["args"]):
             raise ConfigError(f"{source}: unknown key '{here}' in the override '{dotted}=...'."
-                              f"{_suggest(part, [str(k) for k in node])} "
+                              f"{suggest(part, [str(k) for k in node])} "
                               "Only keys under an 'args' mapping may be added; see the README's config reference.")
         if last:
             node[part] = value
@@ -283,17 +288,21 @@ class Config:
 
 def lookup(name: str, modules: tuple[ModuleType, ...], key: str, source: str) -> Any:
     """Find the class or function `name` in `modules`; anything else (a dotted path, a private name) is refused."""
+    def public(module: ModuleType) -> list[str]:
+        """The module's `__all__` where it has one (so that its imports are not offered), else its names."""
+        names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
+        return [n for n in names if callable(getattr(module, n, None))]
+
     found = None
     if name.isidentifier() and not name.startswith("_"):
         for module in modules:
-            candidate = getattr(module, name, None)
-            if callable(candidate):
-                found = candidate
+            if name in public(module):
+                found = getattr(module, name)
                 break
     if found is None:
-        names = sorted({n for m in modules for n in dir(m) if not n.startswith("_") and callable(getattr(m, n))})
+        names = sorted({n for m in modules for n in public(m)})
         where = ", ".join(m.__name__ for m in modules)
-        raise ConfigError(f"{source}: unknown {key} type '{name}'.{_suggest(name, names)} "
+        raise ConfigError(f"{source}: unknown {key} type '{name}'.{suggest(name, names)} "
                           f"Types for '{key}' are looked up in {where}; define yours there (and import it in the "
                           "package's __init__.py) or fix the spelling.")
     return found

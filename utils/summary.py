@@ -12,9 +12,13 @@ def _count(module: nn.Module) -> tuple[int, int, int]:
 
 
 def model_summary(model: nn.Module) -> str:
-    """One row per top-level child module and a total. Buffers (e.g. BatchNorm running statistics) are not
+    """One row per top-level child module (of the wrapped model, for a wrapper) and a total. Buffers (e.g. BatchNorm running statistics) are not
     trained but are saved in checkpoints, so they are counted too."""
-    rows = [(name, type(child).__name__, *_count(child)) for name, child in model.named_children()]
+    top, prefix = model, ""
+    while len(list(top.children())) == 1 and not any(True for _ in top.parameters(recurse=False)):
+        name, top = next(top.named_children())  # a wrapper such as TorchvisionClassifier.net: show its parts
+        prefix += f"{name}."
+    rows = [(prefix + name, type(child).__name__, *_count(child)) for name, child in top.named_children()]
     own = (sum(p.numel() for p in model.parameters(recurse=False) if p.requires_grad),
            sum(p.numel() for p in model.parameters(recurse=False) if not p.requires_grad),
            sum(b.numel() for b in model.buffers(recurse=False)))

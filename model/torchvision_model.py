@@ -1,0 +1,123 @@
+"""Transfer learning: any classifier of `torchvision.models` by name, with a new head for `num_classes`,
+pretrained weights from torchvision or a local file, and a frozen backbone if asked."""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import nn
+from torchvision import models
+
+from utils.config import suggest
+from utils.errors import CheckpointError, ConfigError
+
+
+class TorchvisionClassifier(nn.Module):
+    """`torchvision.models.<name>` (resnet18, efficientnet_b0, convnext_tiny, vit_b_16, ...) whose last
+    `nn.Linear` is replaced by a new one with `num_classes` outputs.
+
+    `weights`: null (random), a torchvision weights name (`DEFAULT`, `IMAGENET1K_V1`; downloaded once into the
+    torch hub cache), or the path of a local file: a state_dict of the same torchvision model (such as the file
+    torchvision downloads) or a checkpoint of this template. `freeze`: `backbone` (everything but the new head)
+    or a list of module names (`layer1`, `features.0`). Frozen modules get `requires_grad=False`, so the
+    optimizer leaves them out, and stay in eval mode, so their BatchNorm statistics do not move either.
+    """
+
+    def __init__(self, name: str = "resnet18", num_classes: int = 10, weights: str | None = None,
+                 freeze: str | list[str] | None = None):
+        super().__init__()
+        available = models.list_models(module=models)
+        if name not in available:
+            raise ConfigError(f"arch.args.name: torchvision has no classifier '{name}'.{suggest(name, available)} "
+                              "Names are those of torchvision.models.list_models(), e.g. resnet18, efficientnet_b0.")
+        if weights is None:
+            self.net = models.get_model(name, num_classes=num_classes)
+            head = _last_linear(self.net, name)
+            self.fresh_modules = [""]
+        else:
+            self.net = _pretrained(name, weights)
+            head = _last_linear(self.net, name)
+            old = self.net.get_submodule(head)
+            if old.out_features == num_classes and Path(weights).is_file():
+                self.fresh_modules = []  # the file holds a head for these classes already (an earlier fine-tune)
+            else:
+                parent, _, child = head.rpartition(".")
+                setattr(self.net.get_submodule(parent), child, nn.Linear(old.in_features, num_classes))
+                self.fresh_modules = [f"net.{head}"]
+        # The top-level parts other than the head's: what `freeze: backbone` and optimizer groups mean by it.
+        self.backbone = [f"net.{n}" for n, _ in self.net.named_children() if n != head.split(".")[0]]
+        self.frozen = self._freeze(freeze)
+
+    def _freeze(self, freeze: str | list[str] | None) -> list[str]:
+        if freeze is None:
+            return []
+        names = self.backbone if freeze == "backbone" else [f"net.{n}" for n in _as_list(freeze)]
+        known = [n for n, _ in self.named_modules() if n]
+        for name in names:
+            if name not in known:
+                short = [n[4:] for n in known]
+                raise ConfigError(f"arch.args.freeze: the model has no module '{name[4:]}'.{suggest(name[4:], short)} "
+                                  f"Use 'backbone' or names such as {', '.join(n[4:] for n in self.backbone[:4])}.")
+            self.get_submodule(name).requires_grad_(False)
+        return names
+
+    def train(self, mode: bool = True) -> "TorchvisionClassifier":
+        super().train(mode)
+        for name in self.frozen:
+            self.get_submodule(name).eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _last_linear(net: nn.Module, name: str) -> str:
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"arch.args.name: '{name}' has no nn.Linear classification head to replace (squeezenet's "
+                          "is a convolution). Choose another model, or write a model class in model/model.py.")
+    return linears[-1]
+
+
+def _pretrained(name: str, weights: str) -> nn.Module:
+    """The torchvision model with its original head and `weights` loaded: a local file or a weights name."""
+    if Path(weights).is_file():
+        net = models.get_model(name)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"arch.args.weights: cannot read '{weights}' ({str(e).splitlines()[0]}). Pass a "
+                                  "file written with torch.save(model.state_dict(), path).") from None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a checkpoint of this template
+            state = {k.removeprefix("net."): v for k, v in state["model"].items()}
+        if not isinstance(state, dict):
+            raise CheckpointError(f"arch.args.weights: '{weights}' holds a {type(state).__name__}, not a state_dict. "
+                                  "Pass a file written with torch.save(model.state_dict(), path).")
+        head = _last_linear(net, name)
+        file_head = state.get(f"{head}.weight")
+        if file_head is not None and file_head.dim() == 2 and file_head.shape[0] != net.get_submodule(head).out_features:
+            net = models.get_model(name, num_classes=file_head.shape[0])  # a head fine-tuned for other classes
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split("\n", 1)[-1].split())[:300]
+            raise CheckpointError(f"arch.args.weights: '{weights}' does not fit torchvision's {name} ({detail}). "
+                                  "Pass a state_dict of the same model.") from None
+        return net
+    choices = models.get_model_weights(name)
+    if weights not in choices.__members__:
+        raise ConfigError(f"arch.args.weights: '{weights}' is neither a file nor a weights name of {name} "
+                          f"({', '.join(choices.__members__)}). Give one of those, a path to a local file, or null.")
+    chosen = choices[weights]
+    try:
+        return models.get_model(name, weights=chosen)
+    except (URLError, OSError, RuntimeError) as e:
+        raise ConfigError(f"arch.args.weights: cannot download the {weights} weights of {name} "
+                          f"({str(e).splitlines()[0]}); this machine seems to be offline. On a machine with internet, "
+                          f"download {chosen.url}, copy the file here, and set arch.args.weights to its path "
+                          f"(or place it in {torch.hub.get_dir()}/checkpoints/).") from None

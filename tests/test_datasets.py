@@ -1,0 +1,174 @@
+"""Data users bring: torchvision's MNIST, FashionMNIST and CIFAR-10 classes on small files written here
+(`download: false`), class-folder trees, and a clear message (or, with skip_bad, a count) for bad data."""
+import re
+import shutil
+import urllib.request
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+from torchvision.io import write_png
+
+import test as test_script
+import train
+from data_loader.data_loaders import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
+from utils.errors import DataError
+
+from conftest import REPO, only_run
+from fake_data import patch_cifar10_sums, write_cifar10, write_mnist
+from test_data import TO_FLOAT, small_copy
+
+QUICK = ["trainer.epochs=1", "trainer.tensorboard=false", "data_loader.args.num_workers=0",
+         "data_loader.args.download=false", "data_loader.args.validation_split=32"]
+
+
+def train_example(config: str, tmp_path, *overrides: str) -> int:
+    return train.main(["-c", str(REPO / "configs" / config), f"trainer.save_dir={tmp_path / 'saved'}",
+                       f"data_loader.args.data_dir={tmp_path / 'data'}", *QUICK, *overrides])
+
+
+@pytest.mark.parametrize("config, folder", [("mnist.yaml", "MNIST"), ("fashion_mnist.yaml", "FashionMNIST")])
+def test_mnist_configs_train_and_test_through_torchvision_classes(tmp_path, capsys, config, folder):
+    write_mnist(tmp_path / "data", folder)
+    loader = TorchvisionDataLoader(folder, str(tmp_path / "data"), num_classes=10, transform=TO_FLOAT)
+    assert type(loader.make_dataset(True, None)) is getattr(torchvision.datasets, folder)
+    assert train_example(config, tmp_path, "arch.args.width=8") == 0
+    run = only_run(tmp_path / "saved")
+    assert test_script.main(["--resume", str(run / "model_best.pth")]) == 0
+    assert "on the test split: 64 samples" in capsys.readouterr().out
+
+
+def test_fashion_mnist_targets_are_one_hot():
+    config = train.Config.load(REPO / "configs" / "fashion_mnist.yaml")
+    transform = train.module_data.data_loaders.BaseDataLoader(
+        target_transform=config["data_loader"]["args"]["target_transform"]).target_transform
+    assert torch.equal(transform(3), torch.zeros(10).scatter_(0, torch.tensor(3), 1.0))
+
+
+def test_cifar10_resnet18_config_trains_through_torchvisions_cifar10(tmp_path, monkeypatch, capsys):
+    patch_cifar10_sums(monkeypatch, write_cifar10(tmp_path / "data"))
+    assert train_example("cifar10_resnet18.yaml", tmp_path, "arch.args.weights=null",
+                         "data_loader.args.batch_size=32", "data_loader.args.pin_memory=false") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Data per process: 128 training, 32 validation samples", out), out
+    assert (only_run(tmp_path / "saved") / "model_best.pth").is_file()
+
+
+def test_missing_files_and_impossible_download_are_explained(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"CIFAR10 not found \(or incomplete\) under '.*cifar-10-batches-py' and "
+                                        r"download is off .*data_batch_1 \.\.\. data_batch_5, test_batch"):
+        TorchvisionDataLoader("CIFAR10", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=r"the download failed \(.*no route to host.*\)\. Set .*download: true on a "
+                                        "machine with internet access, or place the files"):
+        TorchvisionDataLoader("CIFAR10", str(tmp_path), download=True)
+    with pytest.raises(train.ConfigError, match="must be one of MNIST, FashionMNIST"):
+        TorchvisionDataLoader("ImageNet", str(tmp_path))
+
+
+def test_labels_outside_num_classes_name_the_sample(tmp_path):
+    write_mnist(tmp_path, "MNIST")
+    with pytest.raises(DataError, match=r"sample \d+ of MNIST has label [5-9], outside 0..4 .*num_classes: 5"):
+        TorchvisionDataLoader("MNIST", str(tmp_path), num_classes=5)
+
+
+def image_tree(root, splits=("train", "test"), classes=("0", "1", "2"), per_class=6):
+    """`root/<split>/<class>/<n>.png` from the bundled digits."""
+    lines = (REPO / "data" / "digits" / "labels.csv").read_text().splitlines()[1:]
+    for split in splits:
+        for label in classes:
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            files = [line.split(",")[0] for line in lines if line.split(",")[1] == label][:per_class]
+            for file in files:
+                shutil.copy(REPO / "data" / "digits" / file, folder / file.split("/")[-1])
+    return root
+
+
+def test_image_folder_tree_trains_with_labels_from_folder_names(tmp_path, capsys):
+    root = image_tree(tmp_path / "tree")
+    loader = ImageFolderDataLoader(str(root), batch_size=4, validation_split=0, transform=TO_FLOAT, num_classes=3)
+    assert loader.classes == ["0", "1", "2"]
+    images, labels = next(iter(loader.test_loader()))
+    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.float32
+    dataset = loader.make_dataset(False, None)
+    assert [label for _, label in dataset.samples] == [0] * 6 + [1] * 6 + [2] * 6
+    args = f"{{data_dir: {root}, batch_size: 8, validation_split: 6, num_classes: 3, transform: {TO_FLOAT}}}"
+    assert train.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
+                       "arch.args.width=8", "arch.args.num_classes=3", "trainer.epochs=1", "trainer.tensorboard=false",
+                       "data_loader.type=ImageFolderDataLoader", f"data_loader.args={args}"]) == 0
+    assert "Data per process: 12 training, 6 validation samples" in capsys.readouterr().out
+
+
+def test_image_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataError, match="Image folder .*nowhere/train' not found"):
+        ImageFolderDataLoader(str(tmp_path / "nowhere"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="No images found in .*empty/train"):
+        ImageFolderDataLoader(str(tmp_path / "empty"))
+    root = image_tree(tmp_path / "tree")
+    shutil.rmtree(root / "test" / "2")
+    with pytest.raises(DataError, match=r"class folders of .*tree/test' differ .*\(2\)"):
+        ImageFolderDataLoader(str(root)).test_loader()
+    with pytest.raises(DataError, match=r"label 2, outside 0..1 .*num_classes: 2"):
+        ImageFolderDataLoader(str(root), num_classes=2)
+
+
+def test_corrupt_image_stops_with_its_name_even_in_a_worker_process(tmp_path, capfd):
+    root = small_copy(tmp_path, rows=60)
+    (root / "images" / "0002.png").write_bytes(b"not a png")
+    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", "arch.args.width=8",
+            "trainer.epochs=2", "trainer.tensorboard=false", f"data_loader.args.data_dir={root}",
+            "data_loader.args.num_workers=2", "data_loader.args.validation_split=0", "data_loader.args.batch_size=8",
+            "trainer.monitor=off"]
+    assert train.main(args) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: Cannot read image '") and "0002.png': Unsupported image file" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    # With skip_bad the epoch goes on without it, and the count is reported at its end.
+    assert train.main(args + ["data_loader.args.skip_bad=true"]) == 0
+    log = capfd.readouterr()  # fd-level: the worker processes' output too
+    assert (log.out + log.err).count("Skipped 1 bad sample(s) in epoch") == 2, log
+    # The reason for the first, logged by the worker process that met it.
+    assert re.search(r"Skipping bad samples \(data_loader.args.skip_bad: true\); the first: Cannot read image "
+                     r"'.*0002.png'", log.out), log.out
+
+
+def test_bad_label_row_is_skipped_with_a_warning_when_asked(tmp_path, caplog):
+    root = small_copy(tmp_path)
+    lines = (root / "labels.csv").read_text().splitlines()
+    file, _, split = lines[3].split(",")
+    lines[3] = f"{file},12,{split}"
+    (root / "labels.csv").write_text("\n".join(lines))
+    with pytest.raises(DataError, match="line 4: label 12 is outside 0..9"):
+        CsvImageDataLoader(data_dir=str(root), num_classes=10)
+    loader = CsvImageDataLoader(data_dir=str(root), num_classes=10, skip_bad=True, validation_split=0)
+    assert len(loader.split()[0]) == 19
+    assert "Skipped 1 row(s)" in caplog.text and "line 4: label 12" in caplog.text
+
+
+def test_wrong_channel_count_names_the_image(tmp_path):
+    root = small_copy(tmp_path)
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(root / "images" / "0005.png"))
+    loader = CsvImageDataLoader(data_dir=str(root), channels=1, validation_split=0, shuffle=False, batch_size=20,
+                                transform=TO_FLOAT)
+    with pytest.raises(DataError, match=r"image '.*0005.png' \(line 7 of labels.csv\) has 3 channels, but "
+                                        r"data_loader.args.channels is 1"):
+        next(iter(loader.train_loader()))
+    unchecked = CsvImageDataLoader(data_dir=str(root), validation_split=0, batch_size=20, transform=TO_FLOAT)
+    with pytest.raises(DataError, match="samples of a batch do not fit together .*image_mode"):
+        next(iter(unchecked.train_loader()))
+    converted = CsvImageDataLoader(data_dir=str(root), image_mode="gray", channels=1, validation_split=0,
+                                   batch_size=20, transform=TO_FLOAT)
+    assert next(iter(converted.train_loader()))[0].shape == (20, 1, 8, 8)
+
+
+def test_empty_split_is_named(tmp_path):
+    root = small_copy(tmp_path)
+    with pytest.raises(DataError, match="lists no rows for split 'test'"):
+        CsvImageDataLoader(data_dir=str(root)).test_loader()

@@ -1,0 +1,162 @@
+"""Models users bring: torchvision classifiers with pretrained weights from a local file and a frozen
+backbone, optimizer parameter groups, initialisation by config, activation hooks, a custom autograd Function."""
+import glob
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from model.activation import SwishFunction
+from model.factory import build_model, build_optimizer
+from model.torchvision_model import TorchvisionClassifier
+from trainer.checkpoint import load_checkpoint
+from trainer.hooks import ActivationStats
+from utils.config import Config
+from utils.errors import ConfigError
+
+from conftest import REPO, fast_args, only_run
+from fake_data import patch_cifar10_sums, write_cifar10
+
+
+def test_swish_function_backward_passes_gradcheck_and_saves_one_tensor():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(SwishFunction.apply, (x,))
+    assert torch.allclose(SwishFunction.apply(x), F.silu(x))
+
+    def saved_by(fn) -> int:
+        """Distinct tensors kept for the backward pass."""
+        saved = set()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.add(t.data_ptr()) or t, lambda t: t):
+            fn(x.detach().requires_grad_())
+        return len(saved)
+
+    assert saved_by(SwishFunction.apply) == 1 and saved_by(lambda t: t * torch.sigmoid(t)) == 2
+
+
+def test_digits_cnn_with_the_custom_activation_trains(save_dir):
+    assert train.main(fast_args(save_dir, "arch.args.activation=swish", "trainer.epochs=2")) == 0
+    state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
+    assert state["config"]["arch"]["args"]["activation"] == "swish"
+    assert state["monitor"]["best"] > 0.3  # well above chance (0.1) after two short epochs
+
+
+def resnet18_file(tmp_path):
+    """Random ResNet-18 weights with torchvision's 1000-class head, saved as the downloaded file would be."""
+    torch.manual_seed(123)
+    path = tmp_path / "resnet18-random.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_fine_tuning_with_a_frozen_backbone_changes_only_the_head(tmp_path, monkeypatch, capsys):
+    weights = resnet18_file(tmp_path)
+    patch_cifar10_sums(monkeypatch, write_cifar10(tmp_path / "data"))
+    code = train.main(["-c", str(REPO / "configs" / "cifar10_resnet18.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
+                       f"data_loader.args.data_dir={tmp_path / 'data'}", "data_loader.args.download=false",
+                       "data_loader.args.num_workers=0", "data_loader.args.pin_memory=false",
+                       "data_loader.args.validation_split=32", "data_loader.args.batch_size=32", "trainer.epochs=1",
+                       "trainer.tensorboard=false", f"arch.args.weights={weights}", "arch.args.freeze=backbone"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "net.fc       Linear                     5,130           0" in out
+    assert "total        TorchvisionClassifier      5,130  11,176,512" in out
+    original = torch.load(weights, weights_only=True)
+    trained = load_checkpoint(only_run(tmp_path / "saved") / "checkpoint-latest.pth")
+    backbone = [k for k in original if not k.startswith("fc.")]
+    assert len(backbone) == 120  # weights and BatchNorm buffers
+    for key in backbone:
+        assert torch.equal(trained["model"][f"net.{key}"], original[key]), key
+    assert trained["model"]["net.fc.weight"].shape == (10, 512)
+    # Only the head is in the optimizer: the backbone's group of the config is empty once it is frozen.
+    groups = trained["optimizer"]["param_groups"]
+    assert [len(g["params"]) for g in groups] == [2, 0] and len(trained["optimizer"]["state"]) == 2
+
+
+def test_parameter_groups_give_the_backbone_its_own_learning_rate():
+    config = Config.load(REPO / "configs" / "cifar10_resnet18.yaml", ["arch.args.weights=null"])
+    model = build_model(config)
+    optimizer = build_optimizer(config, model)
+    head, backbone = optimizer.param_groups
+    assert head["lr"] == 0.05 and backbone["lr"] == 0.005 and backbone["momentum"] == 0.9
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.net.fc.parameters()}
+    assert len(backbone["params"]) == len(list(model.parameters())) - 2
+    bad = Config.load(REPO / "configs" / "cifar10_resnet18.yaml",
+                      ["arch.args.weights=null", "optimizer.param_groups=[{modules: [net.layer9], lr: 0.1}]"])
+    with pytest.raises(ConfigError, match=r"param_groups\[0\].modules' names 'net.layer9'.*Did you mean 'net.layer4'"):
+        build_optimizer(bad, build_model(bad))
+
+
+def test_downloadable_weights_offline_say_how_to_pass_a_local_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(ConfigError, match=r"cannot download the DEFAULT weights of resnet18 .*no route to host.*"
+                                          r"download https://download.pytorch.org/models/resnet18-\w+\.pth, copy the "
+                                          r"file here, and set arch.args.weights to its path"):
+        TorchvisionClassifier("resnet18", 10, weights="DEFAULT")
+    with pytest.raises(ConfigError, match="torchvision has no classifier 'resnet19'.*Did you mean 'resnet18'"):
+        TorchvisionClassifier("resnet19")
+    with pytest.raises(ConfigError, match="'IMAGENET' is neither a file nor a weights name of resnet18"):
+        TorchvisionClassifier("resnet18", weights="IMAGENET")
+    with pytest.raises(ConfigError, match="no module 'layer5'.*Did you mean 'layer4'"):
+        TorchvisionClassifier("resnet18", freeze=["layer5"])
+
+
+def test_frozen_modules_stay_in_eval_mode():
+    model = TorchvisionClassifier("resnet18", 10, freeze=["conv1", "bn1", "layer1"])
+    model.train()
+    assert not model.net.bn1.training and not model.net.layer1[0].bn1.training and model.net.layer2.training
+    assert all(not p.requires_grad for p in model.net.layer1.parameters())
+    assert all(p.requires_grad for p in model.net.layer2.parameters())
+
+
+def test_init_by_config_leaves_pretrained_parts_alone(tmp_path):
+    config = Config.load(REPO / "configs" / "config.yaml", ["arch.init={type: constant, args: {val: 0.5}}"])
+    model = build_model(config)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            assert torch.all(module.weight == 0.5) and (module.bias is None or torch.all(module.bias == 0))
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert torch.all(module.weight == 1)
+    weights = resnet18_file(tmp_path)
+    config = Config.load(REPO / "configs" / "cifar10_resnet18.yaml",
+                         [f"arch.args.weights={weights}", "arch.init={type: constant_, args: {val: 0.5}}"])
+    model = build_model(config)
+    original = torch.load(weights, weights_only=True)
+    assert torch.equal(model.net.conv1.weight, original["conv1.weight"])
+    assert torch.all(model.net.fc.weight == 0.5) and torch.all(model.net.fc.bias == 0)
+    # A checkpoint's weights replace all of it, so test.py and --resume skip both the file and the init.
+    assert not torch.equal(build_model(config, pretrained=False).net.conv1.weight, original["conv1.weight"])
+    bad = Config.load(REPO / "configs" / "config.yaml", ["arch.init={type: kaiming_normall}"])
+    with pytest.raises(ConfigError, match="unknown arch.init type 'kaiming_normall_'.*kaiming_normal_"):
+        build_model(bad)
+
+
+def test_activation_hooks_write_statistics_and_leave_no_handle_behind(save_dir):
+    model = build_model(Config.load(REPO / "configs" / "config.yaml"))
+    stats = ActivationStats(model)
+    stats.attach()
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    stats.detach()
+    assert all(not m._forward_hooks for m in model.modules())
+    relu = stats.records["activations/features.2"][0]
+    assert 0.2 < relu[2] < 0.8  # a share of the ReLU outputs are zeros
+    assert "gradients/features.2" in stats.records and "gradients/classifier.2" in stats.records
+    assert train.main(fast_args(save_dir, "trainer.tensorboard=true", "trainer.activation_stats=7",
+                                "trainer.epochs=1")) == 0
+    events = EventAccumulator(glob.glob(str(save_dir / "log" / "*" / "*"))[0], size_guidance={"histograms": 0})
+    events.Reload()
+    zeros = events.Scalars("activations/features.2/zeros")
+    assert [e.step for e in zeros] == [0, 7, 14] and all(0 < e.value < 1 for e in zeros)
+    assert "gradients/features.0" in events.Tags()["histograms"]
+
+
+def test_activation_stats_need_tensorboard(save_dir):
+    assert train.main(fast_args(save_dir, "trainer.activation_stats=5")) == 2
