@@ -1,7 +1,7 @@
 """The errors the template reports to the user as one clear paragraph instead of a traceback.
 
-Each carries the exit code that `train.py` / `test.py` return, so scripts and schedulers can tell a bad
-input (2) from a failure during training (1).
+Each carries the exit code that `train.py`, `test.py` and `export.py` return, so scripts and schedulers can tell
+a bad input (2) from a failure during training or export (1).
 """
 
 
@@ -25,5 +25,11 @@ class CheckpointError(TemplateError):
 
 class TrainingError(TemplateError):
     """Training cannot go on (a non-finite loss, a failed save); what was saved before stays intact."""
+
+    exit_code = 1
+
+
+class ExportError(TemplateError):
+    """A model could not be exported, or the exported file does not reproduce the model's outputs."""
 
     exit_code = 1
