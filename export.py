@@ -10,11 +10,12 @@ single sample; outputs that differ from the PyTorch model's beyond the tolerance
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,8 +35,6 @@ RELATIVE_TOLERANCE = 1e-4
 # A single ONNX (protobuf) file holds at most 2 GiB; larger weights go to a `.data` file next to it.
 ONNX_INLINE_LIMIT = 2**30
 
-# torch.jit is deprecated in favour of torch.export; say so once in our words instead of two FutureWarnings.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,11 +49,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextlib.contextmanager
+def quiet_jit_deprecation() -> Iterator[None]:
+    """torch.jit warns that it is deprecated at every call; run_export says so once, in one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
 def export(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
     """Write `model` (in eval mode) to `path` in format `fmt`, traced on `example` with a dynamic batch size."""
     batch = {0: torch.export.Dim("batch")}
     if fmt == "torchscript":
-        torch.jit.trace(model, example).save(str(path))
+        with quiet_jit_deprecation():
+            torch.jit.trace(model, example).save(str(path))
     elif fmt == "exported":
         torch.export.save(torch.export.export(model, (example,), dynamic_shapes=(batch,)), path)
     else:
@@ -66,7 +74,8 @@ def export(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> Non
 def load_exported(fmt: str, path: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The exported file as a function of one input tensor, loaded the way a user of the file would load it."""
     if fmt == "torchscript":
-        return torch.jit.load(str(path), map_location=device)
+        with quiet_jit_deprecation():
+            return torch.jit.load(str(path), map_location=device)
     if fmt == "exported":
         return torch.export.load(path).module()
     import onnxruntime
