@@ -32,9 +32,8 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter needs onnx
 # Exporters reorder and fuse float32 operations, which moves outputs by about 1e-6 of their scale; a wrong
 # weight or a missed eval-mode layer moves them by far more than this.
 RELATIVE_TOLERANCE = 1e-4
-# A single ONNX (protobuf) file holds at most 2 GiB; larger weights go to a `.data` file next to it.
+# A single ONNX (protobuf) file holds at most 2 GiB; above 1 GiB of weights they go to a `.data` file next to it.
 ONNX_INLINE_LIMIT = 2**30
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,7 +122,8 @@ def run_export(args: argparse.Namespace) -> float:
                           "Python code branches on tensor values or shapes may export in another --format.") from None
     tolerance = RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
     run = load_exported(args.format, path, trained.device)
-    difference = max(max_difference(run, model, inputs), max_difference(run, model, inputs[:1]))
+    differences = [max_difference(run, model, x) for x in (inputs, inputs[:1])]
+    difference = torch.tensor(differences).max().item()  # NaN if either is NaN
     log.info("Wrote %s (%s, %s). Max abs difference to the PyTorch model on a test batch of %d and on one sample: "
              "%.3g (tolerance %.3g).", path, args.format, arch, len(inputs), difference, tolerance)
     if not difference <= tolerance:  # also catches NaN
