@@ -7,15 +7,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-import data_loader as module_data
-from model.factory import build_criterion, build_metrics, build_model
-from trainer.checkpoint import BEST, find_checkpoint
+from model.factory import build_criterion, build_metrics
 from trainer.evaluate import evaluate
-from utils.config import Config
-from utils.device import select_device
-from utils.errors import CheckpointError, TemplateError
+from trainer.restore import eval_loader, restore
+from utils.errors import TemplateError
 from utils.log import setup_logging
 
 log = logging.getLogger("test")
@@ -32,30 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:
-    path = Path(args.resume)
-    if path.is_dir() and (path / BEST).is_file():
-        path = path / BEST
-    path, checkpoint = find_checkpoint(path)
-    base = checkpoint["config"]
-    if args.config is not None:
-        base = {**base, "data_loader": Config.load(args.config)["data_loader"]}
-    config = Config.load(None, args.overrides, base=base, device=args.device)
-    device = select_device(config["device"])
-    data = config.init_obj("data_loader", module_data, seed=config["seed"])
-    loader = data.test_loader(device) if args.split == "test" else data.val_loader(device)
-    if loader is None:
-        raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "
-                              "is 0); use --split test.")
-    model = build_model(config, pretrained=False)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"'{path}' does not fit the model '{config['arch']['type']}': "
-                              f"{str(e).splitlines()[0]}") from None
-    model.to(device)
-    result = evaluate(model, loader, build_criterion(config), build_metrics(config), device, desc=args.split)
-    loop = checkpoint["loop"]
-    print(f"{path} (epoch {loop['epoch'] - 1 if loop['batch_idx'] == 0 else loop['epoch']}, "
+    trained = restore(args.resume, args.config, args.overrides, args.device)
+    loader = eval_loader(trained.config, trained.device, args.split)
+    config = trained.config
+    result = evaluate(trained.model, loader, build_criterion(config), build_metrics(config), trained.device,
+                      desc=args.split)
+    loop = trained.checkpoint["loop"]
+    print(f"{trained.path} (epoch {loop['epoch'] - 1 if loop['batch_idx'] == 0 else loop['epoch']}, "
           f"step {loop['global_step']}) on the {args.split} split: {len(loader.sampler)} samples")
     width = max(len(name) for name in result)
     for name, value in result.items():

@@ -62,7 +62,7 @@ class TorchvisionClassifier(nn.Module):
             self.get_submodule(name).requires_grad_(False)
         return names
 
-    def train(self, mode: bool = True) -> "TorchvisionClassifier":
+    def train(self, mode: bool = True) -> TorchvisionClassifier:
         super().train(mode)
         for name in self.frozen:
             self.get_submodule(name).eval()

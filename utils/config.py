@@ -249,7 +249,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = (), base: dict[str, Any] | None = None,
-             **short: Any) -> "Config":
+             **short: Any) -> Config:
         """Read `path` (or start from `base`, e.g. a checkpoint's config), then apply `key=value` overrides
         and short flags such as lr=..., bs=...; validate everything before any file is written."""
         source = str(path) if path is not None else "the checkpoint's config"

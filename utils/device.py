@@ -45,7 +45,7 @@ def select_device(requested: str, n_gpu: int | None = None, local_rank: int | No
             raise ConfigError(f"Device '{requested}' was asked for (config key 'device' or --device), but this machine "
                               f"has {count} usable CUDA device(s). Use device: auto or --device cpu.")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"Device 'mps' was asked for, but MPS is not available here. Use device: auto or --device cpu.")
+        raise ConfigError("Device 'mps' was asked for, but MPS is not available here. Use device: auto or --device cpu.")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"Unsupported device '{requested}'. Use auto, cpu, cuda, cuda:N or mps.")
     return device

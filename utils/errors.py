@@ -1,7 +1,7 @@
 """The errors the template reports to the user as one clear paragraph instead of a traceback.
 
-Each carries the exit code that `train.py` / `test.py` return, so scripts and schedulers can tell a bad
-input (2) from a failure during training (1).
+Each carries the exit code that `train.py`, `test.py` and `export.py` return, so scripts and schedulers can tell
+a bad input (2) from a failure during training or export (1).
 """
 
 
@@ -42,3 +42,9 @@ class PeerFailed(TemplateError):
     def __init__(self, exit_code: int):
         super().__init__("Stopped because rank 0 failed; its message comes first in the output.")
         self.exit_code = exit_code
+
+
+class ExportError(TemplateError):
+    """A model could not be exported, or the exported file does not reproduce the model's outputs."""
+
+    exit_code = 1

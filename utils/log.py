@@ -30,5 +30,5 @@ def setup_logging(verbosity: int = 1, log_file: Path | None = None) -> None:
     for handler in handlers:
         handler._template = True
         root.addHandler(handler)
-    for noisy in ("PIL", "matplotlib", "tensorboard"):
+    for noisy in ("PIL", "matplotlib", "tensorboard", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -12,8 +12,8 @@ def _count(module: nn.Module) -> tuple[int, int, int]:
 
 
 def model_summary(model: nn.Module) -> str:
-    """One row per top-level child module (of the wrapped model, for a wrapper) and a total. Buffers (e.g. BatchNorm running statistics) are not
-    trained but are saved in checkpoints, so they are counted too."""
+    """One row per top-level child module (of the wrapped model, for a wrapper) and a total. Buffers (e.g.
+    BatchNorm running statistics) are not trained but are saved in checkpoints, so they are counted too."""
     top, prefix = model, ""
     while len(list(top.children())) == 1 and not any(True for _ in top.parameters(recurse=False)):
         name, top = next(top.named_children())  # a wrapper such as TorchvisionClassifier.net: show its parts

@@ -1,0 +1,152 @@
+"""Export a trained checkpoint to a file that runs without this project's code, and check it on the spot:
+
+    python export.py --resume saved/models/<name>/<run_id>/model_best.pth --format torchscript|onnx|exported
+
+The model is rebuilt from the checkpoint's config and weights, in eval mode, and written as TorchScript
+(`torch.jit.load`), ONNX (onnxruntime) or a `torch.export` program (`torch.export.load(...).module()`), each
+with a dynamic batch dimension. The file is then loaded back and run on a batch of the test data and on a
+single sample; outputs that differ from the PyTorch model's beyond the tolerance fail the export.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.restore import eval_loader, restore
+from utils.errors import ExportError, TemplateError
+from utils.log import setup_logging
+
+log = logging.getLogger("export")
+
+SUFFIXES = {"torchscript": ".ts.pt", "onnx": ".onnx", "exported": ".pt2"}
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter needs onnx and onnxscript, the check onnxruntime
+# Exporters reorder and fuse float32 operations, which moves outputs by about 1e-6 of their scale; a wrong
+# weight or a missed eval-mode layer moves them by far more than this.
+RELATIVE_TOLERANCE = 1e-4
+# A single ONNX (protobuf) file holds at most 2 GiB; above 1 GiB of weights they go to a `.data` file next to it.
+ONNX_INLINE_LIMIT = 2**30
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a trained checkpoint and check the file against it.")
+    parser.add_argument("-r", "--resume", required=True, help="checkpoint file (or run folder: its model_best.pth)")
+    parser.add_argument("-f", "--format", required=True, choices=SUFFIXES, help="file format to write")
+    parser.add_argument("-o", "--output", help="file to write (default: next to the checkpoint, e.g. "
+                                               "model_best.ts.pt, model_best.onnx, model_best.pt2)")
+    parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's "
+                                               "(the data the check runs on)")
+    parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def quiet_jit_deprecation() -> Iterator[None]:
+    """torch.jit warns that it is deprecated at every call; run_export says so once, in one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
+def export(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
+    """Write `model` (in eval mode) to `path` in format `fmt`, traced on `example` with a dynamic batch size."""
+    batch = {0: torch.export.Dim("batch")}
+    if fmt == "torchscript":
+        with quiet_jit_deprecation():
+            torch.jit.trace(model, example).save(str(path))
+    elif fmt == "exported":
+        torch.export.save(torch.export.export(model, (example,), dynamic_shapes=(batch,)), path)
+    else:
+        weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        torch.onnx.export(model, (example,), path, input_names=["input"], output_names=["output"],
+                          dynamic_shapes=(batch,), external_data=weight_bytes > ONNX_INLINE_LIMIT, verbose=False)
+
+
+def load_exported(fmt: str, path: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported file as a function of one input tensor, loaded the way a user of the file would load it."""
+    if fmt == "torchscript":
+        with quiet_jit_deprecation():
+            return torch.jit.load(str(path), map_location=device)
+    if fmt == "exported":
+        return torch.export.load(path).module()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.cpu().numpy()})[0])
+
+
+def check_onnx_packages() -> None:
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"--format onnx needs the optional packages {', '.join(ONNX_PACKAGES)}, and "
+                          f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed. Install them "
+                          f"with: pip install {' '.join(ONNX_PACKAGES)}  (requirements-dev.txt lists them), or "
+                          "choose --format exported or torchscript.")
+
+
+def max_difference(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, inputs: torch.Tensor) -> float:
+    """Largest absolute difference between the exported file's and the model's outputs on `inputs`."""
+    with torch.no_grad():
+        expected, actual = model(inputs), run(inputs)
+    return (actual.to(expected.device, expected.dtype) - expected).abs().max().item()
+
+
+def run_export(args: argparse.Namespace) -> float:
+    if args.format == "onnx":
+        check_onnx_packages()
+    trained = restore(args.resume, args.config, device=args.device)
+    model, arch = trained.model, trained.config["arch"]["type"]
+    inputs = next(iter(eval_loader(trained.config, trained.device, "test")))[0].to(trained.device)
+    with torch.no_grad():
+        reference = model(inputs)
+    if not isinstance(reference, torch.Tensor):
+        raise ExportError(f"export.py checks models that return one tensor; '{arch}' returns "
+                          f"{type(reference).__name__}.")
+    path = Path(args.output) if args.output else trained.path.with_name(trained.path.stem + SUFFIXES[args.format])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "torchscript":
+        log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
+    try:
+        export(model, inputs, args.format, path)
+    except Exception as e:  # the exporters raise many types; the first line says what could not be exported
+        raise ExportError(f"Could not export '{arch}' from '{trained.path}' as {args.format}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}. Models whose "
+                          "Python code branches on tensor values or shapes may export in another --format.") from None
+    tolerance = RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
+    run = load_exported(args.format, path, trained.device)
+    differences = [max_difference(run, model, x) for x in (inputs, inputs[:1])]
+    difference = torch.tensor(differences).max().item()  # NaN if either is NaN
+    log.info("Wrote %s (%s, %s). Max abs difference to the PyTorch model on a test batch of %d and on one sample: "
+             "%.3g (tolerance %.3g).", path, args.format, arch, len(inputs), difference, tolerance)
+    if not difference <= tolerance:  # also catches NaN
+        path.unlink()
+        if args.format == "onnx":
+            path.with_name(path.name + ".data").unlink(missing_ok=True)  # external weights, if any
+        raise ExportError(f"The exported {args.format} file's outputs differ from the PyTorch model's by "
+                          f"{difference:.3g}, more than the tolerance {tolerance:.3g}, so '{path}' was removed. The "
+                          "model probably does something the exporter does not capture (e.g. Python code that "
+                          "depends on the input's values); try another --format.")
+    return difference
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        run_export(args)
+    except TemplateError as e:
+        log.error("%s", e)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""export.py: each format loads in a fresh Python process without the project's code and gives the model's outputs."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import export
+import train
+from trainer.restore import eval_loader, restore
+
+from conftest import fast_args, only_run
+
+# How a user of each file loads it; `run` maps an input tensor to the output tensor.
+LOADERS = {
+    "torchscript": "run = torch.jit.load(path)",
+    "exported": "run = torch.export.load(path).module()",
+    "onnx": "import onnxruntime\n"
+            "session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])\n"
+            "run = lambda x: torch.from_numpy(session.run(None, {'input': x.numpy()})[0])",
+}
+
+FRESH_PROCESS = """
+import importlib.util, sys
+import torch
+assert importlib.util.find_spec("trainer") is None and importlib.util.find_spec("data_loader") is None, sys.path
+path = sys.argv[1]
+{loader}
+torch.save(run(torch.load("input.pt")), "output.pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("export") / "saved"
+    assert train.main(fast_args(save_dir, "trainer.epochs=1", "trainer.monitor=max val_accuracy")) == 0
+    return only_run(save_dir)
+
+
+@pytest.mark.parametrize("fmt", LOADERS)
+def test_exported_file_runs_without_project_code_and_matches_the_model(run_folder, tmp_path, fmt, capsys):
+    if fmt == "onnx":
+        for package in export.ONNX_PACKAGES:
+            pytest.importorskip(package)
+    assert export.main(["--resume", str(run_folder), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    path = run_folder / ("model_best" + export.SUFFIXES[fmt])
+    assert f"Wrote {path} ({fmt}, DigitsCNN). Max abs difference" in out and "(tolerance " in out, out
+
+    trained = restore(run_folder, device="cpu")
+    inputs = next(iter(eval_loader(trained.config, trained.device, "test")))[0][:5]  # not the export's batch size
+    with torch.no_grad():
+        expected = trained.model(inputs)
+    torch.save(inputs, tmp_path / "input.pt")
+    fresh = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS.format(loader=LOADERS[fmt]), str(path)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    torch.testing.assert_close(torch.load(tmp_path / "output.pt"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_outputs_that_differ_fail_the_export_and_remove_the_file(run_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "load_exported", lambda fmt, path, device: lambda x: torch.zeros(len(x), 10))
+    output = tmp_path / "model.ts.pt"
+    assert export.main(["--resume", str(run_folder), "--format", "torchscript", "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: The exported torchscript file's outputs differ") and "was removed" in err, err
+    assert not output.exists()
+
+
+def test_corrupt_checkpoint_is_one_message_and_exit_2(run_folder, tmp_path, capsys):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes((run_folder / "model_best.pth").read_bytes()[:1000])
+    assert export.main(["--resume", str(broken), "--format", "exported"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.pth' is truncated or corrupt" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "broken.pt2").exists()

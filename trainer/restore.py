@@ -1,0 +1,66 @@
+"""Rebuild a trained model from a checkpoint, and the data to evaluate it on.
+
+Shared by `test.py` and `export.py`, so that both read a checkpoint, its config and its data the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import data_loader as module_data
+from data_loader.device_loader import DeviceBatches
+from model.factory import build_model
+from trainer.checkpoint import BEST, find_checkpoint
+from utils.config import Config
+from utils.device import select_device
+from utils.errors import CheckpointError
+
+
+@dataclass
+class Restored:
+    path: Path
+    checkpoint: dict[str, Any]
+    config: Config
+    device: torch.device
+    model: nn.Module
+
+
+def restore(resume: str | Path, config_path: str | None = None, overrides: Sequence[str] = (),
+            device: str | None = None) -> Restored:
+    """The checkpoint `resume` (for a run folder: its model_best.pth, else its newest intact checkpoint) with
+    its model rebuilt from the saved config, weights loaded, on the device, in eval mode.
+
+    `config_path` replaces only the config's `data_loader` section (the same model on other data).
+    """
+    path = Path(resume)
+    if path.is_dir() and (path / BEST).is_file():
+        path = path / BEST
+    path, checkpoint = find_checkpoint(path)
+    base = checkpoint["config"]
+    if config_path is not None:
+        base = {**base, "data_loader": Config.load(config_path)["data_loader"]}
+    config = Config.load(None, overrides, base=base, device=device)
+    model = build_model(config, pretrained=False)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"'{path}' does not fit the model '{config['arch']['type']}': "
+                              f"{str(e).splitlines()[0]}") from None
+    torch_device = select_device(config["device"])
+    return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
+
+
+def eval_loader(config: Config, device: torch.device, split: str) -> DataLoader | DeviceBatches:
+    """The loader of the config's `test` or `val` split, built as training built it (same seed, same split)."""
+    data = config.init_obj("data_loader", module_data, seed=config["seed"])
+    loader = data.test_loader(device) if split == "test" else data.val_loader(device)
+    if loader is None:
+        raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "
+                              "is 0); use --split test.")
+    return loader
