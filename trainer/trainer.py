@@ -16,6 +16,7 @@ from trainer.checkpoint import BEST, FORMAT, LATEST, keep_top_k, save_checkpoint
 from trainer.evaluate import MetricTracker, autocast, evaluate, to_device
 from trainer.hooks import ActivationStats
 from trainer.signals import StopRequested, StopSignals
+from trainer.tensorboard import Board
 from utils import distributed
 from utils.config import Config
 from utils.distributed import Dist
@@ -70,6 +71,9 @@ class Trainer:
         if cfg["activation_stats"] and (not cfg["tensorboard"] or cfg["compile"]):
             raise ConfigError(f"{config.source}: trainer.activation_stats writes to TensorBoard and attaches hooks to "
                               "the modules: it needs trainer.tensorboard: true and trainer.compile: false.")
+        if cfg["histograms"] and not cfg["tensorboard"]:
+            raise ConfigError(f"{config.source}: trainer.histograms are written to TensorBoard; set "
+                              "trainer.tensorboard: true too.")
         self.monitor_mode, self.monitor_key = ("off", None) if cfg["monitor"] == "off" else cfg["monitor"].split()
         logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
         if self.monitor_key is not None and self.monitor_key not in logged:
@@ -89,7 +93,7 @@ class Trainer:
             self._load_state(resume)
 
         self.stop = StopSignals()
-        self.writer = None
+        self.board: Board | None = None
         self.stats: ActivationStats | None = None
         self.throughput: tuple[float, float] | None = None
         self._warned_data_wait = False
@@ -107,9 +111,7 @@ class Trainer:
             return last
         with self.stop:
             if self.dist.is_main and self.cfg["tensorboard"]:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.run.log), purge_step=self.global_step or None)
+                self.board = Board(self.run.log, purge_step=self.global_step or None)
                 if self.cfg["activation_stats"]:
                     self.stats = ActivationStats(self.model)
             try:
@@ -119,9 +121,12 @@ class Trainer:
                     val_log = self._validate()
                     last = {**train_log, **val_log}
                     self._end_epoch(last, time.perf_counter() - started)
+                if self.board is not None and last:
+                    best = {f"best_{self.monitor_key}": self.best} if self.monitor_key else {}
+                    self.board.hparams(self.config.data, {**best, **last})
             finally:
-                if self.writer is not None:
-                    self.writer.close()
+                if self.board is not None:
+                    self.board.close()
         return last
 
     def _train_epoch(self) -> dict[str, float]:
@@ -139,6 +144,8 @@ class Trainer:
             step_started = time.perf_counter()
             data_wait += step_started - fetch_started
             data, target = to_device(data, target, self.device, self.cfg["channels_last"])
+            if self.board is not None:
+                self.board.images(data, self.epoch, self.global_step)
             window_start = self.batch_idx - self.batch_idx % self.accumulate
             window = min(self.accumulate, n_batches - window_start)
             if self.batch_idx == window_start:
@@ -160,7 +167,7 @@ class Trainer:
                 window_has_grad = True
             if watch:
                 self.stats.detach()
-                self.stats.write(self.writer, self.global_step)
+                self.stats.write(self.board.writer, self.global_step)
             self.batch_idx += 1
             samples += target.size(0)
 
@@ -239,10 +246,8 @@ class Trainer:
         result = self.tracker.result()
         self._check_finite(result["loss"])
         bar.set_postfix({k: f"{v:.4f}" for k, v in result.items()}, refresh=False)
-        if self.writer is not None:
-            for name, value in result.items():
-                self.writer.add_scalar(f"step/{name}", value, self.global_step)
-            self.writer.add_scalar("step/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+        if self.board is not None:
+            self.board.scalars("step/", {**result, "lr": self.optimizer.param_groups[0]["lr"]}, self.global_step)
 
     def _log_epoch(self, epoch_log: dict[str, float], seconds: float, improved: bool) -> None:
         parts = [f"epoch {self.epoch}/{self.epochs}"] + [f"{k} {v:.4f}" for k, v in epoch_log.items()]
@@ -266,15 +271,10 @@ class Trainer:
         if bad:
             log.warning("Skipped %d bad sample(s) in epoch %d (data_loader.args.skip_bad: true); the reason for the "
                         "first is logged above.", bad, self.epoch)
-        if self.writer is not None:
-            for name, value in epoch_log.items():
-                split, metric = ("val", name[4:]) if name.startswith("val_") else ("train", name)
-                self.writer.add_scalar(f"{metric}/{split}", value, self.global_step)
-            for i, lr in enumerate(lrs):
-                self.writer.add_scalar(f"lr/group{i}", lr, self.global_step)
-            if self.throughput is not None:
-                self.writer.add_scalar("speed/samples_per_second", self.throughput[0], self.global_step)
-                self.writer.add_scalar("speed/data_wait_share", self.throughput[1], self.global_step)
+        if self.board is not None:
+            self.board.epoch(epoch_log, lrs, self.throughput, self.global_step)
+            if self.cfg["histograms"]:
+                self.board.histograms(self.model, self.global_step)
 
     def _take_bad_samples(self) -> int:
         """Samples the loaders skipped since the last call (with `skip_bad`), summed over all processes."""

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "monitor": "off",
         "early_stop": 0,
         "tensorboard": False,
+        "histograms": False,
         "log_step": 10,
         "activation_stats": 0,
         "on_nan": "stop",

@@ -1,0 +1,80 @@
+"""What a run writes to TensorBoard (`trainer.tensorboard: true`, rank 0 only), in one place.
+
+Tags: `<metric>/train` and `<metric>/val` per epoch, `step/<metric>` every `log_step` steps, `lr/group<i>` per
+parameter group, `speed/samples_per_second` and `speed/data_wait_share`, `inputs/train` (a grid of the first
+training batch of each epoch, for image data), `weights/<name>` and `gradients/<name>` histograms per epoch
+with `trainer.histograms: true`, the activation statistics of trainer/hooks.py, and the run's hyperparameters
+with its best and last values in the HParams tab.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Config keys shown as hyperparameters (scalar values below these sections; lists and mappings as text).
+HPARAM_SECTIONS = ("arch", "optimizer", "lr_scheduler", "loss", "seed", "data_loader.args.batch_size",
+                   "trainer.epochs", "trainer.amp", "trainer.accumulate_grad_batches", "trainer.grad_clip_norm")
+
+
+class Board:
+    """A SummaryWriter on the run's log folder. `purge_step` drops events a resumed run will write again."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter  # imported only when TensorBoard is on
+
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.images_epoch = 0
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}{name}", value, step)
+
+    def epoch(self, epoch_log: dict[str, float], lrs: list[float], throughput: tuple[float, float] | None,
+              step: int) -> None:
+        for name, value in epoch_log.items():
+            split, metric = ("val", name[4:]) if name.startswith("val_") else ("train", name)
+            self.writer.add_scalar(f"{metric}/{split}", value, step)
+        self.scalars("lr/group", dict(enumerate(lrs)), step)
+        if throughput is not None:
+            self.scalars("speed/", {"samples_per_second": throughput[0], "data_wait_share": throughput[1]}, step)
+
+    def images(self, batch: Any, epoch: int, step: int) -> None:
+        """Up to 16 inputs of an image batch (N, 1|3, H, W), scaled to 0..1 for display, once per epoch."""
+        if epoch == self.images_epoch or not isinstance(batch, torch.Tensor) or batch.dim() != 4 \
+                or batch.shape[1] not in (1, 3):
+            return
+        self.images_epoch = epoch
+        images = batch[:16].detach().float()
+        low, high = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
+        self.writer.add_images("inputs/train", (images - low) / (high - low).clamp_min(1e-8), step)
+
+    def histograms(self, model: nn.Module, step: int) -> None:
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if param.grad is not None:
+                self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), step)
+
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's hyperparameters and final values, in the HParams tab (written into the run's own folder)."""
+        params = {}
+        for section in HPARAM_SECTIONS:
+            value: Any = config
+            for part in section.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            params.update(_flatten(section, value))
+        self.writer.add_hparams(params, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """`{optimizer: {type: SGD, args: {lr: 0.1}}}` -> `{optimizer.type: SGD, optimizer.args.lr: 0.1}`."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(f"{prefix}.{key}", item).items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {prefix: "null" if value is None else value}
+    return {prefix: str(value)}
