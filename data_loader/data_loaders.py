@@ -1,6 +1,7 @@
 """The data loaders a config can name in `data_loader.type`. Add yours here (and in `__init__.py`)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,8 @@ from torchvision.transforms import v2
 from data_loader.base import BaseDataLoader
 from data_loader.datasets import CsvImageDataset, ImageFolderDataset
 from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 class CsvImageDataLoader(BaseDataLoader):
@@ -42,6 +45,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         train = self.make_dataset(True, None)
         self.check_labels(train, train.targets)
         self.classes = train.classes
+        log.info("Classes (folder: label): %s", ", ".join(f"{name}: {i}" for i, name in enumerate(self.classes)))
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         dataset = ImageFolderDataset(self.folders[train], transform, self.target_transform, self.image_mode)
