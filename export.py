@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from trainer.restore import eval_loader, restore
-from utils.errors import ExportError, TemplateError
+from utils.errors import ExportError, report_errors
 from utils.log import setup_logging
 
 log = logging.getLogger("export")
@@ -140,12 +140,7 @@ def run_export(args: argparse.Namespace) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    try:
-        run_export(args)
-    except TemplateError as e:
-        log.error("%s", e)
-        return e.exit_code
-    return 0
+    return report_errors(lambda: run_export(args), log)
 
 
 if __name__ == "__main__":

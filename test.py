@@ -11,7 +11,7 @@ import sys
 from model.factory import build_criterion, build_metrics
 from trainer.evaluate import evaluate
 from trainer.restore import eval_loader, restore
-from utils.errors import TemplateError
+from utils.errors import report_errors
 from utils.log import setup_logging
 
 log = logging.getLogger("test")
@@ -45,12 +45,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    try:
-        run_test(args)
-    except TemplateError as e:
-        log.error("%s", e)
-        return e.exit_code
-    return 0
+    return report_errors(lambda: run_test(args), log)
 
 
 if __name__ == "__main__":

@@ -106,8 +106,3 @@ def on_main(fn: Callable[..., Any], *args: Any) -> Any:
     if outcome[0] == "failed":
         raise errors.PeerFailed(outcome[1])
     return outcome[1]
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()

@@ -3,6 +3,10 @@
 Each carries the exit code that `train.py`, `test.py` and `export.py` return, so scripts and schedulers can tell
 a bad input (2) from a failure during training or export (1).
 """
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
 
 
 class TemplateError(Exception):
@@ -48,3 +52,14 @@ class ExportError(TemplateError):
     """A model could not be exported, or the exported file does not reproduce the model's outputs."""
 
     exit_code = 1
+
+
+def report_errors(work: Callable[[], Any], log: logging.Logger) -> int:
+    """Run an entry point's `work`: 0 when it succeeds, or a TemplateError's exit code after logging its message
+    (one paragraph, no traceback)."""
+    try:
+        work()
+    except TemplateError as e:
+        log.error("%s", e)
+        return e.exit_code
+    return 0
