@@ -91,8 +91,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     if dist.is_main:
         if checkpoint:
             remove_temp_files(checkpoint_path.parent)
-        run = run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"]) if checkpoint else new_run(trainer_cfg["save_dir"], config["name"],
-                                                                             args.run_id)
+        run = (run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"]) if checkpoint
+               else new_run(trainer_cfg["save_dir"], config["name"], args.run_id))
         setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
     run = distributed.broadcast(run)
     if checkpoint:
