@@ -201,8 +201,10 @@ class Search:
             offset = err.tell()
             child = subprocess.Popen([sys.executable, TRAIN, *argv], stdout=subprocess.DEVNULL, stderr=err,
                                      cwd=self.state["cwd"])
-            pruned = _follow(child, log_dir / HISTORY, on_epoch)
-        trial["seconds"] = round(trial["seconds"] + time.monotonic() - started, 1)
+            try:
+                pruned = _follow(child, log_dir / HISTORY, on_epoch)
+            finally:  # a stopped trial's time counts when it is continued
+                trial["seconds"] = round(trial["seconds"] + time.monotonic() - started, 1)
         trial["best"], trial["epochs"] = _result_of(run)
         if child.returncode == 0:
             trial["status"], trial["error"] = "done", ""
@@ -260,9 +262,8 @@ class Search:
             relative = os.path.relpath(row["run"])
             row["run"] = row["run"] if relative.startswith("..") else relative
         widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
-        print("  ".join(k.ljust(w) for k, w in widths.items()))
-        for row in rows:
-            print("  ".join(row[k].ljust(w) for k, w in widths.items()))
+        for row in [dict(zip(widths, widths)), *rows]:
+            print("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
         for trial in self.state["trials"]:
             if trial["error"]:
                 print(f"{trial['id']} failed: {trial['error']}")
@@ -341,7 +342,7 @@ def run_optuna(search: Search) -> None:
     study = optuna.create_study(
         direction="maximize" if search.monitor_mode == "max" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=search.state["seed"] + len(finished)),  # new draws after a resume
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
     distributions = {key: _distribution(optuna, dim) for key, dim in search.space.items()}
     states = {"done": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
               "failed": optuna.trial.TrialState.FAIL}
@@ -408,6 +409,7 @@ def tune(args: argparse.Namespace) -> Search:
     try:
         run_optuna(search) if state["mode"] == "optuna" else run_list(search)
     except KeyboardInterrupt:
+        search.save()
         log.warning("Stopped. The search is saved; continue it with:\n  python tune.py --resume %s",
                     search.paths.models)
         raise
