@@ -7,8 +7,8 @@
 
 Search items are described in utils/search.py; every other flag or `key=value` is passed to each trial. Each
 trial runs as a subprocess, so a crash or a NaN fails that trial only. The search folder (a run folder of the
-experiment `<name>_tune`) holds `search.json`, the trials and their status, rewritten atomically after each
-trial, and `results.csv`; trial NNN is the run `<name>_tune/<search_id>/trial-NNN`.
+experiment `<name>_tune`) holds `search.json`, the trials and their status, rewritten atomically whenever a
+trial starts or ends, and `results.csv`; trial NNN is the run `<name>_tune/<search_id>/trial-NNN`.
 """
 from __future__ import annotations
 
@@ -404,8 +404,8 @@ def tune(args: argparse.Namespace) -> Search:
     state = search.state
     left = sum(t["status"] not in FINISHED for t in state["trials"])
     total = state["n"] or len(state["trials"])
-    log.info("Search %s: %s, %d trials, %d to run, in %s (trials: trial-NNN there)", search.paths.run_id,
-             state["mode"], total, left + total - len(state["trials"]), search.paths.models)
+    log.info("Search %s (%s): %d trials, %d to run. Search folder: %s", search.paths.run_id, state["mode"], total,
+             left + total - len(state["trials"]), search.paths.models)
     try:
         run_optuna(search) if state["mode"] == "optuna" else run_list(search)
     except KeyboardInterrupt:
