@@ -29,19 +29,25 @@ from utils.summary import model_summary
 log = logging.getLogger("train")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a model from a YAML (or classic JSON) config.")
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that make a run's config (-c, the short flags, key.path=value overrides); tune.py takes them too
+    and passes them on to every trial. `--seed` is left to each script: tune.py's seeds the search."""
     parser.add_argument("-c", "--config", help="config file, e.g. configs/config.yaml")
-    parser.add_argument("-r", "--resume", help="checkpoint file or run folder to continue")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
-    parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     parser.add_argument("--lr", type=float, help="sets optimizer.args.lr")
     parser.add_argument("--bs", "--batch-size", dest="bs", type=int, help="sets data_loader.args.batch_size")
     parser.add_argument("--epochs", type=int, help="sets trainer.epochs")
-    parser.add_argument("--seed", type=int, help="sets seed")
     parser.add_argument("--name", help="sets name (the experiment's folder under save_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="set any config key, e.g. optimizer.args.lr=3e-4 trainer.epochs=5")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a model from a YAML (or classic JSON) config.")
+    parser.add_argument("-r", "--resume", help="checkpoint file or run folder to continue")
+    parser.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    parser.add_argument("--seed", type=int, help="sets seed")
+    add_config_arguments(parser)
     return parser.parse_intermixed_args(argv)
 
 
@@ -84,7 +90,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     def open_run() -> RunPaths:
         if checkpoint:
             remove_temp_files(checkpoint_path.parent)
-            return run_of_checkpoint(checkpoint_path)
+            return run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])
         return new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
 
     run = distributed.on_main(open_run)

@@ -2,6 +2,7 @@
 best-model monitoring and early stopping. Read `fit` and `_train_epoch` top to bottom."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from utils.run import RunPaths
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+HISTORY = "history.jsonl"  # in the run's log folder: one JSON line per epoch, once its checkpoint is saved
 
 
 class Trainer:
@@ -229,6 +231,7 @@ class Trainer:
         self.batch_idx = 0
         self.tracker = MetricTracker(self.metrics, self.device)
         latest = self._save_epoch(epoch, epoch_log, improved)
+        self._append_history(epoch, epoch_log)
         signum, _ = self._agree(self.stop.requested, False)
         if signum:
             raise StopRequested(signum, str(latest))
@@ -283,6 +286,13 @@ class Trainer:
             return 0
         count = sum(counter.take() for counter in counters if counter is not None)
         return int(distributed.all_reduce(torch.tensor([count], device=self.device)).item())
+
+    def _append_history(self, epoch: int, epoch_log: dict[str, float]) -> None:
+        """The epoch's values as one line of `history.jsonl`, for programs that follow a run as it trains
+        without TensorBoard (tune.py prunes trials with it)."""
+        if self.dist.is_main:
+            with open(self.run.log / HISTORY, "a") as f:
+                f.write(json.dumps({"epoch": epoch, **epoch_log}) + "\n")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -44,10 +44,12 @@ def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPa
     return RunPaths(models, log)
 
 
-def run_of_checkpoint(checkpoint: Path) -> RunPaths:
-    """The run a checkpoint belongs to: a resumed run keeps writing there, so its log, TensorBoard steps and
-    early-stop counter go on where they were."""
+def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
+    """The run a checkpoint (or another file of the run's models folder) belongs to: a resumed run keeps writing
+    there, so its log, TensorBoard steps and early-stop counter go on where they were. `name` is the experiment
+    name the run was made with; it may hold '/' (tune.py's trials are `<name>_tune/<search_id>/trial-NNN`)."""
     models = checkpoint.resolve().parent
-    log = models.parent.parent.parent / "log" / models.parent.name / models.name
+    models_root = models.parents[len(Path(name).parts)]  # <save_dir>/models
+    log = models_root.parent / "log" / name / models.name
     log.mkdir(parents=True, exist_ok=True)
     return RunPaths(models, log)

@@ -1,0 +1,164 @@
+"""tune.py as a user runs it: a grid search, a search killed and continued, seeded random draws, errors,
+and the Optuna search."""
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import tune
+from trainer.checkpoint import load_checkpoint
+from utils.search import random_trials, split_items
+
+from conftest import REPO, fast_args
+
+GRID = ["--grid", "optimizer.args.lr=1e-3,1e-2", "data_loader.args.batch_size=32,64", "--search-id", "s"]
+
+
+def search_folder(save_dir):
+    return save_dir / "models" / "digits_cnn_tune" / "s"
+
+
+def started_trials(stdout: str) -> list[str]:
+    """The trials a tune.py run started, from its `trial-NNN  key=value ...` lines."""
+    return re.findall(r"^(trial-\d{3})  \S+=", stdout, re.M)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A 2x2 grid search killed during its third trial, then continued. One search serves both tests below: each
+    trial is a train.py process, and a test suite on two CPU cores cannot afford many."""
+    save_dir = tmp_path_factory.mktemp("tune") / "saved"
+    folder = search_folder(save_dir)
+    # Killed as a terminal or a job scheduler kills a job: the whole process group, tune.py and its trial.
+    search = subprocess.Popen([sys.executable, str(REPO / "tune.py"), *fast_args(save_dir), *GRID],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while True:
+        assert search.poll() is None and time.monotonic() < deadline, search.stderr.read() if search.stderr else ""
+        state = json.loads((folder / "search.json").read_text()) if (folder / "search.json").is_file() else None
+        statuses = [t["status"] for t in state["trials"]] if state else []
+        # Wait for trial-002 to have saved its first epoch, so that it is killed half-way.
+        if statuses[:2] == ["done", "done"] and (folder / "trial-002" / "checkpoint-latest.pth").is_file():
+            break
+        time.sleep(0.1)
+    os.killpg(search.pid, signal.SIGKILL)
+    search.wait()
+    killed = json.loads((folder / "search.json").read_text())
+    finished = {t: (folder / t / "checkpoint-latest.pth").stat().st_mtime_ns for t in ("trial-000", "trial-001")}
+    with contextlib.redirect_stdout(io.StringIO()) as out:  # in this process: one less torch import
+        assert tune.main(["--resume", str(folder)]) == 0
+    return save_dir, killed, finished, out.getvalue()
+
+
+def test_grid_search_writes_a_run_per_combination_and_ranks_them(grid):
+    save_dir, _, _, resumed = grid
+    folder = search_folder(save_dir)
+    trials = ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == trials
+    with open(folder / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    best = {t: load_checkpoint(folder / t / "checkpoint-latest.pth")["monitor"]["best"] for t in trials}
+    assert [float(row["val_accuracy"]) for row in rows] == [best[row["trial"]] for row in rows]
+    assert [best[row["trial"]] for row in rows] == sorted(best.values(), reverse=True)
+    assert {(float(row["optimizer.args.lr"]), int(row["data_loader.args.batch_size"])) for row in rows} == {
+        (1e-3, 32), (1e-3, 64), (1e-2, 32), (1e-2, 64)}
+    assert all(row["status"] == "done" and row["epochs"] == "2" for row in rows)
+    printed = re.findall(r"^\d+\s+(trial-\d{3})\s+done", resumed, re.M)
+    assert printed == [row["trial"] for row in rows]
+
+    # Each trial is an ordinary run with its values; its log folder holds its history and HParams summary.
+    config = yaml.safe_load((folder / "trial-001" / "config.yaml").read_text())
+    assert config["name"] == "digits_cnn_tune/s"
+    assert (config["optimizer"]["args"]["lr"], config["data_loader"]["args"]["batch_size"]) == (1e-3, 64)
+    for trial in trials:
+        log_dir = save_dir / "log" / "digits_cnn_tune" / "s" / trial
+        history = [json.loads(line) for line in (log_dir / "history.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in history] == [1, 2]
+        assert max(h["val_accuracy"] for h in history) == best[trial]
+        assert list(log_dir.glob("events.out.tfevents.*")), "add_hparams writes into the trial's log folder"
+
+
+def test_search_killed_after_two_trials_runs_only_the_rest(grid, capsys):
+    save_dir, killed, finished, resumed = grid
+    folder = search_folder(save_dir)
+    assert [t["status"] for t in killed["trials"]] == ["done", "done", "running", "pending"]
+    assert started_trials(resumed) == ["trial-002", "trial-003"]
+    assert "trial-002  optimizer.args.lr=0.01 data_loader.args.batch_size=32  (continued from its checkpoint)" \
+        in resumed
+    assert "Resuming trial-002" in (save_dir / "log" / "digits_cnn_tune" / "s" / "trial-002" / "train.log").read_text()
+    assert {t: (folder / t / "checkpoint-latest.pth").stat().st_mtime_ns for t in finished} == finished
+    state = json.loads((folder / "search.json").read_text())
+    assert [(t["status"], t["epochs"]) for t in state["trials"]] == [("done", 2)] * 4
+    assert tune.main(["--resume", str(folder)]) == 0
+    assert started_trials(capsys.readouterr().out) == []
+
+
+RANDOM = ["optimizer.args.lr=log-uniform:1e-4:1e-1", "data_loader.args.batch_size=choice:32,64,128",
+          "arch.args.dropout=uniform:0:0.5", "arch.args.width=int:4:16", "trainer.epochs=3"]
+
+
+def test_random_search_draws_the_same_trials_for_the_same_seed(tmp_path):
+    space, fixed = split_items(RANDOM, "random")
+    assert list(space) == [item.split("=")[0] for item in RANDOM[:4]] and fixed == ["trainer.epochs=3"]
+    trials = random_trials(space, 8, seed=1)
+    assert trials == random_trials(space, 8, seed=1) and trials != random_trials(space, 8, seed=2)
+    assert random_trials(space, 3, seed=1) == trials[:3]
+    for t in trials:
+        assert 1e-4 <= t["optimizer.args.lr"] <= 1e-1 and 0 <= t["arch.args.dropout"] <= 0.5
+        assert t["data_loader.args.batch_size"] in (32, 64, 128) and t["arch.args.width"] in range(4, 17)
+    # The command line gives the same list; nothing is written before the search runs.
+    args = fast_args(tmp_path / "saved", "--random", "8", "--seed", "1", *RANDOM)
+    definition, _ = tune.plan(tune.parse_args(args))
+    assert [t["params"] for t in definition["trials"]] == trials
+    assert not (tmp_path / "saved").exists()
+
+
+BAD = {
+    "one bound": (["--random", "2", "optimizer.args.lr=log-uniform:1e-4"], "'optimizer.args.lr=log-uniform:1e-4' is"),
+    "log of zero": (["--random", "2", "optimizer.args.lr=log-uniform:0:1"], "bounds 0 and 1 do not make a range"),
+    "misspelt kind": (["--random", "2", "optimizer.args.lr=loguniform:1e-4:1e-1"], "Did you mean 'log-uniform'"),
+    "int of floats": (["--random", "2", "arch.args.width=int:4:8.5"], "int bounds must be whole numbers"),
+    "unknown key": (["--grid", "optimizer.args.lrr=1e-3,1e-2"], "searched key 'optimizer.args.lrr' is not in"),
+    "range in grid": (["--grid", "optimizer.args.lr=uniform:0:1"], "--grid cannot enumerate"),
+    "no mode": (["optimizer.args.lr=1e-3,1e-2"], "Choose the search with --grid"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_search_gives_one_message_exit_2_and_writes_nothing(tmp_path, case, capsys):
+    items, message = BAD[case]
+    assert tune.main(fast_args(tmp_path / "saved", *items)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert message in err, err
+    assert not (tmp_path / "saved").exists()
+
+
+def test_optuna_missing_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    assert tune.main(fast_args(tmp_path / "saved", "--optuna", "2", "optimizer.args.lr=log-uniform:1e-3:1e-1")) == 2
+    assert "pip install optuna" in capsys.readouterr().err
+
+
+def test_optuna_search_runs_and_ranks_its_trials(tmp_path):
+    pytest.importorskip("optuna")
+    save_dir = tmp_path / "saved"
+    assert tune.main([*fast_args(save_dir, "trainer.epochs=1"), "--optuna", "2", "--search-id", "s",
+                      "optimizer.args.lr=log-uniform:1e-3:1e-1", "data_loader.args.batch_size=choice:32,64"]) == 0
+    state = json.loads((search_folder(save_dir) / "search.json").read_text())
+    assert [t["status"] for t in state["trials"]] == ["done", "done"]
+    for t in state["trials"]:
+        params = t["params"]
+        assert 1e-3 <= params["optimizer.args.lr"] <= 1e-1 and params["data_loader.args.batch_size"] in (32, 64)
+    with open(search_folder(save_dir) / "results.csv") as f:
+        values = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
+    assert values == sorted(values, reverse=True) and len(values) == 2

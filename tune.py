@@ -1,0 +1,439 @@
+"""Hyperparameter search: one ordinary train.py run per trial, a results table, TensorBoard HParams, resume.
+
+    python tune.py -c configs/config.yaml --grid optimizer.args.lr=1e-3,1e-2 data_loader.args.batch_size=32,64
+    python tune.py -c configs/config.yaml --random 8 optimizer.args.lr=log-uniform:1e-4:1e-1 --epochs 5
+    python tune.py -c configs/config.yaml --optuna 20 optimizer.args.lr=log-uniform:1e-4:1e-1   # pip install optuna
+    python tune.py --resume saved/models/<name>_tune/<search_id>
+
+Search items are described in utils/search.py; every other flag or `key=value` is passed to each trial. Each
+trial runs as a subprocess, so a crash or a NaN fails that trial only. The search folder (a run folder of the
+experiment `<name>_tune`) holds `search.json`, the trials and their status, rewritten atomically whenever a
+trial starts or ends, and `results.csv`; trial NNN is the run `<name>_tune/<search_id>/trial-NNN`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import train
+from trainer.checkpoint import atomic_write, find_checkpoint
+from trainer.trainer import HISTORY
+from utils.config import Config
+from utils.errors import CheckpointError, ConfigError, TemplateError
+from utils.log import setup_logging
+from utils.run import RunPaths, new_run, run_of_checkpoint
+from utils.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
+
+log = logging.getLogger("tune")
+
+STATE = "search.json"
+RESULTS = "results.csv"
+FINISHED = ("done", "failed", "pruned")
+TRAIN = str(Path(__file__).resolve().with_name("train.py"))
+# The parts of a search's definition that must match when a search is continued.
+DEFINITION = ("mode", "n", "seed", "space", "train_args")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Hyperparameter search: one train.py run per trial.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--grid", action="store_true", help="every combination of the listed values")
+    mode.add_argument("--random", type=int, metavar="N", help="N trials drawn from the ranges (seeded by --seed)")
+    mode.add_argument("--optuna", type=int, metavar="N", help="N trials chosen by Optuna's TPE sampler, with pruning")
+    parser.add_argument("--seed", type=int, help="seed of the search's draws (default 0); the trials' "
+                        "training seed is the config's `seed`, set it with seed=N")
+    parser.add_argument("--search-id", help="name of the search folder (default: a timestamp); an existing search "
+                        "of that id is continued")
+    parser.add_argument("-r", "--resume", metavar="SEARCH_FOLDER", help="continue a search: run the trials not "
+                        "finished")
+    train.add_config_arguments(parser)
+    args = parser.parse_intermixed_args(argv)
+    args.command = shlex.join(["python", "tune.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("--optuna needs the Optuna package, which is not installed. Install it with "
+                          "pip install optuna, or search with --grid or --random N instead.") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _override(key: str, value: Any) -> str:
+    """`key=value` that train.py reads back as exactly `value` (JSON is YAML)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The search's definition from the command line, checked before anything runs, and its experiment name."""
+    if args.config is None:
+        raise ConfigError("Give a config with -c configs/config.yaml and a search (--grid, --random N or "
+                          "--optuna N), or a search to continue with --resume SEARCH_FOLDER.")
+    mode = "grid" if args.grid else "random" if args.random is not None else "optuna" if args.optuna is not None \
+        else None
+    n = {"grid": None, "random": args.random, "optuna": args.optuna}.get(mode)
+    if mode is None or (n is not None and n < 1):
+        raise ConfigError("Choose the search with --grid, --random N or --optuna N (N >= 1), followed by the "
+                          "searched keys, e.g. --grid optimizer.args.lr=1e-3,1e-2 data_loader.args.batch_size=32,64.")
+    if mode == "optuna":
+        _import_optuna()
+    space, fixed = split_items(args.overrides, mode)
+    if not space:
+        raise ConfigError("Nothing to search: give at least one key with several values or a range, e.g. "
+                          "optimizer.args.lr=1e-3,1e-2 (--grid) or optimizer.args.lr=log-uniform:1e-4:1e-1.")
+    short = {"lr": args.lr, "bs": args.bs, "epochs": args.epochs, "device": args.device, "name": args.name}
+    config = Config.load(args.config, fixed, **short)
+    if config["trainer"]["monitor"] == "off":
+        raise ConfigError(f"{config.source}: trainer.monitor is off, but a search ranks its trials by the monitored "
+                          "value. Set it, e.g. trainer.monitor='max val_accuracy'.")
+    for key in space:
+        check_key(config.data, key, config.source)
+    flags = [arg for flag in ("device", "lr", "bs", "epochs") if getattr(args, flag) is not None
+             for arg in (f"--{flag}", str(getattr(args, flag)))]
+    save_dir = Path(config["trainer"]["save_dir"]).resolve()
+    definition = {
+        "mode": mode, "n": n, "seed": args.seed or 0,
+        "space": {item.partition("=")[0]: item.partition("=")[2] for item in args.overrides
+                  if item.partition("=")[0] in space},
+        "train_args": ["-c", str(Path(args.config).resolve()), *flags, *fixed, _override("trainer.save_dir",
+                                                                                        str(save_dir))],
+        "monitor": config["trainer"]["monitor"], "save_dir": str(save_dir), "cwd": os.getcwd(),
+    }
+    trials = grid_trials(space) if mode == "grid" else random_trials(space, n, args.seed or 0) \
+        if mode == "random" else []
+    for params in trials:  # a value the config refuses (trainer.epochs=0) fails here, not in the trial
+        Config.load(args.config, [*fixed, *(_override(k, v) for k, v in params.items())], **short)
+    definition["trials"] = [_new_trial(i, params) for i, params in enumerate(trials)]
+    return definition, f"{config['name']}_tune"
+
+
+def _new_trial(index: int, params: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"trial-{index:03d}", "params": params, "status": "pending", "best": None, "epochs": 0,
+            "seconds": 0.0, "error": ""}
+
+
+class Search:
+    """A search folder: `search.json` (definition and trials), `results.csv`, the trials' run folders, and on the
+    log side the trials' logs plus the HParams summaries TensorBoard compares them with."""
+
+    def __init__(self, paths: RunPaths, state: dict[str, Any]):
+        self.paths = paths
+        self.state = state
+        self.space = {key: parse_dimension(f"{key}={text}") for key, text in state["space"].items()}
+        self.monitor_mode, self.monitor_key = state["monitor"].split()
+        self._writer = None
+
+    @classmethod
+    def open(cls, args: argparse.Namespace) -> Search:
+        """A new search, or the one named by --resume / an existing --search-id (whose definition, when the
+        command line gives one, must be the same)."""
+        rest = [flag for flag, value in vars(args).items() if value not in (None, False, [])
+                and flag not in ("resume", "command")]
+        if args.resume and rest and args.config is None:
+            raise ConfigError(f"--resume continues the search in '{args.resume}' as it was defined; give it alone, "
+                              f"or after the search's whole original command (-c ... included).")
+        definition, name = plan(args) if rest or not args.resume else (None, None)
+        folder = Path(args.resume) if args.resume else None
+        if folder is None and args.search_id:
+            candidate = Path(definition["save_dir"]) / "models" / name / args.search_id
+            folder = candidate if (candidate / STATE).is_file() else None
+        if folder is None:
+            paths = new_run(definition["save_dir"], name, args.search_id)
+            state = {"format": 1, "name": f"{name}/{paths.run_id}", "command": args.command, **definition}
+            search = cls(paths, state)
+            search.save()
+            return search
+        if folder.name == STATE:
+            folder = folder.parent
+        if not (folder / STATE).is_file():
+            raise ConfigError(f"'{folder}' is not a search folder (it has no {STATE}). Pass the folder tune.py "
+                              "printed when the search started: saved/models/<name>_tune/<search_id>.")
+        state = json.loads((folder / STATE).read_text())
+        if definition is not None:
+            changed = [key for key in DEFINITION if definition[key] != state[key]]
+            if changed:
+                raise ConfigError(f"The search in '{folder}' was started with another {changed[0]} "
+                                  f"({state[changed[0]]!r}, now {definition[changed[0]]!r}). Continue it with "
+                                  f"python tune.py --resume {folder} alone, or start a new search with another "
+                                  "--search-id.")
+        return cls(run_of_checkpoint(folder / STATE, str(Path(state["name"]).parent)), state)
+
+    def save(self) -> None:
+        atomic_write(self.paths.models / STATE, json.dumps(self.state, indent=1).encode())
+
+    # ------------------------------------------------------------------ trials
+    def run_trial(self, trial: dict[str, Any], on_epoch: Callable[[dict], bool] | None = None) -> None:
+        """Run one trial to its end and record it. A trial that was interrupted continues from its checkpoint
+        (train.py --resume), or starts over if it had none yet. `on_epoch` sees each epoch's values as the trial
+        writes them; when it returns True the trial is stopped (it saves and exits) and recorded as pruned."""
+        run, log_dir = self.paths.models / trial["id"], self.paths.log / trial["id"]
+        if trial["status"] == "running" and any(run.glob("*.pth")):
+            argv, how = ["--resume", str(run)], "continued from its checkpoint"
+        else:
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(log_dir, ignore_errors=True)
+            argv = [*self.state["train_args"], *(_override(k, v) for k, v in trial["params"].items()),
+                    _override("name", self.state["name"]), "--run-id", trial["id"]]
+            how = "started over" if trial["status"] == "running" else ""
+        trial["status"] = "running"
+        self.save()
+        log.info("%s  %s%s", trial["id"], " ".join(f"{k}={_shown(v)}" for k, v in trial["params"].items()),
+                 f"  ({how})" if how else "")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(log_dir / "stderr.txt", "a") as err:
+            offset = err.tell()
+            child = subprocess.Popen([sys.executable, TRAIN, *argv], stdout=subprocess.DEVNULL, stderr=err,
+                                     cwd=self.state["cwd"])
+            try:
+                pruned = _follow(child, log_dir / HISTORY, on_epoch)
+            finally:  # a stopped trial's time counts when it is continued
+                trial["seconds"] = round(trial["seconds"] + time.monotonic() - started, 1)
+        trial["best"], trial["epochs"] = _result_of(run)
+        if child.returncode == 0:
+            trial["status"], trial["error"] = "done", ""
+        elif pruned and child.returncode in (128 + signal.SIGTERM, -signal.SIGTERM):
+            trial["status"], trial["error"] = "pruned", ""
+        else:
+            trial["status"], trial["error"] = "failed", _error_line(log_dir / "stderr.txt", offset, child.returncode)
+        self.save()
+        self.write_results()
+        if trial["best"] is not None:
+            self._write_hparams(trial)
+        log.info("%s  %s: %s %s, epochs %d, %.1f s%s", trial["id"], trial["status"], self.monitor_key,
+                 _shown(trial["best"]), trial["epochs"], trial["seconds"],
+                 f"\n  {trial['error']}" if trial["error"] else "")
+
+    def _write_hparams(self, trial: dict[str, Any]) -> None:
+        """The trial's hyperparameters and results, for TensorBoard's HParams tab (in the trial's log folder)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.paths.log))
+        hparams = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                   for k, v in trial["params"].items()}
+        self._writer.add_hparams(hparams, {f"hparam/{self.monitor_key}": trial["best"],
+                                           "hparam/epochs": trial["epochs"]}, run_name=trial["id"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    # ------------------------------------------------------------------ results
+    def ranked(self) -> list[dict[str, Any]]:
+        """Trials best first by the monitored value; trials without one (failed early, not run) last."""
+        sign = -1 if self.monitor_mode == "max" else 1
+        return sorted(self.state["trials"], key=lambda t: (t["best"] is None, sign * (t["best"] or 0), t["id"]))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"rank": rank, "trial": t["id"], "status": t["status"], self.monitor_key: t["best"],
+                 "epochs": t["epochs"], "seconds": t["seconds"], **t["params"],
+                 "run": str(self.paths.models / t["id"]), "error": t["error"]}
+                for rank, t in enumerate(self.ranked(), 1)]
+
+    def write_results(self) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, ["rank", "trial", "status", self.monitor_key, "epochs", "seconds",
+                                       *self.space, "run", "error"])
+        writer.writeheader()
+        writer.writerows(self.rows())
+        atomic_write(self.paths.models / RESULTS, text.getvalue().encode())
+
+    def print_results(self) -> None:
+        rows = [{k: _shown(v) for k, v in row.items() if k != "error"} for row in self.rows()]
+        for row in rows:
+            relative = os.path.relpath(row["run"])
+            row["run"] = row["run"] if relative.startswith("..") else relative
+        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+        for row in [dict(zip(widths, widths)), *rows]:
+            print("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
+        for trial in self.state["trials"]:
+            if trial["error"]:
+                print(f"{trial['id']} failed: {trial['error']}")
+        print(f"Results: {self.paths.models / RESULTS}")
+        print(f"Compare the trials in TensorBoard's HParams tab: tensorboard --logdir {self.paths.log}")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _follow(child: subprocess.Popen, history: Path, on_epoch: Callable[[dict], bool] | None) -> bool:
+    """Wait for the trial; with `on_epoch`, pass it each new line of the trial's history.jsonl and stop the trial
+    with SIGTERM once it returns True. Whether the trial was stopped so. Ctrl+C (or SIGTERM to tune.py) stops
+    the trial the same way, waits for its checkpoint, and goes on as KeyboardInterrupt."""
+    seen, stopped = 0, False
+    try:
+        while child.poll() is None:
+            time.sleep(0.2)
+            if on_epoch is None or stopped or not history.is_file():
+                continue
+            lines = history.read_text().splitlines(keepends=True)
+            for line in lines[seen:]:
+                if line.endswith("\n") and not stopped:
+                    seen += 1
+                    if on_epoch(json.loads(line)):
+                        child.send_signal(signal.SIGTERM)
+                        stopped = True
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGTERM)
+        child.wait()
+        raise
+    return stopped
+
+
+def _result_of(run: Path) -> tuple[float | None, int]:
+    """The best monitored value and the number of finished epochs, from the trial's newest checkpoint."""
+    try:
+        _, state = find_checkpoint(run)
+    except CheckpointError:
+        return None, 0
+    best = state["monitor"]["best"]
+    return (best if math.isfinite(best) else None), state["loop"]["epoch"] - 1
+
+
+def _error_line(stderr: Path, offset: int, returncode: int) -> str:
+    """The trial's own error message (train.py writes one `error: ...` line), or the last line it wrote."""
+    with open(stderr) as f:
+        f.seek(offset)
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return lines[-1] if lines else f"train.py exited with code {returncode}"
+
+
+# ---------------------------------------------------------------------- the searches
+def run_list(search: Search) -> None:
+    """Grid and random searches: the trials are listed in advance; run those not finished, in order."""
+    for trial in search.state["trials"]:
+        if trial["status"] not in FINISHED:
+            search.run_trial(trial)
+
+
+def run_optuna(search: Search) -> None:
+    """Ask Optuna's TPE sampler for each next trial and prune trials whose monitored value falls behind
+    (MedianPruner: below the median of earlier trials at the same epoch, from the second epoch on). A continued
+    search tells the study its finished trials first; an interrupted trial is run again with its parameters."""
+    optuna = _import_optuna()
+    trials = search.state["trials"]
+    finished = [t for t in trials if t["status"] in FINISHED]
+    study = optuna.create_study(
+        direction="maximize" if search.monitor_mode == "max" else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=search.state["seed"] + len(finished)),  # new draws after a resume
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+    distributions = {key: _distribution(optuna, dim) for key, dim in search.space.items()}
+    states = {"done": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+              "failed": optuna.trial.TrialState.FAIL}
+    for trial in finished:
+        study.add_trial(optuna.trial.create_trial(
+            state=states[trial["status"]], value=trial["best"] if trial["status"] == "done" else None,
+            params=_to_optuna(search.space, trial["params"]), distributions=distributions,
+            intermediate_values=_history(search, trial)))
+    for trial in [t for t in trials if t["status"] not in FINISHED]:
+        study.enqueue_trial(_to_optuna(search.space, trial["params"]))
+        _run_optuna_trial(search, study, distributions, trial, states)
+    while len(trials) < search.state["n"]:
+        trial = _new_trial(len(trials), {})
+        trials.append(trial)
+        _run_optuna_trial(search, study, distributions, trial, states)
+
+
+def _run_optuna_trial(search: Search, study, distributions: dict, trial: dict[str, Any], states: dict) -> None:
+    asked = study.ask(distributions)
+    trial["params"] = {key: json.loads(v) if search.space[key].kind == "choice" else v
+                       for key, v in asked.params.items()}
+
+    def report(record: dict[str, Any]) -> bool:
+        value = record.get(search.monitor_key)
+        if value is None or not math.isfinite(value):
+            return False
+        asked.report(value, record["epoch"])
+        return asked.should_prune()
+
+    search.run_trial(trial, on_epoch=report)
+    if trial["status"] == "done" and trial["best"] is not None:
+        study.tell(asked, trial["best"])
+    else:
+        study.tell(asked, state=states["pruned" if trial["status"] == "pruned" else "failed"])
+
+
+def _distribution(optuna, dimension: Dimension):
+    if dimension.kind == "choice":  # categories as JSON text: Optuna takes only scalars, a choice may hold lists
+        return optuna.distributions.CategoricalDistribution([json.dumps(v) for v in dimension.values])
+    if dimension.kind == "int":
+        return optuna.distributions.IntDistribution(int(dimension.low), int(dimension.high))
+    return optuna.distributions.FloatDistribution(dimension.low, dimension.high, log=dimension.kind == "log-uniform")
+
+
+def _to_optuna(space: dict[str, Dimension], params: dict[str, Any]) -> dict[str, Any]:
+    return {key: json.dumps(v) if space[key].kind == "choice" else v for key, v in params.items()}
+
+
+def _history(search: Search, trial: dict[str, Any]) -> dict[int, float]:
+    """A finished trial's monitored value per epoch, from its history.jsonl."""
+    path = search.paths.log / trial["id"] / HISTORY
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {r["epoch"]: r[search.monitor_key] for r in records
+            if math.isfinite(r.get(search.monitor_key, math.nan))}
+
+
+def tune(args: argparse.Namespace) -> Search:
+    search = Search.open(args)
+    state = search.state
+    left = sum(t["status"] not in FINISHED for t in state["trials"])
+    total = state["n"] or len(state["trials"])
+    log.info("Search %s (%s): %d trials, %d to run. Search folder: %s", search.paths.run_id, state["mode"], total,
+             left + total - len(state["trials"]), search.paths.models)
+    try:
+        run_optuna(search) if state["mode"] == "optuna" else run_list(search)
+    except KeyboardInterrupt:
+        search.save()
+        log.warning("Stopped. The search is saved; continue it with:\n  python tune.py --resume %s",
+                    search.paths.models)
+        raise
+    finally:
+        search.close()
+    search.print_results()
+    return search
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops a search like Ctrl+C
+    try:
+        search = tune(args)
+    except TemplateError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if any(t["status"] == "done" for t in search.state["trials"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
