@@ -111,8 +111,9 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "mode": mode, "n": n, "seed": args.seed or 0,
         "space": {item.partition("=")[0]: item.partition("=")[2] for item in args.overrides
                   if item.partition("=")[0] in space},
-        "train_args": ["-c", str(Path(args.config).resolve()), *flags, *fixed, _override("trainer.save_dir",
-                                                                                        str(save_dir))],
+        # Trials leave the HParams summary to the search, which shows the searched keys (trainer.hparams).
+        "train_args": ["-c", str(Path(args.config).resolve()), *flags, *fixed,
+                       _override("trainer.save_dir", str(save_dir)), "trainer.hparams=false"],
         "monitor": config["trainer"]["monitor"], "save_dir": str(save_dir), "cwd": os.getcwd(),
     }
     trials = grid_trials(space) if mode == "grid" else random_trials(space, n, args.seed or 0) \

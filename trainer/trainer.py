@@ -123,7 +123,7 @@ class Trainer:
                     val_log = self._validate()
                     last = {**train_log, **val_log}
                     self._end_epoch(last, time.perf_counter() - started)
-                if self.board is not None and last:
+                if self.board is not None and self.cfg["hparams"] and last:
                     best = {f"best_{self.monitor_key}": self.best} if self.monitor_key else {}
                     self.board.hparams(self.config.data, {**best, **last})
             finally:

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "early_stop": 0,
         "tensorboard": False,
         "histograms": False,
+        "hparams": True,
         "log_step": 10,
         "activation_stats": 0,
         "on_nan": "stop",
