@@ -57,8 +57,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     checkpoint_path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
     config = Config.load(args.config, args.overrides, base=checkpoint["config"] if checkpoint else None,
                          lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)
-    if checkpoint is not None and args.config is not None:
-        check_resume_config(checkpoint["config"], config.data, config.source)
+    if checkpoint is not None:
+        check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
     trainer_cfg = config["trainer"]
     dist = distributed.init_distributed(trainer_cfg["dist_backend"])
     setup_logging(trainer_cfg["verbosity"] if dist.is_main else -1)  # other ranks: errors only

@@ -53,7 +53,7 @@ class ImageFolderDataLoader(BaseDataLoader):
             differ = sorted(set(dataset.classes) ^ set(self.classes))
             raise DataError(f"The class folders of '{self.folders[False]}' differ from those of '{self.folders[True]}' "
                             f"({', '.join(differ)}), so their labels would not match. Give both trees the same "
-                            "class folders (an empty folder is not counted: put at least one image in each).")
+                            "class folders.")
         return dataset
 
 

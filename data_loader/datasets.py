@@ -139,5 +139,12 @@ class ImageFolderDataset(datasets.ImageFolder):
             raise DataError(f"No images found in '{root}' ({e}). It must hold one folder per class with image files "
                             "in them (.png, .jpg, ...).") from None
 
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        """Class folders, leaving out hidden ones (`.ipynb_checkpoints`, `.DS_Store`) that would shift labels."""
+        classes = sorted(e.name for e in Path(directory).iterdir() if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in '{directory}'")
+        return classes, {name: i for i, name in enumerate(classes)}
+
     def describe(self, index: int) -> str:
         return f"image '{self.samples[index][0]}'"

@@ -30,7 +30,10 @@ class SwishFunction(torch.autograd.Function):
 
 
 class Swish(nn.Module):
-    """`nn.Module` wrapper, so that the Function can sit in an `nn.Sequential`."""
+    """`nn.Module` wrapper, so that the Function can sit in an `nn.Sequential`. While `torch.jit.trace` records
+    the model (export.py), it uses the plain formula: TorchScript cannot store a Python autograd Function."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            return x * torch.sigmoid(x)
         return SwishFunction.apply(x)

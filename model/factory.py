@@ -33,8 +33,9 @@ def build_model(config: Config, pretrained: bool = True) -> nn.Module:
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of `optimizer` over the trainable parameters (frozen ones are left out), with optional
     parameter groups: `param_groups: [{modules: [layer4], lr: 1e-4}, ...]` gives the parameters of those
-    modules their own settings (`modules: backbone` where the model names its backbone, as
-    TorchvisionClassifier does); every other parameter is in the first group, with `optimizer.args`."""
+    modules their own settings (`modules: backbone` where the model has `backbone_parameters()`, as
+    TorchvisionClassifier does); every other parameter is in the first group, with `optimizer.args`. A
+    parameter listed in two groups stays in the first."""
     spec = config["optimizer"]
     groups, taken = [], set()
     for i, group in enumerate(spec.get("param_groups") or []):
@@ -43,20 +44,22 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
             raise ConfigError(f"{config.source}: '{key}' must be a mapping with 'modules' and the settings of that "
                               f"group, e.g. {{modules: [layer4], lr: 1.0e-4}}; got {group!r}.")
         names = group["modules"]
-        names = getattr(model, "backbone", None) if names == "backbone" else names
-        if names is None:
-            raise ConfigError(f"{config.source}: '{key}.modules: backbone' needs a model that names its backbone "
-                              f"({type(model).__name__} does not); list module names instead.")
-        params = []
-        for name in [names] if isinstance(names, str) else names:
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                known = [n for n, _ in model.named_modules() if n]
-                raise ConfigError(f"{config.source}: '{key}.modules' names '{name}', which is not a module of "
-                                  f"{type(model).__name__}.{suggest(name, known)}") from None
-            params += [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
-            taken |= {id(p) for p in module.parameters()}
+        if names == "backbone":
+            if not hasattr(model, "backbone_parameters"):
+                raise ConfigError(f"{config.source}: '{key}.modules: backbone' needs a model that names its backbone "
+                                  f"({type(model).__name__} does not); list module names instead.")
+            candidates = model.backbone_parameters()
+        else:
+            candidates = []
+            for name in [names] if isinstance(names, str) else names:
+                try:
+                    candidates += list(model.get_submodule(name).parameters())
+                except AttributeError:
+                    known = [n for n, _ in model.named_modules() if n]
+                    raise ConfigError(f"{config.source}: '{key}.modules' names '{name}', which is not a module of "
+                                      f"{type(model).__name__}.{suggest(name, known)}") from None
+        params = [p for p in candidates if p.requires_grad and id(p) not in taken]
+        taken |= {id(p) for p in candidates}
         groups.append({**{k: v for k, v in group.items() if k != "modules"}, "params": params})
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     params = [{"params": rest}, *groups] if groups else rest

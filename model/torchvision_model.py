@@ -27,49 +27,75 @@ class TorchvisionClassifier(nn.Module):
     def __init__(self, name: str = "resnet18", num_classes: int = 10, weights: str | None = None,
                  freeze: str | list[str] | None = None):
         super().__init__()
-        available = models.list_models(module=models)
+        available = [n for n in models.list_models(module=models) if n not in _AUX_HEADS]
+        if name in _AUX_HEADS:
+            raise ConfigError(f"arch.args.name: {name} is not supported here: in training it returns auxiliary "
+                              "outputs, and its architecture changes with the pretrained weights. Choose another "
+                              "model (e.g. resnet50, efficientnet_b0), or write a model class in model/model.py.")
         if name not in available:
             raise ConfigError(f"arch.args.name: torchvision has no classifier '{name}'.{suggest(name, available)} "
                               "Names are those of torchvision.models.list_models(), e.g. resnet18, efficientnet_b0.")
         if weights is None:
             self.net = models.get_model(name, num_classes=num_classes)
-            head = _last_linear(self.net, name)
+            self.head = f"net.{_last_linear(self.net, name)}"
             self.fresh_modules = [""]
         else:
             self.net = _pretrained(name, weights)
             head = _last_linear(self.net, name)
+            self.head = f"net.{head}"
             old = self.net.get_submodule(head)
             if old.out_features == num_classes and Path(weights).is_file():
                 self.fresh_modules = []  # the file holds a head for these classes already (an earlier fine-tune)
             else:
                 parent, _, child = head.rpartition(".")
                 setattr(self.net.get_submodule(parent), child, nn.Linear(old.in_features, num_classes))
-                self.fresh_modules = [f"net.{head}"]
-        # The top-level parts other than the head's: what `freeze: backbone` and optimizer groups mean by it.
-        self.backbone = [f"net.{n}" for n, _ in self.net.named_children() if n != head.split(".")[0]]
-        self.frozen = self._freeze(freeze)
+                self.fresh_modules = [self.head]
+        first_conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
+        self.in_channels = first_conv.in_channels if first_conv is not None else None
+        self._freeze(freeze)
 
-    def _freeze(self, freeze: str | list[str] | None) -> list[str]:
-        if freeze is None:
-            return []
-        names = self.backbone if freeze == "backbone" else [f"net.{n}" for n in _as_list(freeze)]
-        known = [n for n, _ in self.named_modules() if n]
-        for name in names:
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Every parameter outside the head: what `freeze: backbone` and `param_groups: [{modules: backbone}]`
+        mean (the vision transformers' class token and a classifier block's other layers included)."""
+        head = {id(p) for p in self.get_submodule(self.head).parameters()}
+        return [p for p in self.parameters() if id(p) not in head]
+
+    def _freeze(self, freeze: str | list[str] | None) -> None:
+        if freeze == "backbone":
+            for param in self.backbone_parameters():
+                param.requires_grad_(False)
+            return
+        known = [n[4:] for n, _ in self.named_modules() if n.startswith("net.")]
+        for name in _as_list(freeze or []):
             if name not in known:
-                short = [n[4:] for n in known]
-                raise ConfigError(f"arch.args.freeze: the model has no module '{name[4:]}'.{suggest(name[4:], short)} "
-                                  f"Use 'backbone' or names such as {', '.join(n[4:] for n in self.backbone[:4])}.")
-            self.get_submodule(name).requires_grad_(False)
-        return names
+                raise ConfigError(f"arch.args.freeze: the model has no module '{name}'.{suggest(name, known)} Use "
+                                  f"'backbone' or module names such as {', '.join(known[:4])}.")
+            self.net.get_submodule(name).requires_grad_(False)
 
     def train(self, mode: bool = True) -> TorchvisionClassifier:
+        """Modules whose parameters are all frozen stay in eval mode, so that BatchNorm statistics stay as
+        loaded too."""
         super().train(mode)
-        for name in self.frozen:
-            self.get_submodule(name).eval()
+        for module in self.modules():
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels is not None and x.dim() == 4 and x.shape[1] != self.in_channels:
+            raise ConfigError(f"The model takes {self.in_channels}-channel images and got {x.shape[1]}-channel ones. "
+                              f"Set data_loader.args.image_mode: rgb (or add an RGB transform) so that the images "
+                              f"have {self.in_channels} channels.")
+        size = getattr(self.net, "image_size", None)  # vision transformers take one image size only
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            raise ConfigError(f"The model takes {size}x{size} images and got {x.shape[-2]}x{x.shape[-1]}. Add a "
+                              f"transform such as {{type: Resize, args: {{size: [{size}, {size}]}}}}.")
         return self.net(x)
+
+
+# Models whose training output holds auxiliary heads and whose builder changes the architecture with the weights.
+_AUX_HEADS = ("googlenet", "inception_v3")
 
 
 def _as_list(value: str | list[str]) -> list[str]:

@@ -92,6 +92,9 @@ def image_tree(root, splits=("train", "test"), classes=("0", "1", "2"), per_clas
 
 def test_image_folder_tree_trains_with_labels_from_folder_names(tmp_path, capsys):
     root = image_tree(tmp_path / "tree")
+    hidden = root / "train" / ".ipynb_checkpoints"  # a notebook's hidden folder is not a class
+    hidden.mkdir()
+    shutil.copy(next((root / "train" / "0").iterdir()), hidden / "copy.png")
     loader = ImageFolderDataLoader(str(root), batch_size=4, validation_split=0, transform=TO_FLOAT, num_classes=3)
     assert loader.classes == ["0", "1", "2"]
     images, labels = next(iter(loader.test_loader()))

@@ -90,12 +90,12 @@ def test_worker_processes_replay_augmentation_exactly(tmp_path):
                       run / "checkpoint-latest.pth")
 
 
-def test_mid_epoch_resume_refuses_another_seed_and_rederives_another_batch_size(tmp_path):
+def test_resume_refuses_another_seed_and_rederives_the_position_for_another_batch_size(tmp_path):
     run = tmp_path / "models" / "digits_cnn" / "mid"
     result = interrupted("step:6", "TERM", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "mid")
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     reseeded = run_script("train.py", "--resume", str(run), "--seed", "5")
-    assert reseeded.returncode == 2 and "in the middle of epoch 1 with seed 0; seed 5" in reseeded.stderr
+    assert reseeded.returncode == 2 and "trained with seed 0; seed 5 would pick another validation split" in reseeded.stderr
     smaller = run_script("train.py", "--resume", str(run), "--bs", "32", "--epochs", "1")
     assert smaller.returncode == 0, smaller.stderr
     # 6 batches of 64 seen: the run goes on from sample 384, batch 12 of 32.

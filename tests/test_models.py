@@ -2,6 +2,7 @@
 backbone, optimizer parameter groups, initialisation by config, activation hooks, a custom autograd Function."""
 import glob
 import urllib.error
+import warnings
 
 import pytest
 import torch
@@ -35,6 +36,13 @@ def test_swish_function_backward_passes_gradcheck_and_saves_one_tensor():
         return len(saved)
 
     assert saved_by(SwishFunction.apply) == 1 and saved_by(lambda t: t * torch.sigmoid(t)) == 2
+    # TorchScript cannot hold a Python Function: while tracing, the module records the plain formula.
+    model = build_model(Config.load(REPO / "configs" / "config.yaml", ["arch.args.activation=swish"])).eval()
+    images = torch.randn(3, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; export.py says so once
+        traced = torch.jit.trace(model, images)
+    assert torch.allclose(traced(images), model(images), atol=1e-6)
 
 
 def test_digits_cnn_with_the_custom_activation_trains(save_dir):
@@ -107,6 +115,19 @@ def test_downloadable_weights_offline_say_how_to_pass_a_local_file(tmp_path, mon
         TorchvisionClassifier("resnet18", weights="IMAGENET")
     with pytest.raises(ConfigError, match="no module 'layer5'.*Did you mean 'layer4'"):
         TorchvisionClassifier("resnet18", freeze=["layer5"])
+
+
+def test_freezing_the_backbone_leaves_only_the_head_trainable_in_any_classifier():
+    model = TorchvisionClassifier("mobilenet_v3_small", 7, freeze="backbone")  # the head sits in classifier.3
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["net.classifier.3.weight", "net.classifier.3.bias"]
+    assert len(model.backbone_parameters()) == len(list(model.parameters())) - 2
+    model.train()
+    assert not model.net.classifier[0].training and model.net.classifier[3].training
+    with pytest.raises(ConfigError, match="takes 3-channel images and got 1-channel ones.*image_mode: rgb"):
+        model(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ConfigError, match="googlenet is not supported here"):
+        TorchvisionClassifier("googlenet")
 
 
 def test_frozen_modules_stay_in_eval_mode():

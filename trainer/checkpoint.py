@@ -143,11 +143,12 @@ def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: s
     Changing `epochs`, the data path or logging options is fine; the architecture, the optimizer type and the
     scheduler type are not, because the saved tensors and states would not fit them.
     """
-    for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type"), ("lr_scheduler", "type")):
+    for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type"), ("optimizer", "param_groups"),
+                      ("lr_scheduler", "type")):
         before, now = (saved[key] or {}).get(part), (config[key] or {}).get(part)
         if key == "arch" and part == "args":
             before, now = before or {}, now or {}
         if before != now:
             raise CheckpointError(f"{source} sets {key}.{part} to {now!r}, but the checkpoint was trained with "
-                                  f"{before!r}. Resume without -c (the checkpoint's own config is used), change "
-                                  f"{key}.{part} back, or start a new run with -c.")
+                                  f"{before!r}. Resume with the checkpoint's own settings (leave out -c and that "
+                                  f"override), change {key}.{part} back, or start a new run with -c.")

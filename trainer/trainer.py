@@ -332,11 +332,12 @@ class Trainer:
         ranks, world = state["per_rank"], state["world_size"]
         saved_batch = state["data"].get("batch_size", self.train_loader.batch_size)
         seed = self.train_loader.sampler.seed
-        if self.batch_idx and state["data"]["seed"] != seed:
-            raise CheckpointError(f"The checkpoint was saved in the middle of epoch {self.epoch} with seed "
-                                  f"{state['data']['seed']}; seed {seed} would reorder the rest of that epoch, so "
-                                  "samples would be seen twice or not at all. Resume without changing the seed, or "
-                                  "from a checkpoint saved at the end of an epoch (checkpoint-epoch<N>.pth).")
+        if state["data"]["seed"] != seed and (self.batch_idx or self.val_loader is not None):
+            harm = ("pick another validation split, moving validation samples into training"
+                    if self.val_loader is not None
+                    else f"reorder the rest of epoch {self.epoch}, so samples would be seen twice or not at all")
+            raise CheckpointError(f"The checkpoint was trained with seed {state['data']['seed']}; seed {seed} would "
+                                  f"{harm}. Resume without changing the seed, or start a new run with -c.")
         if world == self.dist.world_size and saved_batch == self.train_loader.batch_size:
             self.tracker.load_state_dict(ranks[self.dist.rank]["tracker"])
         else:
