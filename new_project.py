@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 IGNORE = shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv",
-                                "*.pyc", "*.egg-info", "MNIST", "cifar-10-batches-py")
+                                "*.pyc", "*.egg-info", "MNIST", "FashionMNIST", "KMNIST", "cifar-10-batches-py",
+                                "cifar-100-python", "*.tar.gz")
 
 
 def main(argv: list[str]) -> int:

@@ -91,11 +91,14 @@ class TorchvisionDataLoader(BaseDataLoader):
                                                    target_transform=self.target_transform, download=self.download)
         except (RuntimeError, OSError) as e:
             folder, files = TORCHVISION_DATASETS[self.dataset]
-            how = ("download is off (data_loader.args.download: false)" if not self.download
-                   else f"the download failed ({str(e).splitlines()[0]})")
-            raise DataError(f"{self.dataset} not found (or incomplete) under '{Path(self.data_dir) / folder}' and "
-                            f"{how}. Set data_loader.args.download: true on a machine with internet access, or "
-                            f"place the files {files} there.") from None
+            where = f"{self.dataset} not found (or incomplete) under '{Path(self.data_dir) / folder}'"
+            if not self.download:
+                raise DataError(f"{where} and download is off (data_loader.args.download: false). Set download: "
+                                f"true on a machine with internet access, or place the files {files} there.") from None
+            reason = str(e).splitlines()[0].rstrip(": ") or type(e).__name__
+            raise DataError(f"{where} and the download failed ({reason}; is this machine offline?). Run once on a "
+                            f"machine with internet access and copy the folder here, or place the files {files} "
+                            "there.") from None
 
 
 class MnistDataLoader(TorchvisionDataLoader):

@@ -2,6 +2,7 @@
 pretrained weights from torchvision or a local file, and a frozen backbone if asked."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.error import URLError
 
@@ -11,6 +12,8 @@ from torchvision import models
 
 from utils.config import suggest
 from utils.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class TorchvisionClassifier(nn.Module):
@@ -50,6 +53,8 @@ class TorchvisionClassifier(nn.Module):
                 parent, _, child = head.rpartition(".")
                 setattr(self.net.get_submodule(parent), child, nn.Linear(old.in_features, num_classes))
                 self.fresh_modules = [self.head]
+            log.info("%s: loaded the %s weights%s.", name, weights, "" if not self.fresh_modules
+                     else f"; new head {self.head[4:]} for {num_classes} classes")
         first_conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
         self.in_channels = first_conv.in_channels if first_conv is not None else None
         self._freeze(freeze)

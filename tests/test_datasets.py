@@ -64,8 +64,8 @@ def test_missing_files_and_impossible_download_are_explained(tmp_path, monkeypat
         raise URLError("no route to host")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(DataError, match=r"the download failed \(.*no route to host.*\)\. Set .*download: true on a "
-                                        "machine with internet access, or place the files"):
+    with pytest.raises(DataError, match=r"the download failed \(.*no route to host.*; is this machine offline\?\)\. "
+                                        "Run once on a machine with internet access .* or place the files"):
         TorchvisionDataLoader("CIFAR10", str(tmp_path), download=True)
     with pytest.raises(train.ConfigError, match="must be one of MNIST, FashionMNIST"):
         TorchvisionDataLoader("ImageNet", str(tmp_path))

@@ -261,8 +261,10 @@ class Trainer:
             parts.append(f"{per_second:,.0f} samples/s, data wait {wait:.0%}")
             if wait > 0.2 and not self._warned_data_wait:
                 self._warned_data_wait = True
-                log.warning("Training waited for data %.0f%% of the time: raise data_loader.args.num_workers, "
-                            "set pin_memory: true on a GPU, or make the dataset's __getitem__ cheaper.", 100 * wait)
+                log.warning("Training waited for data %.0f%% of the time. For data that fits in memory, "
+                            "DeviceDataLoader (README: Speed) removes the wait; otherwise raise "
+                            "data_loader.args.num_workers if CPU cores are idle, set pin_memory: true on a GPU, or "
+                            "make the dataset's __getitem__ cheaper.", 100 * wait)
         parts.append(f"{seconds:.1f}s")
         if improved:
             parts.append(f"best {self.monitor_key}")
