@@ -21,6 +21,7 @@ from utils.errors import ConfigError
 
 from conftest import REPO, fast_args, only_run
 from fake_data import patch_cifar10_sums, write_cifar10
+from test_datasets import train_example
 
 
 def test_swish_function_backward_passes_gradcheck_and_saves_one_tensor():
@@ -63,12 +64,9 @@ def resnet18_file(tmp_path):
 def test_fine_tuning_with_a_frozen_backbone_changes_only_the_head(tmp_path, monkeypatch, capsys):
     weights = resnet18_file(tmp_path)
     patch_cifar10_sums(monkeypatch, write_cifar10(tmp_path / "data"))
-    code = train.main(["-c", str(REPO / "configs" / "cifar10_resnet18.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
-                       f"data_loader.args.data_dir={tmp_path / 'data'}", "data_loader.args.download=false",
-                       "data_loader.args.num_workers=0", "data_loader.args.pin_memory=false",
-                       "data_loader.args.validation_split=32", "data_loader.args.batch_size=32", "trainer.epochs=1",
-                       "trainer.tensorboard=false", f"arch.args.weights={weights}", "arch.args.freeze=backbone"])
-    assert code == 0
+    assert train_example("cifar10_resnet18.yaml", tmp_path, "data_loader.args.batch_size=32",
+                         "data_loader.args.pin_memory=false", f"arch.args.weights={weights}",
+                         "arch.args.freeze=backbone") == 0
     out = capsys.readouterr().out
     assert "net.fc       Linear                     5,130           0" in out
     assert "total        TorchvisionClassifier      5,130  11,176,512" in out
