@@ -289,12 +289,11 @@ def _follow(child: subprocess.Popen, history: Path, on_epoch: Callable[[dict], b
             if on_epoch is None or stopped or not history.is_file():
                 continue
             lines = history.read_text().splitlines(keepends=True)
-            for line in lines[seen:]:
-                if line.endswith("\n") and not stopped:
-                    seen += 1
-                    if on_epoch(json.loads(line)):
-                        child.send_signal(signal.SIGTERM)
-                        stopped = True
+            for line in lines[seen:]:  # the trainer replaces the file atomically: no partial lines
+                seen += 1
+                if not stopped and on_epoch(json.loads(line)):
+                    child.send_signal(signal.SIGTERM)
+                    stopped = True
     except KeyboardInterrupt:
         child.send_signal(signal.SIGTERM)
         child.wait()

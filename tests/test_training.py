@@ -1,4 +1,5 @@
 """The training pipeline end to end, in-process: train.main / test.main on the bundled digits."""
+import json
 import re
 
 import pytest
@@ -83,6 +84,9 @@ def test_resume_continues_in_the_same_run_with_scheduler_and_patience(save_dir):
     assert train.main(args) == 0
     run = only_run(save_dir)
     assert run.name == "first-run"
+    # As if killed between epoch 2's checkpoint and its history line: the resume restores the line from the checkpoint.
+    history = save_dir / "log" / run.parent.name / run.name / "history.jsonl"
+    history.write_text(history.read_text().splitlines(keepends=True)[0])
     assert train.main(["--resume", str(run), "trainer.epochs=4"]) == 0
     assert only_run(save_dir) == run
     state = load_checkpoint(run / "checkpoint-latest.pth")
@@ -90,6 +94,9 @@ def test_resume_continues_in_the_same_run_with_scheduler_and_patience(save_dir):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.5**4)
     lines = epoch_lines(save_dir)
     assert [re.search(r"epoch (\d)/", line).group(1) for line in lines] == ["1", "2", "3", "4"]
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert [round(row["val_loss"], 4) for row in rows] == [logged(line, "val_loss") for line in lines]
     assert "Resuming first-run" in (save_dir / "log" / run.parent.name / run.name / "train.log").read_text()
 
 
@@ -141,22 +148,44 @@ def test_skip_batch_skips_non_finite_losses(save_dir, monkeypatch):
 
 
 def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir, monkeypatch, capsys):
-    from trainer import checkpoint
+    from trainer import checkpoint, trainer
 
-    real_fsync, calls = checkpoint.os.fsync, {"n": 0}
+    real_save, saves = trainer.save_checkpoint, {"n": 0}
 
-    def flaky_fsync(fd):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 1 writes latest (2 fsyncs: file, folder); fail in epoch 2's save
-            raise OSError(28, "No space left on device")
-        return real_fsync(fd)
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", flaky_fsync)
+    def second_save_fails_on_fsync(state, paths):  # epoch 1 writes latest; epoch 2's write fails half-way
+        saves["n"] += 1
+        if saves["n"] == 2:
+            monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+        return real_save(state, paths)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", second_save_fails_on_fsync)
     assert train.main(fast_args(save_dir, "trainer.save_period=0")) == 1
     assert "No space left on device" in capsys.readouterr().err
     run = only_run(save_dir)
     assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["epoch"] == 2
     assert not list(run.glob(".*tmp*"))
+
+
+def test_a_failed_history_write_stops_training_with_the_resume_command(save_dir, monkeypatch, capsys):
+    from trainer import trainer
+
+    real_write = trainer.atomic_write
+
+    def no_space_for_history(path, data):
+        if path.name == trainer.HISTORY and data:  # the first epoch's line
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(trainer, "atomic_write", no_space_for_history)
+    assert train.main(fast_args(save_dir)) == 1
+    run = only_run(save_dir)
+    assert f"history.jsonl': No space left on device. Training stopped; the checkpoints are intact. Free disk " \
+           f"space (or fix the folder's permissions) and continue with: python train.py --resume {run}" \
+        in capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["epoch"] == 2
 
 
 def test_resume_with_a_different_model_is_refused(save_dir, capsys):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainer.checkpoint import BEST, FORMAT, LATEST, keep_top_k, save_checkpoint
+from trainer.checkpoint import BEST, FORMAT, LATEST, atomic_write, keep_top_k, save_checkpoint
 from trainer.evaluate import MetricTracker, autocast, evaluate, to_device
 from trainer.hooks import ActivationStats
 from trainer.signals import StopRequested, StopSignals
@@ -28,7 +28,18 @@ from utils.run import RunPaths
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-HISTORY = "history.jsonl"  # in the run's log folder: one JSON line per epoch, once its checkpoint is saved
+HISTORY = "history.jsonl"  # in the run's log folder: one JSON line per epoch, rewritten from the checkpoint
+
+
+def write_history(run: RunPaths, history: list[dict[str, float]]) -> None:
+    """`history.jsonl` in the run's log folder: one JSON line per epoch, replaced atomically."""
+    path = run.log / HISTORY
+    try:
+        atomic_write(path, "".join(json.dumps(row) + "\n" for row in history).encode())
+    except OSError as e:
+        raise TrainingError(f"Could not write '{path}': {e.strerror or e}. Training stopped; the checkpoints are "
+                            "intact. Free disk space (or fix the folder's permissions) and continue with: "
+                            f"python train.py --resume {run.models}") from None
 
 
 class Trainer:
@@ -89,6 +100,7 @@ class Trainer:
         self.best = math.inf if self.monitor_mode == "min" else -math.inf
         self.not_improved = 0
         self.kept: list[list] = []
+        self.history: list[dict[str, float]] = []
         self.tracker = MetricTracker(metrics, device)
         self.skipped_batches = 0
         if resume is not None:
@@ -106,6 +118,7 @@ class Trainer:
         """Train until `epochs` or early stopping, writing logs and checkpoints into `run`; return the last
         epoch's log."""
         self.run = run
+        self._write_history()
         last: dict[str, float] = {}
         if self.epoch > self.epochs:
             log.warning("This run already finished epoch %d of %d; raise trainer.epochs to train longer.",
@@ -230,8 +243,9 @@ class Trainer:
         self.epoch += 1
         self.batch_idx = 0
         self.tracker = MetricTracker(self.metrics, self.device)
+        self.history.append({"epoch": epoch, **epoch_log})
         latest = self._save_epoch(epoch, epoch_log, improved)
-        self._append_history(epoch, epoch_log)
+        self._write_history()
         signum, _ = self._agree(self.stop.requested, False)
         if signum:
             raise StopRequested(signum, str(latest))
@@ -289,12 +303,11 @@ class Trainer:
         count = sum(counter.take() for counter in counters if counter is not None)
         return int(distributed.all_reduce(torch.tensor([count], device=self.device)).item())
 
-    def _append_history(self, epoch: int, epoch_log: dict[str, float]) -> None:
-        """The epoch's values as one line of `history.jsonl`, for programs that follow a run as it trains
-        without TensorBoard (tune.py prunes trials with it)."""
-        if self.dist.is_main:
-            with open(self.run.log / HISTORY, "a") as f:
-                f.write(json.dumps({"epoch": epoch, **epoch_log}) + "\n")
+    def _write_history(self) -> None:
+        """Every epoch's values, one JSON line each, in `history.jsonl`: for programs that follow a run as it
+        trains without TensorBoard (tune.py prunes trials with it). Written whole from the history the checkpoint
+        holds, so that after a kill and `--resume` the file matches the checkpoint, whatever moment the kill hit."""
+        distributed.on_main(write_history, self.run, self.history)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -309,6 +322,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step},
             "monitor": {"best": self.best, "not_improved": self.not_improved, "kept": self.kept},
+            "history": self.history,
             "data": {**self.train_loader.sampler.state_dict(), "batch_size": self.train_loader.batch_size},
             "world_size": self.dist.world_size,
             # Each process's own random state and running sums, in rank order (one entry without DDP).
@@ -331,6 +345,7 @@ class Trainer:
         self.epoch, self.batch_idx, self.global_step = loop["epoch"], loop["batch_idx"], loop["global_step"]
         self.best, self.not_improved = state["monitor"]["best"], state["monitor"]["not_improved"]
         self.kept = state["monitor"]["kept"]
+        self.history = state.get("history", [])  # checkpoints written before history was kept have none
         ranks, world = state["per_rank"], state["world_size"]
         saved_batch = state["data"].get("batch_size", self.train_loader.batch_size)
         seed = self.train_loader.sampler.seed
