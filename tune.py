@@ -288,7 +288,7 @@ def _follow(child: subprocess.Popen, history: Path, on_epoch: Callable[[dict], b
             time.sleep(0.2)
             if on_epoch is None or stopped or not history.is_file():
                 continue
-            lines = history.read_text().splitlines(keepends=True)
+            lines = history.read_text().splitlines()
             for line in lines[seen:]:  # the trainer replaces the file atomically: no partial lines
                 seen += 1
                 if not stopped and on_epoch(json.loads(line)):
