@@ -54,8 +54,8 @@ def main() -> int:
         replace, calls = os.replace, {"n": 0}
 
         def patched_replace(src, dst):
-            calls["n"] += 1
-            if calls["n"] == number:
+            calls["n"] += str(dst).endswith(".pth")  # checkpoint files only, not history.jsonl
+            if calls["n"] == number and str(dst).endswith(".pth"):
                 fire()
             return replace(src, dst)
 
