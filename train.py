@@ -20,7 +20,7 @@ from trainer.trainer import Trainer
 from utils import distributed
 from utils.config import Config, save_config
 from utils.device import configure_backends, select_device
-from utils.errors import ConfigError, TemplateError
+from utils.errors import ConfigError, TemplateError, reason
 from utils.log import setup_logging
 from utils.rng import seed_everything
 from utils.run import RunPaths, new_run, run_of_checkpoint
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except torch.distributed.DistError as e:
         log.error("%sLost contact with the other training processes (%s). Another process most likely failed: "
-                  "its own message comes first in the output.", distributed.rank_prefix(), str(e).splitlines()[0])
+                  "its own message comes first in the output.", distributed.rank_prefix(), reason(e))
         return 1
     except KeyboardInterrupt:
         log.error("Interrupted. Continue from the last checkpoint with: python train.py --resume <run folder>")

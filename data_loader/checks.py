@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from utils.errors import DataError
+from utils.errors import DataError, reason
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,6 @@ def collate(batch: list[tuple[Any, Any] | None]) -> Any:
     try:
         return default_collate(good)
     except RuntimeError as e:
-        raise DataError(f"The samples of a batch do not fit together ({str(e).splitlines()[0]}). Make every image "
+        raise DataError(f"The samples of a batch do not fit together ({reason(e)}). Make every image "
                         "the same size and channel count: add a Resize or CenterCrop transform, and set "
                         "data_loader.args.image_mode to gray or rgb.") from None

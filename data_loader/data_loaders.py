@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from data_loader.base import BaseDataLoader
 from data_loader.datasets import CsvImageDataset, ImageFolderDataset
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, reason
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ class TorchvisionDataLoader(BaseDataLoader):
             if not self.download:
                 raise DataError(f"{where} and download is off (data_loader.args.download: false). Set download: "
                                 f"true on a machine with internet access, or place the files {files} there.") from None
-            reason = str(e).splitlines()[0].rstrip(": ") or type(e).__name__
-            raise DataError(f"{where} and the download failed ({reason}; is this machine offline?). Run once on a "
+            raise DataError(f"{where} and the download failed ({reason(e)}; is this machine offline?). Run once on a "
                             f"machine with internet access and copy the folder here, or place the files {files} "
                             "there.") from None
 

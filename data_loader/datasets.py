@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from utils.errors import DataError
+from utils.errors import DataError, reason
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,7 @@ def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) 
     try:
         return decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, OSError) as e:
-        reason = re.sub(r"^\w+, \S+:\d+, ", "", str(e).splitlines()[0])  # drop the C++ source location
-        raise DataError(f"Cannot read image '{path}': {reason} Replace the file or remove it from the data "
+        raise DataError(f"Cannot read image '{path}': {reason(e)} Replace the file or remove it from the data "
                         "(or set data_loader.args.skip_bad: true to skip such files).") from None
 
 

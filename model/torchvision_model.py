@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import models
 
 from utils.config import suggest
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError, reason
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _pretrained(name: str, weights: str) -> nn.Module:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"arch.args.weights: cannot read '{weights}' ({str(e).splitlines()[0]}). Pass a "
+            raise CheckpointError(f"arch.args.weights: cannot read '{weights}' ({reason(e)}). Pass a "
                                   "file written with torch.save(model.state_dict(), path).") from None
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a checkpoint of this template
             state = {k.removeprefix("net."): v for k, v in state["model"].items()}
@@ -149,6 +149,6 @@ def _pretrained(name: str, weights: str) -> nn.Module:
         return models.get_model(name, weights=chosen)
     except (URLError, OSError, RuntimeError) as e:
         raise ConfigError(f"arch.args.weights: cannot download the {weights} weights of {name} "
-                          f"({str(e).splitlines()[0]}); this machine seems to be offline. On a machine with internet, "
+                          f"({reason(e)}); this machine seems to be offline. On a machine with internet, "
                           f"download {chosen.url}, copy the file here, and set arch.args.weights to its path "
                           f"(or place it in {torch.hub.get_dir()}/checkpoints/).") from None

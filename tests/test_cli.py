@@ -4,6 +4,7 @@ import json
 import pytest
 
 import train
+from utils.errors import reason
 
 from conftest import fast_args, only_run, run_script
 from fake_data import write_mnist
@@ -85,3 +86,11 @@ def test_new_project_copies_a_clean_template(tmp_path):
         assert not list(target.rglob(name)), name
     again = run_script("new_project.py", str(target))
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_reason_keeps_one_readable_line_of_any_exception():
+    native = RuntimeError("decode_image, /src/io/image/cpu/decode_image.cpp:43, Unsupported image file.\nDetails")
+    assert reason(native) == "Unsupported image file."
+    assert reason(OSError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error>")) == \
+        "Error downloading train-images-idx3-ubyte.gz"
+    assert reason(AssertionError()) == "AssertionError"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from utils.errors import CheckpointError, TrainingError
+from utils.errors import CheckpointError, TrainingError, reason
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines() if "Unpickler" in line),
+        refused = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines() if "Unpickler" in line),
                       "unpickling error")
         raise CheckpointError(
             f"Refused to load '{path}': it contains pickled Python objects, not only tensors and plain values "
-            f"({reason}). Loading such a file could run code it "
+            f"({refused}). Loading such a file could run code it "
             "carries, so this template only reads checkpoints with torch.load(weights_only=True). If the file comes "
             "from a source you trust, load it once with weights_only=False in a separate script and re-save its "
             "state_dict.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({reason}). It was probably cut off "
+        raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({reason(e)}). It was probably cut off "
                               "while being written or copied; use another checkpoint of the run (e.g. pass the run "
                               "folder to --resume to pick the newest intact one).") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:

@@ -19,7 +19,7 @@ from model.factory import build_model
 from trainer.checkpoint import BEST, find_checkpoint
 from utils.config import Config
 from utils.device import select_device
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, reason
 
 
 @dataclass
@@ -51,7 +51,7 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
         raise CheckpointError(f"'{path}' does not fit the model '{config['arch']['type']}': "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{reason(e)}") from None
     torch_device = select_device(config["device"])
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
 

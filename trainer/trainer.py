@@ -21,7 +21,7 @@ from trainer.tensorboard import Board
 from utils import distributed
 from utils.config import Config
 from utils.distributed import Dist
-from utils.errors import CheckpointError, ConfigError, TrainingError
+from utils.errors import CheckpointError, ConfigError, TrainingError, reason
 from utils.rng import get_rng_state, set_rng_state
 from utils.run import RunPaths
 
@@ -339,7 +339,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"The checkpoint does not fit the model or optimizer built from the config: "
-                                  f"{str(e).splitlines()[0]}. Resume with the checkpoint's own config (omit -c), "
+                                  f"{reason(e)}. Resume with the checkpoint's own config (omit -c), "
                                   "or start a new run.") from None
         loop = state["loop"]
         self.epoch, self.batch_idx, self.global_step = loop["epoch"], loop["batch_idx"], loop["global_step"]

@@ -6,6 +6,7 @@ a bad input (2) from a failure during training or export (1).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Callable
 
 
@@ -52,6 +53,15 @@ class ExportError(TemplateError):
     """A model could not be exported, or the exported file does not reproduce the model's outputs."""
 
     exit_code = 1
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message, for a one-paragraph error: without the C++ source location that
+    torch's native errors start with, nor a trailing colon that introduced the lines left out; the exception's type
+    name when the message is empty."""
+    lines = str(e).strip().splitlines()
+    first = re.sub(r"^\w+, \S+:\d+, ", "", lines[0]).rstrip(": ") if lines else ""
+    return first or type(e).__name__
 
 
 def report_errors(work: Callable[[], Any], log: logging.Logger) -> int:
