@@ -38,14 +38,12 @@ class TorchvisionClassifier(nn.Module):
         if name not in available:
             raise ConfigError(f"arch.args.name: torchvision has no classifier '{name}'.{suggest(name, available)} "
                               "Names are those of torchvision.models.list_models(), e.g. resnet18, efficientnet_b0.")
+        self.net = models.get_model(name, num_classes=num_classes) if weights is None else _pretrained(name, weights)
+        head = _last_linear(self.net, name)
+        self.head = f"net.{head}"
         if weights is None:
-            self.net = models.get_model(name, num_classes=num_classes)
-            self.head = f"net.{_last_linear(self.net, name)}"
             self.fresh_modules = [""]
         else:
-            self.net = _pretrained(name, weights)
-            head = _last_linear(self.net, name)
-            self.head = f"net.{head}"
             old = self.net.get_submodule(head)
             if old.out_features == num_classes and Path(weights).is_file():
                 self.fresh_modules = []  # the file holds a head for these classes already (an earlier fine-tune)
@@ -54,7 +52,7 @@ class TorchvisionClassifier(nn.Module):
                 setattr(self.net.get_submodule(parent), child, nn.Linear(old.in_features, num_classes))
                 self.fresh_modules = [self.head]
             log.info("%s: loaded the %s weights%s.", name, weights, "" if not self.fresh_modules
-                     else f"; new head {self.head[4:]} for {num_classes} classes")
+                     else f"; new head {head} for {num_classes} classes")
         first_conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
         self.in_channels = first_conv.in_channels if first_conv is not None else None
         self._freeze(freeze)
@@ -70,7 +68,7 @@ class TorchvisionClassifier(nn.Module):
             for param in self.backbone_parameters():
                 param.requires_grad_(False)
             return
-        known = [n[4:] for n, _ in self.named_modules() if n.startswith("net.")]
+        known = [n for n, _ in self.net.named_modules() if n]
         for name in _as_list(freeze or []):
             if name not in known:
                 raise ConfigError(f"arch.args.freeze: the model has no module '{name}'.{suggest(name, known)} Use "
