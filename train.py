@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-import data_loader as module_data
+from data_loader.factory import build_data_loader
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
 from trainer.signals import StopRequested
@@ -69,7 +69,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     # Build everything from the config before anything is written to disk: a wrong key fails here.
     device = select_device(config["device"], config["n_gpu"], dist.local_rank if dist.enabled else None)
     configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
-    data = config.init_obj("data_loader", module_data, seed=config["seed"])
+    data = build_data_loader(config["data_loader"], config["seed"], source=config.source)
     train_loader, val_loader = data.train_loader(device), data.val_loader(device)
     model = build_model(config, pretrained=checkpoint is None)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
@@ -82,7 +82,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     criterion = build_criterion(config)
     metrics = build_metrics(config)
     optimizer = build_optimizer(config, model)
-    lr_scheduler = (config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer=optimizer)
+    lr_scheduler = (config.init_obj("lr_scheduler", optimizer=optimizer)
                     if config["lr_scheduler"] else None)
     trainer = Trainer(model, criterion, metrics, optimizer, config, device, train_loader, val_loader,
                       lr_scheduler, resume=checkpoint, dist=dist)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_loader.device_loader import DeviceBatches  # noqa: E402
 from data_loader.sampling import ResumableSampler  # noqa: E402
-from model.model import MnistModel  # noqa: E402
+from model.builtin.models import MnistModel  # noqa: E402
 from trainer.trainer import Trainer  # noqa: E402
 from utils.config import Config  # noqa: E402
 from utils.run import new_run  # noqa: E402

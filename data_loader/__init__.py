@@ -1,5 +1,2 @@
-from data_loader.data_loaders import CsvImageDataLoader, ImageFolderDataLoader, MnistDataLoader, TorchvisionDataLoader
-from data_loader.device_loader import DeviceDataLoader
-
-__all__ = ["CsvImageDataLoader", "DeviceDataLoader", "ImageFolderDataLoader", "MnistDataLoader",
-           "TorchvisionDataLoader"]
+"""Data: yours in data_loaders.py; the template's loaders in builtin.py and device_loader.py, and what they are
+built from (datasets, transforms, per-sample checks, the resumable sampler)."""

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from data_loader.base import BaseDataLoader, process_share
 from data_loader.sampling import ResumableSampler
-from utils.config import call_with_args, lookup
 from utils.errors import ConfigError, DataError
 
 
@@ -78,14 +77,12 @@ class DeviceDataLoader:
 
     def __init__(self, source: dict[str, Any], augment: dict[str, Any] | None = None, memory_fraction: float = 0.5,
                  seed: int = 0):
-        import data_loader as registry
+        from data_loader.factory import build_data_loader
 
         if not isinstance(source, dict) or "type" not in source:
             raise ConfigError("data_loader.args.source must be {type: <a loader such as CsvImageDataLoader>, "
                               f"args: {{...}}}}, got {source!r}.")
-        factory = lookup(source["type"], (registry,), "data_loader.args.source", "config")
-        self.source: BaseDataLoader = call_with_args(factory, {**(source.get("args") or {}), "seed": seed},
-                                                     "data_loader.args.source", "config")
+        self.source: BaseDataLoader = build_data_loader(source, seed, key="data_loader.args.source")
         augment = dict(augment or {})
         unknown = set(augment) - {"crop_padding", "hflip"}
         if unknown:

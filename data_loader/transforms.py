@@ -7,8 +7,9 @@ from typing import Any, Callable
 import torch
 from torchvision.transforms import v2
 
-from utils.config import call_with_args, lookup
+from utils.config import call_with_args
 from utils.errors import ConfigError
+from utils.registry import lookup
 
 
 class OneHot:
@@ -28,8 +29,6 @@ def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable |
         return None
     if not isinstance(steps, list):
         raise ConfigError(f"'{key}' must be a list of {{type, args}} steps, got {steps!r}.")
-    import data_loader.transforms as own
-
     built = []
     for i, step in enumerate(steps):
         where = f"{key}[{i}]"
@@ -43,6 +42,6 @@ def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable |
             if not isinstance(dtype, torch.dtype):
                 raise ConfigError(f"'{where}.args.dtype' must name a torch dtype such as float32, got {args['dtype']!r}.")
             args["dtype"] = dtype
-        factory = lookup(step["type"], (own, v2), where, "config")
+        factory = lookup(step["type"], "transform", where)
         built.append(call_with_args(factory, args, where, "config"))
     return built[0] if len(built) == 1 else v2.Compose(built)

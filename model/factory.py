@@ -1,33 +1,74 @@
 """Build the model, the loss, the metrics and the optimizer that a config names."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from typing import Callable
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-import model.loss as module_loss
-import model.metric as module_metric
-import model.model as module_arch
 from model.init import init_weights
-from utils.config import Config, lookup, suggest
-from utils.errors import ConfigError
+from utils.config import Config, call_with_args
+from utils.errors import ConfigError, suggest
+from utils.registry import lookup
 
 
 def build_model(config: Config, pretrained: bool = True) -> nn.Module:
-    """The model of `arch`, initialised by `arch.init`. With `pretrained=False` (the weights will come from a
-    checkpoint) neither pretrained weights (`arch.args.weights`) nor the initialisation are applied, so that
-    loading a checkpoint never needs a download."""
-    if pretrained or "weights" not in config["arch"]["args"]:
-        model = config.init_obj("arch", module_arch)
-    else:
-        model = config.init_obj("arch", module_arch, spec={**config["arch"], "args": {**config["arch"]["args"],
-                                                                                       "weights": None}})
-    if pretrained and config["arch"].get("init") is not None:
-        init_weights(model, config["arch"]["init"], config.source)
+    """The model of `arch`, initialised by `arch.init` where its constructor loaded no weights.
+
+    With `pretrained=False` (the weights will come from a checkpoint), nothing is downloaded: `arch.args.weights`
+    is set to null, and a pretrained-weight download inside the model's own constructor (torchvision's
+    `weights=...` or `pretrained=True`) loads nothing; `arch.init` is not applied either.
+    """
+    spec = config["arch"]
+    if not pretrained and "weights" in spec["args"]:
+        spec = {**spec, "args": {**spec["args"], "weights": None}}
+    with _watch_weight_loading(skip_downloads=not pretrained) as loaded:
+        model = config.init_obj("arch", spec=spec)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{config.source}: arch.type '{spec['type']}' built a {type(model).__name__}, not an "
+                          "nn.Module. Name a model class there.")
+    if pretrained and spec.get("init") is not None:
+        init_weights(model, spec["init"], config.source, keep=loaded)
     return model
+
+
+class _NotDownloaded(dict):
+    """What a pretrained-weight download returns while a model is rebuilt for a checkpoint's weights."""
+
+
+@contextlib.contextmanager
+def _watch_weight_loading(skip_downloads: bool) -> Iterator[set[int]]:
+    """While a model's constructor runs: collect the ids of the parameters and buffers it loads with
+    `load_state_dict` (so that `arch.init` leaves them alone), and with `skip_downloads` turn torch.hub's
+    pretrained-weight downloads, which torchvision uses, into an empty state that loading ignores."""
+    import torchvision.models._api as torchvision_weights
+
+    loaded: set[int] = set()
+    load_state_dict = nn.Module.load_state_dict
+
+    def watched(module: nn.Module, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(state_dict, _NotDownloaded):
+            return nn.modules.module._IncompatibleKeys([], [])
+        result = load_state_dict(module, state_dict, *args, **kwargs)
+        loaded.update(id(t) for t in [*module.parameters(), *module.buffers()])
+        return result
+
+    patches = [(nn.Module, "load_state_dict", watched)]
+    if skip_downloads:
+        patches += [(torch.hub, "load_state_dict_from_url", lambda *a, **k: _NotDownloaded()),
+                    (torchvision_weights, "load_state_dict_from_url", lambda *a, **k: _NotDownloaded())]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        yield loaded
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -63,16 +104,17 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         groups.append({**{k: v for k, v in group.items() if k != "modules"}, "params": params})
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     params = [{"params": rest}, *groups] if groups else rest
-    return config.init_obj("optimizer", torch.optim, params=params)
+    return config.init_obj("optimizer", params=params)
 
 
 def build_criterion(config: Config) -> Callable:
-    """`loss: nll_loss` (a function in model/loss.py) or `loss: {type: CrossEntropyLoss, args: {...}}` (torch.nn)."""
+    """`loss: nll_loss` (a function of model/loss.py or model/builtin/losses.py) or `loss: {type:
+    CrossEntropyLoss, args: {...}}` (a class, such as torch.nn's losses)."""
     spec = config["loss"]
     spec = {"type": spec} if isinstance(spec, str) else spec
-    factory = lookup(spec["type"], (module_loss, torch.nn), "loss", config.source)
+    factory = lookup(spec["type"], "loss", "loss", config.source)
     if inspect.isclass(factory):
-        return config.init_obj("loss", torch.nn, spec=spec)
+        return call_with_args(factory, spec.get("args") or {}, "loss", config.source)
     return _bind(factory, spec.get("args") or {}, "loss", config.source)
 
 
@@ -82,7 +124,7 @@ def build_metrics(config: Config) -> dict[str, Callable]:
     for i, spec in enumerate(config["metrics"]):
         spec = {"type": spec} if isinstance(spec, str) else spec
         args = spec.get("args") or {}
-        fn = lookup(spec["type"], (module_metric,), f"metrics[{i}]", config.source)
+        fn = lookup(spec["type"], "metrics", f"metrics[{i}]", config.source)
         name = spec["type"] + "".join(f"_{k}{v}" for k, v in args.items())
         if name in metrics or name == "loss":
             raise ConfigError(f"{config.source}: the metric '{name}' is listed twice; remove one.")

@@ -1,14 +1,4 @@
-"""Loss functions a config can name in `loss`. Names not found here are looked up in `torch.nn`
-(e.g. `loss: {type: CrossEntropyLoss, args: {label_smoothing: 0.1}}`)."""
-import torch
-import torch.nn.functional as F
-
-
-def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """For models that return log-probabilities (log_softmax)."""
-    return F.nll_loss(output, target)
-
-
-def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """For models that return logits; `target` may be class indices or class probabilities (one-hot)."""
-    return F.cross_entropy(output, target)
+"""Your losses: functions `(output, target) -> scalar tensor`, or `nn.Module` classes, named in the config's
+`loss`. The template's own (`cross_entropy`, `nll_loss`, ...) are in `model/builtin/losses.py`, and `torch.nn`'s
+classes (`CrossEntropyLoss`, ...) are found too; a name here replaces the template's, and the log says so.
+"""

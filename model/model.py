@@ -1,61 +1,6 @@
-"""The models a config can name in `arch.type`. Add yours here: any `nn.Module` whose constructor takes
-the `arch.args` of the config. `TorchvisionClassifier` (model/torchvision_model.py) serves torchvision's."""
-from __future__ import annotations
+"""Your models. Any `nn.Module` class defined here (or in another module of `model/` and imported here) can be
+named in the config's `arch.type`; `arch.args` are its constructor arguments. No `__all__` is needed.
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from model.activation import Swish
-from model.torchvision_model import TorchvisionClassifier
-from utils.errors import ConfigError
-
-__all__ = ["DigitsCNN", "MnistModel", "TorchvisionClassifier"]
-
-_ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "swish": Swish}
-
-
-def _conv_block(in_channels: int, out_channels: int, batch_norm: bool, activation: str) -> list[nn.Module]:
-    norm = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm), norm, _ACTIVATIONS[activation]()]
-
-
-class DigitsCNN(nn.Module):
-    """A small CNN for the bundled 8x8 digits. BatchNorm layers carry running statistics (buffers) that
-    checkpoints must save along with the weights; `batch_norm: false` leaves them out. `activation: swish`
-    uses the custom autograd Function of model/activation.py instead of ReLU."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, dropout: float = 0.2,
-                 batch_norm: bool = True, activation: str = "relu"):
-        super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
-        self.features = nn.Sequential(
-            *_conv_block(in_channels, width, batch_norm, activation),
-            *_conv_block(width, 2 * width, batch_norm, activation),
-            nn.MaxPool2d(2),
-            *_conv_block(2 * width, 4 * width, batch_norm, activation),
-            nn.AdaptiveAvgPool2d(1),
-        )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * width, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-class MnistModel(nn.Module):
-    """The classic template's MNIST model (2 conv + 2 linear layers); returns log-probabilities for nll_loss."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
-        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
-        self.conv2_drop = nn.Dropout2d()
-        self.fc1 = nn.Linear(320, 50)
-        self.fc2 = nn.Linear(50, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
-        x = F.dropout(F.relu(self.fc1(x.flatten(1))), training=self.training)
-        return F.log_softmax(self.fc2(x), dim=1)
+The template's own models are in `model/builtin/` (DigitsCNN, MnistModel, TorchvisionClassifier, ...). They are
+found after yours: a class here with the same name replaces the template's, and the log says so.
+"""

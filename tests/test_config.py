@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-import model.model as module_arch
+import model.builtin.models as module_arch
 from utils.config import Config, parse_value
 from utils.errors import ConfigError
 
@@ -75,11 +75,11 @@ def test_wrong_choice_is_refused(tmp_path):
         Config.load(write(tmp_path, MINIMAL), ["trainer.monitor=val_loss"])
 
 
-def test_init_obj_builds_from_the_given_modules_only(tmp_path):
+def test_init_obj_builds_from_the_sections_modules(tmp_path):
     config = Config.load(write(tmp_path, MINIMAL), ["arch.args.width=4"])
-    model = config.init_obj("arch", module_arch)
+    model = config.init_obj("arch")
     assert isinstance(model, module_arch.DigitsCNN)
-    optimizer = config.init_obj("optimizer", torch.optim, params=model.parameters())
+    optimizer = config.init_obj("optimizer", params=model.parameters())
     assert isinstance(optimizer, torch.optim.Adam)
 
 
@@ -87,28 +87,28 @@ def test_init_obj_builds_from_the_given_modules_only(tmp_path):
 def test_names_outside_the_modules_are_never_imported(tmp_path, name):
     config = Config.load(write(tmp_path, MINIMAL), [f"optimizer.type={name}"])
     with pytest.raises(ConfigError, match=f"unknown optimizer type '{name}'"):
-        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
 
 
 def test_unknown_type_suggests_close_names(tmp_path):
     config = Config.load(write(tmp_path, MINIMAL), ["optimizer.type=Adamm"])
     with pytest.raises(ConfigError, match=r"Did you mean 'Adam'"):
-        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
 
 
 def test_wrong_args_name_the_key_and_the_accepted_arguments(tmp_path):
     config = Config.load(write(tmp_path, MINIMAL), ["arch.args.depth=3"])
     with pytest.raises(ConfigError, match=r"wrong args for arch type 'DigitsCNN'.*depth.*It accepts: num_classes"):
-        config.init_obj("arch", module_arch)
+        config.init_obj("arch")
     config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.lr=-1"])
-    with pytest.raises(ConfigError, match=r"optimizer type 'Adam' rejected its args.*Invalid learning rate"):
-        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+    with pytest.raises(ConfigError, match=r"optimizer type 'Adam' refused its arguments: Invalid learning rate"):
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
 
 
 def test_code_supplied_args_cannot_be_set_in_config(tmp_path):
     config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.params=1"])
     with pytest.raises(ConfigError, match="set by the code"):
-        config.init_obj("optimizer", torch.optim, params=[torch.zeros(1, requires_grad=True)])
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
 
 
 CLASSIC = {

@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from data_loader.data_loaders import CsvImageDataLoader
+from data_loader.builtin import CsvImageDataLoader
 from data_loader.datasets import CsvImageDataset
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import OneHot, build_transforms

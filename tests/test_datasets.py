@@ -12,7 +12,8 @@ from torchvision.io import write_png
 
 import test as test_script
 import train
-from data_loader.data_loaders import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
+from data_loader.base import BaseDataLoader
+from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
 from utils.errors import DataError
 
 from conftest import REPO, only_run
@@ -41,7 +42,7 @@ def test_mnist_configs_train_and_test_through_torchvision_classes(tmp_path, caps
 
 def test_fashion_mnist_targets_are_one_hot():
     config = train.Config.load(REPO / "configs" / "fashion_mnist.yaml")
-    transform = train.module_data.data_loaders.BaseDataLoader(
+    transform = BaseDataLoader(
         target_transform=config["data_loader"]["args"]["target_transform"]).target_transform
     assert torch.equal(transform(3), torch.zeros(10).scatter_(0, torch.tensor(3), 1.0))
 

@@ -11,9 +11,9 @@ import torchvision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from model.activation import SwishFunction
+from model.builtin.activation import SwishFunction
+from model.builtin.torchvision_model import TorchvisionClassifier
 from model.factory import build_model, build_optimizer
-from model.torchvision_model import TorchvisionClassifier
 from trainer.checkpoint import load_checkpoint
 from trainer.hooks import ActivationStats
 from utils.config import Config

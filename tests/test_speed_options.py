@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import train
-from data_loader.data_loaders import CsvImageDataLoader
+from data_loader.builtin import CsvImageDataLoader
 from data_loader.device_loader import DeviceDataLoader
 from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer

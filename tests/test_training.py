@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-import model.loss
+import model.builtin.losses
+import model.builtin.metrics
 import test as test_script
 import train
 from trainer.checkpoint import load_checkpoint
@@ -114,14 +115,14 @@ def test_reduce_lr_on_plateau_is_fed_the_monitored_metric_and_resumes(save_dir):
 def poison_loss(monkeypatch, bad_calls):
     """Make the loss non-finite on the given call numbers (counted from 1)."""
     calls = {"n": 0}
-    real = model.loss.cross_entropy
+    real = model.builtin.losses.cross_entropy
 
     def loss(output, target):
         calls["n"] += 1
         value = real(output, target)
         return value * float("nan") if bad_calls(calls["n"]) else value
 
-    monkeypatch.setattr(model.loss, "cross_entropy", loss)
+    monkeypatch.setattr(model.builtin.losses, "cross_entropy", loss)
 
 
 def test_nan_loss_stops_without_touching_the_best_checkpoint(save_dir, monkeypatch, capsys):
@@ -217,7 +218,7 @@ def test_run_ids_never_collide(tmp_path):
 
 
 def test_metrics_are_weighted_by_sample_count():
-    tracker = MetricTracker({"accuracy": __import__("model.metric").metric.accuracy}, torch.device("cpu"))
+    tracker = MetricTracker({"accuracy": model.builtin.metrics.accuracy}, torch.device("cpu"))
     tracker.update(torch.tensor(1.0), torch.tensor([[1.0, 0], [1, 0], [0, 1]]), torch.tensor([0, 1, 0]))
     tracker.update(torch.tensor(3.0), torch.tensor([[0.0, 1]]), torch.tensor([1]))
     result = tracker.result()

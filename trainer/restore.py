@@ -13,13 +13,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-import data_loader as module_data
 from data_loader.device_loader import DeviceBatches
+from data_loader.factory import build_data_loader
 from model.factory import build_model
 from trainer.checkpoint import BEST, find_checkpoint
 from utils.config import Config
 from utils.device import select_device
 from utils.errors import CheckpointError, reason
+from utils.rng import seed_everything
 
 
 @dataclass
@@ -58,7 +59,8 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
 
 def eval_loader(config: Config, device: torch.device, split: str) -> DataLoader | DeviceBatches:
     """The loader of the config's `test` or `val` split, built as training built it (same seed, same split)."""
-    data = config.init_obj("data_loader", module_data, seed=config["seed"])
+    seed_everything(config["seed"])  # as train.py does before it builds the data (the classic loaders read it)
+    data = build_data_loader(config["data_loader"], config["seed"], training=split != "test", source=config.source)
     loader = data.test_loader(device) if split == "test" else data.val_loader(device)
     if loader is None:
         raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "

@@ -1,9 +1,9 @@
 """Read a YAML/JSON config, fill in defaults, apply command-line overrides, and build objects from it.
 
-The config is the API of the template: every key is listed in `DEFAULTS` (and in the README's config
-reference). Objects are built by name with `Config.init_obj(key, *modules)`, which only looks names up in
-the modules the calling code passes (the project's own modules, `torch.nn`, `torch.optim`, ...): a config can
-never import arbitrary code.
+The config is the API of the template: every key is listed in `DEFAULTS` (and in the config reference).
+Objects are built by name with `Config.init_obj(key)`, which looks the name up only in the modules that
+`utils/registry.py` lists for that section (your modules, the template's, torch's): a config can never import
+arbitrary code. Top-level keys the template does not know are kept for your own code (`config["regularize"]`).
 """
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import copy
 import difflib
 import inspect
 import json
+import logging
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, reason, suggest
+from utils.registry import lookup
+
+log = logging.getLogger(__name__)
 
 REQUIRED = object()
 
@@ -34,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "metrics": [],
     "lr_scheduler": None,
     "trainer": {
+        "type": "Trainer",
+        "args": {},
         "epochs": 10,
         "save_dir": "saved/",
         "save_period": 1,
@@ -66,6 +71,11 @@ DEFAULTS: dict[str, Any] = {
 # Keys of a `{type, args}` section besides those two.
 _OBJECT_SECTIONS = {"arch": {"init"}, "data_loader": set(), "optimizer": {"param_groups"},
                     "lr_scheduler": {"interval"}}
+
+
+def unused_keys(config: dict[str, Any]) -> list[str]:
+    """Top-level keys the template does not read: kept in the config for the user's own code."""
+    return [k for k in config if k not in DEFAULTS]
 
 # Short command-line flags and the keys they set.
 SHORT_FLAGS = {
@@ -133,28 +143,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _merge_defaults(user: dict[str, Any], defaults: dict[str, Any], where: str, source: str) -> dict[str, Any]:
-    unknown = [k for k in user if k not in defaults]
-    if unknown:
-        k = unknown[0]
-        raise ConfigError(f"{source}: unknown key '{where}{k}'.{suggest(k, list(defaults))} "
-                          f"Known keys here: {', '.join(defaults)}.")
+    """`user` over `defaults`, section by section (an empty default mapping, such as `trainer.args`, takes any
+    keys). A key unknown at the top level is kept for the user's own code unless it is a near miss of a known
+    key (`trainr`); anywhere else it is an error."""
+    for k in user:
+        close = difflib.get_close_matches(str(k), list(defaults), n=1, cutoff=0.8)
+        if k not in defaults and (where or close):
+            raise ConfigError(f"{source}: unknown key '{where}{k}'.{suggest(str(k), list(defaults))} "
+                              f"Known keys here: {', '.join(defaults)}.")
     merged = {}
     for key, default in defaults.items():
         if key not in user:
             if default is REQUIRED:
                 raise ConfigError(f"{source}: the key '{where}{key}' is required. See configs/config.yaml for an example.")
             merged[key] = copy.deepcopy(default)
-        elif isinstance(default, dict) and isinstance(user[key], dict):
+        elif isinstance(default, dict) and default and isinstance(user[key], dict):
             merged[key] = _merge_defaults(user[key], default, f"{where}{key}.", source)
         else:
             merged[key] = user[key]
-    return merged
+    return {**merged, **{k: v for k, v in user.items() if k not in defaults}}
 
 
 def _check_object_spec(spec: Any, key: str, source: str, extra: set[str] = frozenset()) -> None:
@@ -271,15 +279,16 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
-    def init_obj(self, key: str, *modules: ModuleType, spec: Any = None, **kwargs: Any) -> Any:
-        """Build `type(*args)` for the section `key` ({type, args}), looking the type up in `modules` in order.
+    def init_obj(self, key: str, section: str | None = None, spec: Any = None, **kwargs: Any) -> Any:
+        """Build `type(**args)` for the section `key` ({type, args}), the type looked up in the catalog of
+        `section` (default: `key`; see utils/registry.py).
 
         `kwargs` are supplied by the code (e.g. the optimizer's `params`) and may not also appear in `args`.
         """
         spec = self.data[key] if spec is None else spec
         if isinstance(spec, str):
             spec = {"type": spec}
-        factory = lookup(spec["type"], modules, key, self.source)
+        factory = lookup(spec["type"], section or key, key, self.source)
         args = dict(spec.get("args") or {})
         clash = set(args) & set(kwargs)
         if clash:
@@ -288,47 +297,43 @@ class Config:
         return call_with_args(factory, {**args, **kwargs}, key, self.source)
 
 
-def lookup(name: str, modules: tuple[ModuleType, ...], key: str, source: str) -> Any:
-    """Find the class or function `name` in `modules`; anything else (a dotted path, a private name) is refused."""
-    def public(module: ModuleType) -> list[str]:
-        """The module's `__all__` where it has one (so that its imports are not offered), else its names."""
-        names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
-        return [n for n in names if callable(getattr(module, n, None))]
-
-    found = None
-    if name.isidentifier() and not name.startswith("_"):
-        for module in modules:
-            if name in public(module):
-                found = getattr(module, name)
-                break
-    if found is None:
-        names = sorted({n for m in modules for n in public(m)})
-        where = ", ".join(m.__name__ for m in modules)
-        raise ConfigError(f"{source}: unknown {key} type '{name}'.{suggest(name, names)} "
-                          f"Types for '{key}' are looked up in {where}; define yours there (and import it in the "
-                          "package's __init__.py) or fix the spelling.")
-    return found
+def accepted_args(factory: Any) -> list[str] | None:
+    """The keyword arguments `factory` takes, following `**kwargs` up a class's constructors (a loader that passes
+    them on to BaseDataLoader); None when it takes any keyword at all."""
+    constructors = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)] \
+        if inspect.isclass(factory) else [factory]
+    names: list[str] = []
+    for function in constructors:
+        try:
+            params = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names += [p.name for p in params if p.name != "self" and p.name not in names
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return None
 
 
 def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str) -> Any:
     """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`."""
     name = getattr(factory, "__name__", str(factory))
+    accepted = accepted_args(factory)
+    unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
     try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(**kwargs)
-        except TypeError as e:
-            params = [p for p in signature.parameters if p not in ("self", "args", "kwargs")]
-            raise ConfigError(f"{source}: wrong args for {key} type '{name}': {e}. "
-                              f"It accepts: {', '.join(params) or 'no arguments'}.") from None
+        if unknown:
+            raise TypeError(f"unexpected keyword argument '{unknown[0]}'")
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        takes = ", ".join(accepted) if accepted else "no arguments"
+        raise ConfigError(f"{source}: wrong args for {key} type '{name}': {e}. It accepts: {takes}.") from None
+    except ValueError:
+        pass  # a builtin without a signature: let the call itself tell
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as e:
-        shown = {k: v for k, v in kwargs.items() if not k.startswith("param")}
-        raise ConfigError(f"{source}: {key} type '{name}' rejected its args {shown}: {e}") from None
+        raise ConfigError(f"{source}: {key} type '{name}' refused its arguments: {reason(e)}. "
+                          f"Check {key}.args.") from None
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:

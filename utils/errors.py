@@ -5,6 +5,7 @@ a bad input (2) from a failure during training or export (1).
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from typing import Any, Callable
@@ -73,3 +74,9 @@ def report_errors(work: Callable[[], Any], log: logging.Logger) -> int:
         log.error("%s", e)
         return e.exit_code
     return 0
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """' Did you mean ...?' for the close matches of `name` among `choices` (empty if none)."""
+    close = difflib.get_close_matches(name, choices, n=3)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from utils.config import suggest
-from utils.errors import CheckpointError, ConfigError, reason
+from utils.errors import CheckpointError, ConfigError, reason, suggest
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +40,14 @@ class TorchvisionClassifier(nn.Module):
         self.net = models.get_model(name, num_classes=num_classes) if weights is None else _pretrained(name, weights)
         head = _last_linear(self.net, name)
         self.head = f"net.{head}"
-        if weights is None:
-            self.fresh_modules = [""]
-        else:
+        if weights is not None:
             old = self.net.get_submodule(head)
-            if old.out_features == num_classes and Path(weights).is_file():
-                self.fresh_modules = []  # the file holds a head for these classes already (an earlier fine-tune)
-            else:
+            new_head = old.out_features != num_classes or not Path(weights).is_file()  # else: an earlier fine-tune's
+            if new_head:
                 parent, _, child = head.rpartition(".")
                 setattr(self.net.get_submodule(parent), child, nn.Linear(old.in_features, num_classes))
-                self.fresh_modules = [self.head]
-            log.info("%s: loaded the %s weights%s.", name, weights, "" if not self.fresh_modules
-                     else f"; new head {head} for {num_classes} classes")
+            log.info("%s: loaded the %s weights%s.", name, weights,
+                     f"; new head {head} for {num_classes} classes" if new_head else "")
         first_conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
         self.in_channels = first_conv.in_channels if first_conv is not None else None
         self._freeze(freeze)

@@ -1,0 +1,110 @@
+"""The template's data loaders, named in `data_loader.type` (yours go in data_loaders.py and are found first)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from data_loader.base import BaseDataLoader
+from data_loader.datasets import CsvImageDataset, ImageFolderDataset
+from utils.errors import ConfigError, DataError, reason
+
+log = logging.getLogger(__name__)
+
+
+class CsvImageDataLoader(BaseDataLoader):
+    """Images in a folder plus a CSV of file,label,split - the bundled digits and most users' own data."""
+
+    def __init__(self, data_dir: str = "data/digits", csv_file: str = "labels.csv", image_mode: str = "unchanged",
+                 cache: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir)
+        self.csv_file = csv_file
+        self.image_mode = image_mode
+        self.cache = cache
+        self.make_dataset(True, None)
+
+    def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        return CsvImageDataset(self.data_dir, self.csv_file, "train" if train else "test", transform,
+                               self.target_transform, self.image_mode, self.num_classes, self.cache, self.skip_bad)
+
+
+class ImageFolderDataLoader(BaseDataLoader):
+    """One folder per class: `data_dir/train/<class>/<image>` and `data_dir/test/<class>/<image>`. Classes are
+    numbered in sorted order of their folder names; the test tree must have the same class folders."""
+
+    def __init__(self, data_dir: str, train_dir: str = "train", test_dir: str = "test",
+                 image_mode: str = "unchanged", **kwargs):
+        super().__init__(**kwargs)
+        self.folders = {True: Path(data_dir) / train_dir, False: Path(data_dir) / test_dir}
+        self.image_mode = image_mode
+        train = self.make_dataset(True, None)
+        self.check_labels(train, train.targets)
+        self.classes = train.classes
+        log.info("Classes (folder: label): %s", ", ".join(f"{name}: {i}" for i, name in enumerate(self.classes)))
+
+    def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        dataset = ImageFolderDataset(self.folders[train], transform, self.target_transform, self.image_mode)
+        if not train and dataset.classes != self.classes:
+            differ = sorted(set(dataset.classes) ^ set(self.classes))
+            raise DataError(f"The class folders of '{self.folders[False]}' differ from those of '{self.folders[True]}' "
+                            f"({', '.join(differ)}), so their labels would not match. Give both trees the same "
+                            "class folders.")
+        return dataset
+
+
+# torchvision datasets a config can name, with the folder under `data_dir` where they live and their files.
+_MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+TORCHVISION_DATASETS = {
+    "MNIST": ("MNIST/raw", _MNIST_FILES),
+    "FashionMNIST": ("FashionMNIST/raw", _MNIST_FILES),
+    "KMNIST": ("KMNIST/raw", _MNIST_FILES),
+    "CIFAR10": ("cifar-10-batches-py", "data_batch_1 ... data_batch_5, test_batch, batches.meta"),
+    "CIFAR100": ("cifar-100-python", "train, test, meta"),
+}
+
+
+class TorchvisionDataLoader(BaseDataLoader):
+    """One of torchvision's datasets (`dataset`: MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100) under
+    `data_dir`. Downloads only when the files are absent and `download` is true. Images are turned into uint8
+    (C, H, W) tensors before `transform`, as with the other loaders."""
+
+    def __init__(self, dataset: str = "MNIST", data_dir: str = "data/", download: bool = False, **kwargs):
+        if dataset not in TORCHVISION_DATASETS:
+            raise ConfigError(f"data_loader.args.dataset must be one of {', '.join(TORCHVISION_DATASETS)}; got "
+                              f"{dataset!r}. For another dataset, subclass BaseDataLoader in data_loader/data_loaders.py.")
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.download = download
+        train = self.make_dataset(True, None)
+        self.check_labels(train, train.targets)
+
+    def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        to_tensor = v2.Compose([v2.ToImage(), transform]) if transform is not None else v2.ToImage()
+        try:
+            return getattr(datasets, self.dataset)(self.data_dir, train=train, transform=to_tensor,
+                                                   target_transform=self.target_transform, download=self.download)
+        except (RuntimeError, OSError) as e:
+            folder, files = TORCHVISION_DATASETS[self.dataset]
+            where = f"{self.dataset} not found (or incomplete) under '{Path(self.data_dir) / folder}'"
+            if not self.download:
+                raise DataError(f"{where} and download is off (data_loader.args.download: false). Set download: "
+                                f"true on a machine with internet access, or place the files {files} there.") from None
+            raise DataError(f"{where} and the download failed ({reason(e)}; is this machine offline?). Run once on a "
+                            f"machine with internet access and copy the folder here, or place the files {files} "
+                            "there.") from None
+
+
+class MnistDataLoader(TorchvisionDataLoader):
+    """The classic template's MNIST loader: torchvision's MNIST, downloaded when absent, no validation split."""
+
+    def __init__(self, data_dir: str = "data/", download: bool = True, **kwargs):
+        kwargs.setdefault("transform", [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}},
+                                        {"type": "Normalize", "args": {"mean": [0.1307], "std": [0.3081]}}])
+        kwargs.setdefault("validation_split", 0.0)
+        super().__init__("MNIST", data_dir, download, **kwargs)

@@ -1,0 +1,28 @@
+"""Build the data loader a config names: the template's, yours, or a classic template's."""
+from __future__ import annotations
+
+from typing import Any
+
+from utils.config import accepted_args, call_with_args
+from utils.errors import ConfigError
+from utils.registry import lookup
+
+
+def build_data_loader(spec: dict[str, Any], seed: int, training: bool = True, key: str = "data_loader",
+                      source: str = "config") -> Any:
+    """The loader of `spec` ({type, args}), given the run's `seed` if its constructor takes one.
+
+    With `training=False` (test.py's test split), a loader whose constructor takes `training`, as the classic
+    template's do, is built with `training=False`, no validation split and no shuffling.
+    """
+    factory = lookup(spec["type"], "data_loader", f"{key}.type", source)
+    args = dict(spec.get("args") or {})
+    accepted = accepted_args(factory)
+    takes = (lambda name: True) if accepted is None else (lambda name: name in accepted)
+    if "seed" in args and takes("seed"):
+        raise ConfigError(f"{source}: '{key}.args.seed' is set from the config's top-level `seed`; remove it there.")
+    code = {"seed": seed} if takes("seed") else {}
+    if not training and accepted is not None and "training" in accepted:
+        code.update({"training": False}, **{k: v for k, v in (("validation_split", 0.0), ("shuffle", False))
+                                            if k in accepted})
+    return call_with_args(factory, {**args, **code}, key, source)
