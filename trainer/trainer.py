@@ -276,7 +276,7 @@ class Trainer:
             if wait > 0.2 and not self._warned_data_wait:
                 self._warned_data_wait = True
                 log.warning("Training waited for data %.0f%% of the time. For data that fits in memory, "
-                            "DeviceDataLoader (README: Speed) removes the wait; otherwise raise "
+                            "DeviceDataLoader (docs/speed.md) removes the wait; otherwise raise "
                             "data_loader.args.num_workers if CPU cores are idle, set pin_memory: true on a GPU, or "
                             "make the dataset's __getitem__ cheaper.", 100 * wait)
         parts.append(f"{seconds:.1f}s")

@@ -1,9 +1,9 @@
 """Read a YAML/JSON config, fill in defaults, apply command-line overrides, and build objects from it.
 
-The config is the API of the template: every key is listed in `DEFAULTS` (and in the config reference).
-Objects are built by name with `Config.init_obj(key)`, which looks the name up only in the modules that
-`utils/registry.py` lists for that section (your modules, the template's, torch's): a config can never import
-arbitrary code. Top-level keys the template does not know are kept for your own code (`config["regularize"]`).
+The config is the API of the template: every key is listed in `DEFAULTS` (and in the config reference,
+docs/config.md). Objects are built by name with `Config.init_obj(key)`, which looks the name up only in the
+modules that `utils/registry.py` lists for that section (your modules, the template's, torch's): a config can
+never import arbitrary code. Top-level keys the template does not know are kept for your own code.
 """
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str
         elif part not in node and not (last and parts[depth - 1:depth] == ["args"]):
             raise ConfigError(f"{source}: unknown key '{here}' in the override '{dotted}=...'."
                               f"{suggest(part, [str(k) for k in node])} "
-                              "Only keys under an 'args' mapping may be added; see the README's config reference.")
+                              "Only keys under an 'args' mapping may be added; see docs/config.md (config reference).")
         if last:
             node[part] = value
         else:
