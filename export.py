@@ -104,7 +104,7 @@ def run_export(args: argparse.Namespace) -> float:
         check_onnx_packages()
     trained = restore(args.resume, args.config, device=args.device)
     model, arch = trained.model, trained.config["arch"]["type"]
-    inputs = next(iter(eval_loader(trained.config, trained.device, "test")))[0].to(trained.device)
+    inputs = next(iter(eval_loader(trained, "test")))[0].to(trained.device)
     with torch.no_grad():
         reference = model(inputs)
     if not isinstance(reference, torch.Tensor):

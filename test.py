@@ -8,9 +8,7 @@ import argparse
 import logging
 import sys
 
-from model.factory import build_criterion, build_metrics
-from trainer.evaluate import evaluate
-from trainer.restore import eval_loader, restore
+from trainer.restore import eval_loader, evaluator, restore
 from utils.errors import report_errors
 from utils.log import setup_logging
 
@@ -29,10 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:
     trained = restore(args.resume, args.config, args.overrides, args.device)
-    loader = eval_loader(trained.config, trained.device, args.split)
-    config = trained.config
-    result = evaluate(trained.model, loader, build_criterion(config), build_metrics(config), trained.device,
-                      desc=args.split)
+    loader = eval_loader(trained, args.split)
+    result = evaluator(trained).evaluate(loader, desc=args.split)
     loop = trained.checkpoint["loop"]
     print(f"{trained.path} (epoch {loop['epoch'] - 1 if loop['batch_idx'] == 0 else loop['epoch']}, "
           f"step {loop['global_step']}) on the {args.split} split: {len(loader.sampler)} samples")

@@ -12,15 +12,16 @@ import sys
 
 import torch
 
-from data_loader.factory import build_data_loader
+from data_loader.factory import build_data_loader, data_state, load_data_state
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
+from trainer.factory import build_trainer
+from trainer.preflight import check_one_batch
 from trainer.signals import StopRequested
-from trainer.trainer import Trainer
 from utils import distributed
-from utils.config import Config, save_config
+from utils.config import Config, save_config, unused_keys
 from utils.device import configure_backends, select_device
-from utils.errors import ConfigError, TemplateError, reason
+from utils.errors import NETWORK_ERRORS, ConfigError, TemplateError, network_error, reason
 from utils.log import setup_logging
 from utils.rng import seed_everything
 from utils.run import RunPaths, new_run, run_of_checkpoint
@@ -70,6 +71,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     device = select_device(config["device"], config["n_gpu"], dist.local_rank if dist.enabled else None)
     configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
     data = build_data_loader(config["data_loader"], config["seed"], source=config.source)
+    if checkpoint is not None:
+        load_data_state(data, checkpoint)
     train_loader, val_loader = data.train_loader(device), data.val_loader(device)
     model = build_model(config, pretrained=checkpoint is None)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
@@ -84,8 +87,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     optimizer = build_optimizer(config, model)
     lr_scheduler = (config.init_obj("lr_scheduler", optimizer=optimizer)
                     if config["lr_scheduler"] else None)
-    trainer = Trainer(model, criterion, metrics, optimizer, config, device, train_loader, val_loader,
-                      lr_scheduler, resume=checkpoint, dist=dist)
+    trainer = build_trainer(config, model=model, criterion=criterion, metrics=metrics, optimizer=optimizer,
+                            device=device, train_loader=train_loader, val_loader=val_loader, lr_scheduler=lr_scheduler,
+                            resume=checkpoint, dist=dist, data_state=data_state(data))
+    check_one_batch(trainer, getattr(data, "num_classes", None))  # the last check before anything is written
 
     def open_run() -> RunPaths:
         if checkpoint:
@@ -104,12 +109,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     log.info("Data per process: %d training, %d validation samples", len(train_loader.sampler),
              len(val_loader.sampler) if val_loader else 0)
     log.info("%s\n%s", type(model).__name__, model_summary(model))
+    if unused_keys(config.data):
+        log.info("Config keys not used by the template, kept for your code (config[key]): %s.",
+                 ", ".join(unused_keys(config.data)))
     distributed.on_main(save_config, config.data, run.models / "config.yaml")
 
     result = trainer.fit(run)
-    if trainer.monitor_key is not None:
-        log.info("Done. Best %s: %.6g, saved in %s", trainer.monitor_key, trainer.best, run.models / "model_best.pth")
-    best = run.models / ("model_best.pth" if trainer.monitor_key is not None else "checkpoint-latest.pth")
+    if trainer.monitor.key is not None:
+        log.info("Done. Best %s: %.6g, saved in %s", trainer.monitor.key, trainer.monitor.best,
+                 run.models / "model_best.pth")
+    best = run.models / ("model_best.pth" if trainer.monitor.key is not None else "checkpoint-latest.pth")
     log.info("Evaluate with: python test.py --resume %s", best)
     return result
 
@@ -122,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except TemplateError as e:
         log.error("%s%s", distributed.rank_prefix(), e)
         return e.exit_code
+    except NETWORK_ERRORS as e:
+        log.error("%s%s", distributed.rank_prefix(), network_error(e))
+        return TemplateError.exit_code
     except StopRequested as e:
         if distributed.is_main():
             log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import train
 from trainer.checkpoint import atomic_write, find_checkpoint
-from trainer.trainer import HISTORY
+from trainer.state import HISTORY
 from utils.config import Config
 from utils.errors import CheckpointError, ConfigError, TemplateError
 from utils.log import setup_logging

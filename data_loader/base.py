@@ -21,6 +21,25 @@ def process_share(pad: bool) -> dict[str, Any]:
     return {"num_replicas": dist.get_world_size(), "rank": dist.get_rank(), "pad": pad}
 
 
+def split_indices(n: int, share: float | int, seed: int) -> tuple[list[int], list[int]]:
+    """Indices 0..n-1 split into training and validation: `share` is a fraction (0.1) or a count (500) of
+    validation samples, chosen by `seed`."""
+    count = int(share) if isinstance(share, int) and not isinstance(share, bool) else round(n * float(share))
+    if count < 0 or count >= n or (isinstance(share, float) and not 0.0 <= share < 1.0):
+        raise DataError(f"data_loader.args.validation_split={share!r} leaves no training samples out of {n}; "
+                        "use a fraction below 1 (e.g. 0.1) or a count below the number of samples.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[count:]), sorted(order[:count])
+
+
+def loader_args(dataset: Dataset, batch_size: int, sampler: Any, with_seeds: bool, seed: int,
+                **options: Any) -> dict[str, Any]:
+    """DataLoader arguments for a resumable `sampler`: with worker processes (`with_seeds`), each sample draws its
+    augmentation from its own seed; a bad sample is left out of its batch or explained (data_loader/checks.py)."""
+    return {"dataset": SeededDataset(dataset) if with_seeds else dataset, "batch_size": batch_size,
+            "sampler": sampler, "collate_fn": collate, "generator": torch.Generator().manual_seed(seed), **options}
+
+
 class BaseDataLoader:
     """Subclasses say how to build the dataset (`make_dataset`); this class does the split and the loaders.
 
@@ -62,23 +81,15 @@ class BaseDataLoader:
     def split(self) -> tuple[list[int], list[int]]:
         """Indices of the training files used for training and for validation."""
         if self._split is None:
-            n = len(self.make_dataset(True, None))
-            share = self.validation_split
-            n_val = int(share) if isinstance(share, int) and not isinstance(share, bool) else round(n * float(share))
-            if n_val < 0 or n_val >= n or (isinstance(share, float) and not 0.0 <= share < 1.0):
-                raise DataError(f"data_loader.args.validation_split={share!r} leaves no training samples out of {n}; "
-                                "use a fraction below 1 (e.g. 0.1) or a count below the number of samples.")
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-            self._split = (sorted(order[n_val:]), sorted(order[:n_val]))
+            self._split = split_indices(len(self.make_dataset(True, None)), self.validation_split, self.seed)
         return self._split
 
     def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False,
                 with_seeds: bool = False) -> DataLoader:
-        dataset = CheckedDataset(dataset, self.channels, self.bad_samples)
-        loader = DataLoader(SeededDataset(dataset) if with_seeds else dataset, batch_size=self.batch_size,
-                            sampler=sampler, drop_last=drop_last, collate_fn=collate, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
-                            generator=torch.Generator().manual_seed(self.seed))
+        loader = DataLoader(**loader_args(CheckedDataset(dataset, self.channels, self.bad_samples), self.batch_size,
+                                          sampler, with_seeds, self.seed, drop_last=drop_last,
+                                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                          persistent_workers=self.persistent_workers))
         loader.bad_samples = self.bad_samples  # read by the trainer at the end of each epoch
         return loader
 

@@ -51,9 +51,11 @@ class CheckedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Any, Any] | None:
+    def __getitem__(self, index: int) -> Any:
+        """The sample (of any structure; for `(image, target)` pairs the image's channels are checked)."""
         try:
-            image, target = self.dataset[index]
+            sample = self.dataset[index]
+            image = sample[0] if isinstance(sample, tuple) else None
             if (self.channels is not None and isinstance(image, torch.Tensor) and image.dim() >= 3
                     and image.shape[-3] != self.channels):
                 raise DataError(f"{describe(self.dataset, index)} has {image.shape[-3]} channels, but "
@@ -65,10 +67,10 @@ class CheckedDataset(Dataset):
             if self.bad.add() == 1:
                 log.warning("Skipping bad samples (data_loader.args.skip_bad: true); the first: %s", e)
             return None
-        return image, target
+        return sample
 
 
-def collate(batch: list[tuple[Any, Any] | None]) -> Any:
+def collate(batch: list[Any]) -> Any:
     """`default_collate` without the skipped samples, and a clear message when samples do not fit together."""
     good = [sample for sample in batch if sample is not None]
     if not good:

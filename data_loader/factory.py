@@ -15,7 +15,7 @@ def build_data_loader(spec: dict[str, Any], seed: int, training: bool = True, ke
     With `training=False` (test.py's test split), a loader whose constructor takes `training`, as the classic
     template's do, is built with `training=False`, no validation split and no shuffling.
     """
-    factory = lookup(spec["type"], "data_loader", f"{key}.type", source)
+    factory = lookup(spec["type"], "data_loader", key, source)
     args = dict(spec.get("args") or {})
     accepted = accepted_args(factory)
     takes = (lambda name: True) if accepted is None else (lambda name: name in accepted)
@@ -26,3 +26,15 @@ def build_data_loader(spec: dict[str, Any], seed: int, training: bool = True, ke
         code.update({"training": False}, **{k: v for k, v in (("validation_split", 0.0), ("shuffle", False))
                                             if k in accepted})
     return call_with_args(factory, {**args, **code}, key, source)
+
+
+def data_state(data: Any) -> dict[str, Any]:
+    """The loader's own state, kept in checkpoints (fitted statistics, class names): its `state_dict()`, if any."""
+    return data.state_dict() if callable(getattr(data, "state_dict", None)) else {}
+
+
+def load_data_state(data: Any, checkpoint: dict[str, Any]) -> None:
+    """Give a rebuilt loader the state its checkpoint kept, so that it prepares data as in training."""
+    state = checkpoint.get("data_loader") or {}
+    if state and callable(getattr(data, "load_state_dict", None)):
+        data.load_state_dict(state)

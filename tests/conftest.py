@@ -1,6 +1,7 @@
 """Shared helpers: run train.py / test.py on the bundled digits with small, fast settings."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,12 @@ def fast_args(save_dir: Path, *extra: str) -> list[str]:
     return ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST, *extra]
 
 
-def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the entry points as a user would, in a fresh interpreter."""
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None,
+               script_dir: Path = REPO) -> subprocess.CompletedProcess:
+    """Run one of the entry points (of this repository, or of a project copied from it) as a user would, in a
+    fresh interpreter; `env` adds environment variables."""
+    return subprocess.run([sys.executable, str(script_dir / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def only_run(save_dir: Path) -> Path:

@@ -33,23 +33,23 @@ def main() -> int:
         os.kill(os.getpid(), signum)
 
     if where == "step":
-        step = Trainer._optimizer_step
+        step = Trainer.optimizer_step
 
         def patched_step(self):
             step(self)
             if self.global_step == number:
                 fire()
 
-        Trainer._optimizer_step = patched_step
+        Trainer.optimizer_step = patched_step
     elif where == "epoch-start":
-        train_epoch = Trainer._train_epoch
+        train_epoch = Trainer.train_epoch
 
         def patched_epoch(self):
             if self.epoch == number and self.batch_idx == 0:
                 fire()
             return train_epoch(self)
 
-        Trainer._train_epoch = patched_epoch
+        Trainer.train_epoch = patched_epoch
     elif where == "save":
         replace, calls = os.replace, {"n": 0}
 
@@ -63,23 +63,23 @@ def main() -> int:
     elif where == "fail-rank1":
         from utils.errors import DataError
 
-        step = Trainer._optimizer_step
+        step = Trainer.optimizer_step
 
         def failing_step(self):
             step(self)
             if self.global_step == number and self.dist.rank == 1:
                 raise DataError("Cannot read image 'images/0042.png': simulated failure on rank 1.")
 
-        Trainer._optimizer_step = failing_step
+        Trainer.optimizer_step = failing_step
     elif where == "validation":
-        validate = Trainer._validate
+        validate = Trainer.validate
 
         def patched_validate(self):
             if self.epoch == number:
                 fire()
             return validate(self)
 
-        Trainer._validate = patched_validate
+        Trainer.validate = patched_validate
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     return train.main(train_args)
 

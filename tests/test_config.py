@@ -151,3 +151,41 @@ def test_flags_and_overrides_may_be_mixed_in_any_order():
     assert args.overrides == ["trainer.epochs=3", "optimizer.args.lr=1"]
     assert args.run_id == "a-b" and args.lr == 2.0 and args.config == "x.yaml"
     assert train.parse_args(["--batch-size", "8"]).bs == 8
+
+
+def test_user_modules_offer_what_they_define_without_all(monkeypatch, caplog):
+    import sys
+    import types
+
+    from utils import registry
+
+    user = types.ModuleType("model.model")
+    exec("from torch import nn\nclass Net(nn.Module):\n    pass\nclass DigitsCNN(nn.Module):\n    pass\n",
+         user.__dict__)
+    monkeypatch.setitem(sys.modules, "model.model", user)
+    monkeypatch.setattr(registry, "_replaced", set())
+    assert registry.lookup("Net", "arch").__module__ == "model.model"  # no __all__ needed
+    with caplog.at_level("INFO"):
+        assert registry.lookup("DigitsCNN", "arch") is user.DigitsCNN
+    assert "arch: using your DigitsCNN from model/model.py; it replaces the template's DigitsCNN" in caplog.text
+    with pytest.raises(ConfigError, match="unknown arch type 'Module'"):  # imported from torch, not offered
+        registry.lookup("Module", "arch")
+
+
+def test_unknown_top_level_keys_are_kept_and_near_misses_refused(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL + "regularize: {l2: 0.01}\ninitializer: xavier\n"))
+    assert config["regularize"] == {"l2": 0.01} and config["initializer"] == "xavier"
+    from utils.config import unused_keys
+
+    assert unused_keys(config.data) == ["regularize", "initializer"]
+    with pytest.raises(ConfigError, match=r"unknown key 'trainr'. Did you mean 'trainer'"):
+        Config.load(write(tmp_path, MINIMAL + "trainr: {epochs: 3}\n"))
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer.epoch'"):  # below the top level: always an error
+        Config.load(write(tmp_path, MINIMAL), ["trainer.epoch=3"])
+
+
+def test_torch_only_sections_do_not_invite_defining_a_type_there(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.type=Adamm"])
+    with pytest.raises(ConfigError) as error:
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
+    assert "looked up in torch.optim only" in str(error.value) and "Define" not in str(error.value)

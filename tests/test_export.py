@@ -48,7 +48,7 @@ def test_exported_file_runs_without_project_code_and_matches_the_model(run_folde
     assert f"Wrote {path} ({fmt}, DigitsCNN). Max abs difference" in out and "(tolerance " in out, out
 
     trained = restore(run_folder, device="cpu")
-    inputs = next(iter(eval_loader(trained.config, trained.device, "test")))[0][:5]  # not the export's batch size
+    inputs = next(iter(eval_loader(trained, "test")))[0][:5]  # not the export's batch size
     with torch.no_grad():
         expected = trained.model(inputs)
     torch.save(inputs, tmp_path / "input.pt")

@@ -10,7 +10,7 @@ import model.builtin.metrics
 import test as test_script
 import train
 from trainer.checkpoint import load_checkpoint
-from trainer.evaluate import MetricTracker
+from trainer.metric_tracker import MetricTracker
 from utils.run import new_run
 
 from conftest import fast_args, only_run
@@ -149,9 +149,9 @@ def test_skip_batch_skips_non_finite_losses(save_dir, monkeypatch):
 
 
 def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir, monkeypatch, capsys):
-    from trainer import checkpoint, trainer
+    from trainer import checkpoint, state
 
-    real_save, saves = trainer.save_checkpoint, {"n": 0}
+    real_save, saves = state.save_checkpoint, {"n": 0}
 
     def no_space(fd):
         raise OSError(28, "No space left on device")
@@ -162,7 +162,7 @@ def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir
             monkeypatch.setattr(checkpoint.os, "fsync", no_space)
         return real_save(state, paths)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", second_save_fails_on_fsync)
+    monkeypatch.setattr(state, "save_checkpoint", second_save_fails_on_fsync)
     assert train.main(fast_args(save_dir, "trainer.save_period=0")) == 1
     assert "No space left on device" in capsys.readouterr().err
     run = only_run(save_dir)
@@ -171,16 +171,16 @@ def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir
 
 
 def test_a_failed_history_write_stops_training_with_the_resume_command(save_dir, monkeypatch, capsys):
-    from trainer import trainer
+    from trainer import state
 
-    real_write = trainer.atomic_write
+    real_write = state.atomic_write
 
     def no_space_for_history(path, data):
-        if path.name == trainer.HISTORY and data:  # the first epoch's line
+        if path.name == state.HISTORY and data:  # the first epoch's line
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(trainer, "atomic_write", no_space_for_history)
+    monkeypatch.setattr(state, "atomic_write", no_space_for_history)
     assert train.main(fast_args(save_dir)) == 1
     run = only_run(save_dir)
     assert f"history.jsonl': No space left on device. Training stopped; the checkpoints are intact. Free disk " \

@@ -14,9 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data_loader.device_loader import DeviceBatches
-from data_loader.factory import build_data_loader
-from model.factory import build_model
+from data_loader.factory import build_data_loader, load_data_state
+from model.factory import build_criterion, build_metrics, build_model
 from trainer.checkpoint import BEST, find_checkpoint
+from trainer.factory import build_trainer
+from trainer.trainer import Trainer
 from utils.config import Config
 from utils.device import select_device
 from utils.errors import CheckpointError, reason
@@ -57,12 +59,23 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
 
 
-def eval_loader(config: Config, device: torch.device, split: str) -> DataLoader | DeviceBatches:
-    """The loader of the config's `test` or `val` split, built as training built it (same seed, same split)."""
+def eval_loader(trained: Restored, split: str) -> DataLoader | DeviceBatches:
+    """The loader of the checkpoint config's `test` or `val` split, built as training built it (same seed, same
+    split, the loader's saved state such as fitted statistics)."""
+    config = trained.config
     seed_everything(config["seed"])  # as train.py does before it builds the data (the classic loaders read it)
     data = build_data_loader(config["data_loader"], config["seed"], training=split != "test", source=config.source)
-    loader = data.test_loader(device) if split == "test" else data.val_loader(device)
+    load_data_state(data, trained.checkpoint)
+    loader = data.test_loader(trained.device) if split == "test" else data.val_loader(trained.device)
     if loader is None:
         raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "
                               "is 0); use --split test.")
     return loader
+
+
+def evaluator(trained: Restored) -> Trainer:
+    """The config's Trainer (`trainer.type`) around the restored model, for evaluation only: its
+    `validation_step` computes the figures, as in training."""
+    config = trained.config
+    return build_trainer(config, model=trained.model, criterion=build_criterion(config),
+                         metrics=build_metrics(config), optimizer=None, device=trained.device)

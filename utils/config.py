@@ -204,6 +204,13 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
     for i, metric in enumerate(config["metrics"]):
         _check_object_spec(metric, f"metrics[{i}]", source)
     trainer = config["trainer"]
+    if not isinstance(trainer["type"], str):
+        raise ConfigError(f"{source}: 'trainer.type' must be the name of a Trainer class, e.g. Trainer or "
+                          f"RegularizedTrainer; got {trainer['type']!r}.")
+    trainer["args"] = trainer["args"] or {}
+    if not isinstance(trainer["args"], dict):
+        raise ConfigError(f"{source}: 'trainer.args' must be a mapping of the trainer class's arguments, e.g. "
+                          f"{{l2: 1.0e-4}}; got {trainer['args']!r}.")
     choices = {"on_nan": ("stop", "skip_batch"), "amp": ("off", "bf16", "fp16"),
                "matmul_precision": ("highest", "high", "medium")}
     for key, allowed in choices.items():

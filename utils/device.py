@@ -1,8 +1,10 @@
 """Choose the training device and set the global switches that trade speed against reproducibility."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -60,3 +62,26 @@ def configure_backends(cudnn_benchmark: bool, deterministic: bool, matmul_precis
         cudnn_benchmark = False
     torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cudnn.deterministic = deterministic
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """`batch` with every tensor in it (in tuples, lists, dicts, at any depth) copied to `device`, asynchronously
+    (fast when the loader pins memory); 4-D float tensors in channels-last layout when asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(value, device, channels_last) for value in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass when `trainer.amp` asks for it, a no-op otherwise."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

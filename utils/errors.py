@@ -6,8 +6,11 @@ a bad input (2) from a failure during training or export (1).
 from __future__ import annotations
 
 import difflib
+import http.client
 import logging
 import re
+import socket
+import urllib.error
 from typing import Any, Callable
 
 
@@ -65,11 +68,32 @@ def reason(e: BaseException) -> str:
     return first or type(e).__name__
 
 
+# What a failed download raises (urllib, as torch.hub and torchvision's datasets use, and sockets).
+NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, socket.timeout, http.client.HTTPException)
+
+
+def network_error(e: BaseException) -> TemplateError:
+    """A failed download as one paragraph, naming the address when the failing code had one."""
+    tb, url = e.__traceback__, None
+    while tb is not None:  # the innermost frame that held a `url` (torch.hub's download_url_to_file does)
+        url = tb.tb_frame.f_locals.get("url") if isinstance(tb.tb_frame.f_locals.get("url"), str) else url
+        tb = tb.tb_next
+    what = f" of {url}" if url else ""
+    return TemplateError(f"A download{what} failed ({reason(e)}): this machine seems to be offline. The run needed "
+                         "the internet for pretrained weights (a model's constructor, arch.args.weights) or a data "
+                         "set (download: true). Run once on a machine with internet access and copy the files here "
+                         "(pretrained weights go to the torch hub cache, ~/.cache/torch/hub/checkpoints/; data sets "
+                         "to their data_dir), or point the config at local copies.")
+
+
 def report_errors(work: Callable[[], Any], log: logging.Logger) -> int:
     """Run an entry point's `work`: 0 when it succeeds, or a TemplateError's exit code after logging its message
-    (one paragraph, no traceback)."""
+    (one paragraph, no traceback); a failed download is reported the same way."""
     try:
         work()
+    except NETWORK_ERRORS as e:
+        log.error("%s", network_error(e))
+        return TemplateError.exit_code
     except TemplateError as e:
         log.error("%s", e)
         return e.exit_code

@@ -1,0 +1,142 @@
+"""The example Trainer subclasses of trainer/custom.py: what their override points compute, and that a
+subclass keeps exact resume after SIGKILL and runs under 2-process DDP (gloo)."""
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from data_loader.factory import build_data_loader
+from model.factory import build_criterion, build_metrics, build_model, build_optimizer
+from trainer.checkpoint import load_checkpoint
+from trainer.factory import build_trainer
+from utils.config import Config
+from utils.errors import ConfigError
+
+from conftest import FAST, REPO, run_script
+from test_exact_resume import ARGS, assert_same_state
+
+REGULARIZED = ["trainer.type=RegularizedTrainer", "trainer.args={l1: 1.0e-4, l2: 1.0e-3}"]
+
+# A user's project with dict batches and a model with two inputs: the digits image and its mean brightness.
+DATA_LOADERS = '''
+from torch.utils.data import Dataset
+
+from data_loader.builtin import CsvImageDataLoader
+
+
+class AsDict(Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return {"image": image, "brightness": image.mean().reshape(1), "label": label}
+
+
+class DigitsDictLoader(CsvImageDataLoader):
+    def make_dataset(self, train, transform):
+        return AsDict(super().make_dataset(train, transform))
+'''
+MODEL = '''
+from torch import nn
+
+from model.builtin.models import DigitsCNN
+
+
+class TwoInputNet(nn.Module):
+    def __init__(self, num_classes=10, width=8):
+        super().__init__()
+        self.cnn = DigitsCNN(num_classes, width=width)
+        self.brightness = nn.Linear(1, num_classes)
+
+    def forward(self, image, brightness):
+        return self.cnn(image) + self.brightness(brightness)
+'''
+DICT_BATCHES = ["data_loader.type=DigitsDictLoader", "arch.type=TwoInputNet", "arch.args={width: 8}",
+                "trainer.type=DictBatchTrainer", "trainer.args={inputs: [image, brightness], target: label}"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the template with the user's dict-batch loader and two-input model."""
+    folder = tmp_path_factory.mktemp("user") / "project"
+    assert run_script("new_project.py", str(folder)).returncode == 0
+    (folder / "data_loader" / "data_loaders.py").write_text(textwrap.dedent(DATA_LOADERS).lstrip())
+    (folder / "model" / "model.py").write_text(textwrap.dedent(MODEL).lstrip())
+    return folder
+
+
+def small_trainer(*overrides: str):
+    config = Config.load(REPO / "configs" / "config.yaml", [*FAST, *overrides])
+    data = build_data_loader(config["data_loader"], config["seed"])
+    model = build_model(config)
+    return build_trainer(config, model=model, criterion=build_criterion(config), metrics=build_metrics(config),
+                         optimizer=build_optimizer(config, model), device=torch.device("cpu"),
+                         train_loader=data.train_loader(), val_loader=data.val_loader())
+
+
+def test_the_weight_penalty_is_added_to_the_training_loss_only():
+    trainer = small_trainer(*REGULARIZED)
+    data, target = next(iter(trainer.train_loader))
+    step = trainer.training_step(trainer.model, (data, target))
+    plain = trainer.criterion(step.output, target)
+    weights = [p for name, p in trainer.model.named_parameters() if name.endswith("weight") and p.dim() > 1]
+    penalty = 1.0e-4 * sum(w.abs().sum() for w in weights) + 1.0e-3 * sum(w.pow(2).sum() for w in weights)
+    assert torch.allclose(step.loss, plain + penalty) and penalty > 1e-3
+    with torch.no_grad():
+        val = trainer.validation_step(trainer.model, (data, target))
+        assert torch.allclose(val.loss, trainer.criterion(val.output, target))
+    with pytest.raises(ConfigError, match="trainer.args.l2 must be a number >= 0"):
+        small_trainer("trainer.type=RegularizedTrainer", "trainer.args={l2: -1}")
+    with pytest.raises(ConfigError, match="wrong args for trainer type 'RegularizedTrainer'.*'l3'"):
+        small_trainer("trainer.type=RegularizedTrainer", "trainer.args={l3: 1}")
+
+
+def test_dict_batches_name_the_missing_key(project, tmp_path):
+    result = run_script("train.py", "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}",
+                        *FAST, *DICT_BATCHES, "trainer.args.target=digit", cwd=project, script_dir=project)
+    assert result.returncode == 2 and not tmp_path.joinpath("models").exists()
+    assert "DictBatchTrainer: the batch has no 'digit' (it holds image, brightness, label)" in result.stderr
+
+
+def killed_and_resumed(folder, tmp_path, *extra):
+    """Train uninterrupted, then again with a SIGKILL at step 7 and a resume; the two final checkpoints."""
+    args = [*ARGS, "trainer.epochs=2", "lr_scheduler.args.T_max=2", *extra]
+    reference = run_script("train.py", *args, f"trainer.save_dir={tmp_path}", "--run-id", "ref", cwd=folder,
+                           script_dir=folder)
+    assert reference.returncode == 0, reference.stderr
+    killed = subprocess.run([sys.executable, str(folder / "tests" / "interrupt.py"), "--at", "step:7", "--send", "KILL",
+                             "--", *args, f"trainer.save_dir={tmp_path}", "--run-id", "killed"], cwd=folder,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    runs = tmp_path / "models" / "digits_cnn"
+    resumed = run_script("train.py", "--resume", str(runs / "killed"), cwd=folder, script_dir=folder)
+    assert resumed.returncode == 0, resumed.stderr
+    return runs / "ref" / "checkpoint-latest.pth", runs / "killed" / "checkpoint-latest.pth"
+
+
+def test_regularized_trainer_resumes_bit_identically_after_sigkill(tmp_path):
+    assert_same_state(*killed_and_resumed(REPO, tmp_path, *REGULARIZED))
+
+
+def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, tmp_path):
+    assert_same_state(*killed_and_resumed(project, tmp_path, *DICT_BATCHES))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+@pytest.mark.parametrize("subclass", ["regularized", "dict"])
+def test_subclasses_train_under_two_process_ddp(project, tmp_path, subclass):
+    extra = REGULARIZED if subclass == "regularized" else DICT_BATCHES
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(project / "train.py"), "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}",
+               *FAST, "trainer.epochs=1", *extra]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(next((tmp_path / "models" / "digits_cnn").iterdir()) / "checkpoint-latest.pth")
+    assert state["world_size"] == 2 and state["config"]["trainer"]["type"] == extra[-2].split("=")[1]

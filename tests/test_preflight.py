@@ -1,0 +1,103 @@
+"""Check before writing: one batch goes through the model, the loss, the metrics and backward before the run
+folder exists, so mismatches stop with one message, exit code 2 and nothing written; and the check leaves no
+trace in the run."""
+import torch
+
+import train
+from data_loader.factory import build_data_loader
+from model.factory import build_criterion, build_metrics, build_model, build_optimizer
+from trainer import preflight
+from trainer.checkpoint import load_checkpoint
+from trainer.factory import build_trainer
+from trainer.metric_tracker import as_scalar
+from utils.config import Config
+
+from conftest import FAST, REPO, fast_args, only_run
+
+RGB = "data_loader.args.image_mode=rgb"
+
+
+def refused(save_dir, capsys, *extra):
+    code = train.main(fast_args(save_dir, *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and not save_dir.exists(), err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    return err
+
+
+def test_rgb_images_into_a_one_channel_model_are_refused_before_writing(save_dir, capsys):
+    err = refused(save_dir, capsys, RGB)
+    assert "inputs ((64, 3, 8, 8) float32, (64,) int64)" in err
+    assert "arch.args.in_channels" in err and "data_loader.args.image_mode" in err
+
+
+def test_a_model_with_too_few_classes_is_refused_before_writing(save_dir, capsys):
+    err = refused(save_dir, capsys, "arch.args.num_classes=6")
+    assert "The model gives 6 outputs per sample, but the data has 10 classes" in err
+    assert "arch.args.num_classes" in err
+
+
+def test_a_label_outside_the_head_is_refused_when_the_data_does_not_say_its_classes(save_dir, capsys):
+    err = refused(save_dir, capsys, "arch.args.num_classes=6", "data_loader.args.num_classes=null")
+    assert "but the model gives 6 outputs per sample (classes 0..5)" in err
+
+
+def test_an_output_that_the_loss_would_broadcast_against_the_target_is_refused(save_dir, capsys):
+    err = refused(save_dir, capsys, "loss={type: MSELoss}", "arch.args.num_classes=1", "metrics=[]",
+                  "trainer.monitor=min val_loss", "data_loader.args.target_transform=[{type: OneHot, args: "
+                  "{num_classes: 10}}]")
+    assert "(64, 1) float32 and the target (64, 10) float32 have different shapes" in err
+
+
+def test_a_metric_that_returns_no_single_number_is_refused(save_dir, capsys, monkeypatch):
+    import model.builtin.metrics
+
+    monkeypatch.setattr(model.builtin.metrics, "accuracy", lambda output, target: output.argmax(1) == target)
+    err = refused(save_dir, capsys)
+    assert "The metric 'accuracy' returned a Tensor of shape (64,)" in err
+
+
+def test_metrics_may_return_python_and_numpy_numbers_and_tensors():
+    import numpy as np
+
+    cpu = torch.device("cpu")
+    for value in (0.5, 1, np.float32(0.5), np.float64(0.5), np.int64(1), torch.tensor(0.5), torch.tensor([0.5])):
+        scalar = as_scalar(value, "m", cpu)
+        assert scalar.shape == () and scalar.dtype == torch.float32 and float(scalar) == float(value)
+    for bad in ("0.5", [0.5], torch.ones(2), None, True):
+        try:
+            as_scalar(bad, "m", cpu)
+        except Exception as e:
+            assert "The metric 'm' returned a" in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_a_run_with_the_check_is_bit_identical_to_one_without(tmp_path, monkeypatch):
+    args = ["trainer.epochs=1", "arch.args.dropout=0.5", "--run-id", "r",  # dropout and BatchNorm: RNG and buffers
+            "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
+            "{type: ToDtype, args: {dtype: float32, scale: true}}]"]
+    assert train.main(fast_args(tmp_path / "checked", *args)) == 0
+    monkeypatch.setattr(train, "check_one_batch", lambda *a: None)
+    assert train.main(fast_args(tmp_path / "unchecked", *args)) == 0
+    a = load_checkpoint(only_run(tmp_path / "checked") / "checkpoint-latest.pth")
+    b = load_checkpoint(only_run(tmp_path / "unchecked") / "checkpoint-latest.pth")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "weights or buffers differ"
+    assert torch.equal(a["per_rank"][0]["rng"]["torch"], b["per_rank"][0]["rng"]["torch"])
+    assert a["history"] == b["history"]
+
+
+def test_the_check_puts_back_buffers_gradients_and_random_state():
+    config = Config.load(REPO / "configs" / "config.yaml", FAST)
+    data = build_data_loader(config["data_loader"], config["seed"])
+    model = build_model(config)
+    trainer = build_trainer(config, model=model, criterion=build_criterion(config), metrics=build_metrics(config),
+                            optimizer=build_optimizer(config, model), device=torch.device("cpu"),
+                            train_loader=data.train_loader(), val_loader=data.val_loader())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    preflight.check_one_batch(trainer, 10)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(rng, torch.get_rng_state()) and model.training

@@ -1,0 +1,75 @@
+"""Metric bookkeeping on the device: sample-weighted sums of the loss and metrics, exact over all processes."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import torch
+
+from utils import distributed
+from utils.errors import ConfigError
+
+
+def batch_size(target: Any) -> int:
+    """Samples in a batch: the length of the target, or of the first tensor in a structured target."""
+    if isinstance(target, torch.Tensor):
+        return target.size(0) if target.dim() else 1
+    values = target.values() if isinstance(target, dict) else target if isinstance(target, (list, tuple)) else []
+    for value in values:
+        n = batch_size(value)
+        if n:
+            return n
+    return 0
+
+
+def as_scalar(value: Any, name: str, device: torch.device) -> torch.Tensor:
+    """A metric's value as a 0-d float tensor on `device`: a one-element tensor (on any device), a Python number
+    or a NumPy scalar."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.detach().reshape(()).float().to(device)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return torch.tensor(float(value), device=device)
+    shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+    raise ConfigError(f"The metric '{name}' returned a {type(value).__name__}{shape}; a metric returns one number "
+                      "per batch (its mean over the batch): a 0-d tensor, a Python number or a NumPy scalar. "
+                      f"Fix the function, or remove '{name}' from the config's metrics.")
+
+
+class MetricTracker:
+    """Sample-weighted sums of the loss and metrics, kept as one tensor on the device.
+
+    Each batch adds `value * batch_size`, so a short last batch weighs what it holds. Reading the result
+    (`result()`) is the only host synchronisation.
+    """
+
+    def __init__(self, metrics: dict[str, Callable], device: torch.device):
+        self.metrics = metrics
+        self.device = device
+        self.names = ["loss", *metrics]
+        # float64 keeps long epochs' sums exact (MPS has no float64).
+        self.sums = torch.zeros(len(self.names), device=device,
+                                dtype=torch.float32 if device.type == "mps" else torch.float64)
+        self.count = 0
+
+    def update(self, loss: torch.Tensor, output: Any, target: Any) -> None:
+        n = batch_size(target)
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            output = output.float()  # metrics see float32 outputs under mixed precision too
+        values = [loss.detach().float()] + [as_scalar(fn(output, target), name, self.device)
+                                            for name, fn in self.metrics.items()]
+        self.sums += torch.stack(values) * n
+        self.count += n
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        """Means over every sample seen, by all processes under DDP (sums and counts are all-reduced, so the
+        figures are exact, not an average of per-process averages). A collective call under DDP."""
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+        *sums, count = distributed.all_reduce(totals).tolist()
+        return {prefix + name: total / max(count, 1) for name, total in zip(self.names, sums)}
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = state["sums"].to(self.sums.device)
+        self.count = state["count"]

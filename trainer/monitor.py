@@ -1,0 +1,63 @@
+"""Best-model monitoring and early stopping (`trainer.monitor`, `trainer.early_stop`), and which epoch
+checkpoints to keep (`trainer.save_top_k`); its state goes into every checkpoint."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from trainer.checkpoint import keep_top_k
+from utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    """Tracks `min <key>` or `max <key>` of the logged values: the best so far and epochs since it improved."""
+
+    def __init__(self, spec: str, logged: list[str], source: str):
+        self.mode, self.key = ("off", None) if spec == "off" else spec.split()
+        if self.key is not None and self.key not in logged:
+            raise ConfigError(f"{source}: trainer.monitor names '{self.key}', which is not logged. "
+                              f"Logged values: {', '.join(logged)}.")
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.not_improved = 0
+        self.kept: list[list] = []  # [value, file name] of the epoch checkpoints kept
+
+    def update(self, epoch_log: dict[str, float]) -> bool:
+        """Record an epoch's values; whether the monitored one improved (a NaN never does)."""
+        if self.key is None:
+            return False
+        value = epoch_log[self.key]
+        improved = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
+        if improved:
+            self.best, self.not_improved = value, 0
+        else:
+            self.not_improved += 1
+        return improved
+
+    def early_stopped(self, patience: int) -> bool:
+        if patience and self.key is not None and self.not_improved >= patience:
+            log.info("%s has not improved for %d epochs (best %.6g): stopping early.",
+                     self.key, self.not_improved, self.best)
+            return True
+        return False
+
+    def keep(self, epoch: int, epoch_log: dict[str, float], k: int) -> tuple[bool, list[str]]:
+        """Whether `checkpoint-epoch<epoch>.pth` is among the `k` best (newest without a monitor), and which
+        kept files to delete once it is written."""
+        name = f"checkpoint-epoch{epoch}.pth"
+        if self.key is None:
+            value, mode = float(epoch), "max"
+        else:
+            value, mode = epoch_log[self.key], self.mode
+            if not math.isfinite(value):
+                value = math.inf if mode == "min" else -math.inf
+        self.kept, write, evict = keep_top_k(self.kept, value, name, k, mode)
+        return write, evict
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "not_improved": self.not_improved, "kept": self.kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.not_improved, self.kept = state["best"], state["not_improved"], state["kept"]

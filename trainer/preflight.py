@@ -1,0 +1,138 @@
+"""Check before writing: one batch of the training data goes through the training step (model and loss), the
+metrics and backward before the run folder is created, so that a model that does not fit its data, a label
+outside the model's classes, or a metric of the wrong kind stops with one message and writes nothing.
+
+The check leaves no trace: the random state, BatchNorm statistics, gradients and the data order are as they were,
+so a run with it is bit-identical to one without it.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import warnings
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainer.metric_tracker import as_scalar
+from utils.device import autocast, to_device
+from utils.errors import ConfigError, TemplateError, reason
+from utils.rng import get_rng_state, set_rng_state
+
+
+def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
+    """Run `trainer.training_step` on one training batch with the unwrapped model, then put everything back.
+    `num_classes` is the data's number of classes when the loader knows it (data_loader.args.num_classes)."""
+    model, loader = trainer.model, trainer.train_loader
+    rng, buffers = get_rng_state(), [(b, b.clone()) for b in model.buffers()]
+    grads, was_training = [(p, p.grad) for p in model.parameters()], model.training
+    criterion = trainer.criterion
+    trainer.criterion = lambda output, target: _checked_loss(criterion, output, target, num_classes)
+    try:
+        batch = to_device(first_batch(loader), trainer.device, trainer.cfg["channels_last"])
+        model.train()
+        try:
+            with autocast(trainer.device, trainer.amp_dtype):
+                step = trainer.training_step(model, batch)
+        except TemplateError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"One batch of the training data (inputs {describe(batch)}) does not go through the "
+                              f"model and the loss: {reason(e)}. {_hint(reason(e))} Nothing was written.") from None
+        _check_loss(step.loss)
+        output = step.output.float() if isinstance(step.output, torch.Tensor) and step.output.is_floating_point() \
+            else step.output
+        for name, fn in trainer.metrics.items():
+            try:
+                as_scalar(fn(output, step.target), name, trainer.device)
+            except TemplateError:
+                raise
+            except Exception as e:
+                raise ConfigError(f"The metric '{name}' fails on a batch of the model's output {describe(output)} and "
+                                  f"target {describe(step.target)}: {reason(e)}. Fix the function or remove it from "
+                                  "the config's metrics.") from None
+        step.loss.backward()
+    finally:
+        trainer.criterion = criterion
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for param, grad in grads:
+            param.grad = grad
+        model.train(was_training)
+        set_rng_state(rng)
+        if getattr(loader, "bad_samples", None) is not None:
+            loader.bad_samples.take()  # samples the check skipped are counted again in the epoch
+
+
+def first_batch(loader: Any) -> Any:
+    """The first batch of `loader`. A DataLoader's is assembled from its sampler, dataset and collate function
+    directly, so that no worker starts and no generator of the loader draws."""
+    if isinstance(loader, DataLoader):
+        indices = list(itertools.islice(iter(loader.sampler), loader.batch_size or 1))
+        return loader.collate_fn([loader.dataset[i] for i in indices])
+    return next(iter(loader))
+
+
+def describe(value: Any) -> str:
+    """Shapes and dtypes of the tensors in a (nested) batch, for messages."""
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(describe(v) for v in value) + ")"
+    return type(value).__name__
+
+
+def _checked_loss(criterion: Any, output: Any, target: Any, num_classes: int | None) -> torch.Tensor:
+    """The loss, after checking that class-index targets fit the model's outputs, and with torch's warning about
+    a target that would be broadcast against the output turned into an error."""
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and isinstance(target, torch.Tensor) \
+            and target.dim() == 1 and not target.is_floating_point():
+        classes = output.shape[1]
+        if num_classes is not None and classes != num_classes:
+            raise ConfigError(f"The model gives {classes} outputs per sample, but the data has {num_classes} classes "
+                              "(data_loader.args.num_classes). Set the model's number of classes (arch.args."
+                              f"num_classes, or your model's equivalent) to {num_classes}. Nothing was written.")
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= classes:
+            raise ConfigError(f"A batch holds label {high if high >= classes else low}, but the model gives {classes} "
+                              f"outputs per sample (classes 0..{classes - 1}). Set arch.args.num_classes (and "
+                              "data_loader.args.num_classes) to the number of classes in the data. Nothing was "
+                              "written.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = criterion(output, target)
+    for warning in caught:
+        if "target size" in str(warning.message):
+            raise ConfigError(f"The model's output {describe(output)} and the target {describe(target)} have different "
+                              "shapes, so the loss would broadcast them and compare every output with every target. "
+                              "Make the model's output shape match the target (e.g. arch.args.out_features), or "
+                              "reshape the target in the data loader. Nothing was written.")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loss
+
+
+def _check_loss(loss: Any) -> None:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        raise ConfigError(f"The loss must be one floating-point number per batch (a 0-d tensor); it is "
+                          f"{describe(loss)}. Use a reduction such as mean (e.g. loss.args.reduction: mean). Nothing "
+                          "was written.")
+    if not loss.requires_grad:
+        raise ConfigError("The loss does not depend on any trainable parameter of the model (it has no gradient): "
+                          "check that the training step computes it from the model's output, and that the model is "
+                          "not entirely frozen (arch.args.freeze). Nothing was written.")
+
+
+def _hint(message: str) -> str:
+    """What to change for the usual ways a model and its data fail to fit."""
+    if re.search(r"channels", message):
+        return ("The images' channel count differs from the model's: set arch.args.in_channels (or your model's "
+                "equivalent) to the data's, or convert the images when reading with data_loader.args.image_mode "
+                "(gray: 1 channel, rgb: 3).")
+    if re.search(r"shapes cannot be multiplied|size mismatch|must match the size", message):
+        return ("The data's shape does not fit the model's layer sizes: set the model's input size in arch.args to "
+                "the data's, or resize the data with a transform (data_loader.args.transform, eval_transform).")
+    return "Check that arch.args fit the data (the input shape above) and that the loss fits the model's output."

@@ -1,0 +1,137 @@
+"""What a checkpoint holds and how a resume restores it, as a part of the Trainer (`TrainingState`): the model's
+parameters and buffers, optimizer, scheduler, AMP scaler, loop position, monitor, history, data order, the data
+loader's own state (e.g. fitted statistics) and every process's RNG state and running sums."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpoint import BEST, FORMAT, LATEST, atomic_write, save_checkpoint
+from utils import distributed
+from utils.errors import CheckpointError, TrainingError, reason
+from utils.rng import get_rng_state, set_rng_state
+from utils.run import RunPaths
+
+log = logging.getLogger(__name__)
+
+HISTORY = "history.jsonl"  # in the run's log folder: one JSON line per epoch, rewritten from the checkpoint
+
+
+def write_history(run: RunPaths, history: list[dict[str, float]]) -> None:
+    """`history.jsonl` in the run's log folder: one JSON line per epoch, replaced atomically."""
+    path = run.log / HISTORY
+    try:
+        atomic_write(path, "".join(json.dumps(row) + "\n" for row in history).encode())
+    except OSError as e:
+        raise TrainingError(f"Could not write '{path}': {e.strerror or e}. Training stopped; the checkpoints are "
+                            "intact. Free disk space (or fix the folder's permissions) and continue with: "
+                            f"python train.py --resume {run.models}") from None
+
+
+class TrainingState:
+    """The checkpoint side of the Trainer: `state_dict`, `load_state_dict` and the saves during a run."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: tensors and plain values only."""
+        return {
+            "format": FORMAT,
+            "torch_version": str(torch.__version__),
+            "config": self.config.data,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step},
+            "monitor": self.monitor.state_dict(),
+            "history": self.history,
+            "data": {**self.train_loader.sampler.state_dict(), "batch_size": self.train_loader.batch_size},
+            "data_loader": self.data_state,
+            "world_size": self.dist.world_size,
+            # Each process's own random state and running sums, in rank order (one entry without DDP).
+            "per_rank": distributed.gather({"rng": get_rng_state(), "tracker": self.tracker.state_dict()}),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            if self.scaler.is_enabled() and state["scaler"] is not None:
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"The checkpoint does not fit the model or optimizer built from the config: "
+                                  f"{reason(e)}. Resume with the checkpoint's own config (omit -c), "
+                                  "or start a new run.") from None
+        loop = state["loop"]
+        self.epoch, self.batch_idx, self.global_step = loop["epoch"], loop["batch_idx"], loop["global_step"]
+        self.monitor.load_state_dict(state["monitor"])
+        self.history = state.get("history", [])  # checkpoints written before history was kept have none
+        ranks, world = state["per_rank"], state["world_size"]
+        saved_batch = state["data"].get("batch_size", self.train_loader.batch_size)
+        seed = self.train_loader.sampler.seed
+        if state["data"]["seed"] != seed and (self.batch_idx or self.val_loader is not None):
+            harm = ("pick another validation split, moving validation samples into training"
+                    if self.val_loader is not None
+                    else f"reorder the rest of epoch {self.epoch}, so samples would be seen twice or not at all")
+            raise CheckpointError(f"The checkpoint was trained with seed {state['data']['seed']}; seed {seed} would "
+                                  f"{harm}. Resume without changing the seed, or start a new run with -c.")
+        if world == self.dist.world_size and saved_batch == self.train_loader.batch_size:
+            self.tracker.load_state_dict(ranks[self.dist.rank]["tracker"])
+        else:
+            self._rederive_position(ranks, world, saved_batch)
+        set_rng_state(ranks[min(self.dist.rank, len(ranks) - 1)]["rng"])
+
+    def _rederive_position(self, ranks: list[dict], world: int, saved_batch: int) -> None:
+        """Resume with another number of processes or batch size: continue from the same global sample
+        position (rounded down to a whole step), with the running sums on rank 0."""
+        batch = self.train_loader.batch_size
+        seen = self.batch_idx * saved_batch * world
+        self.batch_idx = seen // (batch * self.dist.world_size)
+        if self.dist.is_main:
+            self.tracker.load_state_dict({"sums": sum(r["tracker"]["sums"] for r in ranks),
+                                          "count": sum(r["tracker"]["count"] for r in ranks)})
+        if seen:
+            log.warning("The checkpoint was written by %d process(es) with batch size %d, this run has %d with %d: "
+                        "the data order of epoch %d is re-derived from sample %d on (batch %d); random draws will "
+                        "differ from an uninterrupted run.", world, saved_batch, self.dist.world_size, batch,
+                        self.epoch, seen, self.batch_idx)
+
+    def save(self, names: list[str]) -> Path:
+        """Write the state to `names` in the run's models folder: every process contributes its state, rank 0
+        writes while the others wait. Returns the first file's path."""
+        paths = [self.run.models / name for name in names]
+        distributed.on_main(save_checkpoint, self.state_dict(), paths)
+        self.last_save_time = time.monotonic()
+        return paths[0]
+
+    def save_epoch(self, epoch: int, epoch_log: dict[str, float], improved: bool) -> Path:
+        """The end-of-epoch saves: `checkpoint-latest.pth`, `model_best.pth` when the monitored value improved,
+        and `checkpoint-epochN.pth` every `save_period` epochs, of which the `save_top_k` best are kept."""
+        names = [LATEST]
+        if improved:
+            if not all(torch.isfinite(t).all() for t in self.model.state_dict().values() if t.is_floating_point()):
+                raise TrainingError("The weights hold NaN or Inf values; model_best.pth was not overwritten.")
+            names.append(BEST)
+        evict: list[str] = []
+        if self.cfg["save_period"] and epoch % self.cfg["save_period"] == 0:
+            write, evict = self.monitor.keep(epoch, epoch_log, self.cfg["save_top_k"])
+            if write:
+                names.append(f"checkpoint-epoch{epoch}.pth")
+        latest = self.save(names)
+        for name in evict if self.dist.is_main else ():
+            (self.run.models / name).unlink(missing_ok=True)
+        if improved:
+            log.info("Saved %s (%s %.6g).", self.run.models / BEST, self.monitor.key, self.monitor.best)
+        return latest
+
+    def write_history(self) -> None:
+        """Every epoch's values, one JSON line each, in `history.jsonl`: for programs that follow a run as it
+        trains without TensorBoard (tune.py prunes trials with it). Written whole from the history the checkpoint
+        holds, so that after a kill and `--resume` the file matches the checkpoint, whatever moment the kill hit."""
+        distributed.on_main(write_history, self.run, self.history)
