@@ -10,6 +10,8 @@ import torch
 
 from utils.errors import ConfigError
 
+__all__ = ["accuracy", "top_k_acc", "mae", "rmse", "r2"]  # the names a config may give; not ConfigError
+
 
 def _labels(target: torch.Tensor) -> torch.Tensor:
     """Class indices, also when the targets are one-hot or soft labels."""

@@ -14,6 +14,11 @@ __all__ = ["DigitsCNN", "MLP", "MnistModel"]
 _ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "swish": Swish}
 
 
+def _check_activation(activation: str) -> None:
+    if activation not in _ACTIVATIONS:
+        raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
+
+
 def _conv_block(in_channels: int, out_channels: int, batch_norm: bool, activation: str) -> list[nn.Module]:
     norm = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
     return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm), norm, _ACTIVATIONS[activation]()]
@@ -27,8 +32,7 @@ class DigitsCNN(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, dropout: float = 0.2,
                  batch_norm: bool = True, activation: str = "relu"):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
+        _check_activation(activation)
         self.features = nn.Sequential(
             *_conv_block(in_channels, width, batch_norm, activation),
             *_conv_block(width, 2 * width, batch_norm, activation),
@@ -50,8 +54,7 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, hidden: list[int] | tuple[int, ...] = (64, 64), out_features: int = 1,
                  dropout: float = 0.0, activation: str = "relu"):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
+        _check_activation(activation)
         self.in_features = in_features
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden]
