@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import torch
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from data_loader.base import BaseDataLoader
 from data_loader.datasets import CsvImageDataset, ImageFolderDataset
-from utils.errors import ConfigError, DataError, reason
+from data_loader.table import Standardize, TableDataset, read_table
+from utils.errors import CheckpointError, ConfigError, DataError, reason
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,63 @@ class ImageFolderDataLoader(BaseDataLoader):
                             f"({', '.join(differ)}), so their labels would not match. Give both trees the same "
                             "class folders.")
         return dataset
+
+
+class TableDataLoader(BaseDataLoader):
+    """Regression on a table: the numeric `features` columns and the `target` column of one CSV file, whose
+    optional `split` column (train/test) says which rows are held out for testing; without it, every row is
+    a training row. Each sample is (features (F,), target (1,)), both float32: the target keeps a dimension
+    of its own so that it has the shape of a model output with `out_features: 1` (an output (B, 1) against
+    targets (B,) would broadcast to (B, B) in a loss).
+
+    The features are standardised with the mean and standard deviation of the rows that train the model
+    (the training split after the validation rows are carved out), applied to every split; `state_dict()`
+    holds those statistics for the checkpoint, and `load_state_dict()` puts them back, so a model is evaluated
+    with the statistics it was trained with. Targets are left as they are.
+    """
+
+    def __init__(self, csv_file: str = "data/diabetes/diabetes.csv", target: str = "target",
+                 features: list[str] | None = None, **kwargs):
+        if features is not None and (not isinstance(features, list) or not all(isinstance(c, str) for c in features)):
+            raise ConfigError(f"data_loader.args.features must be a list of column names, got {features!r}.")
+        super().__init__(**kwargs)
+        self.csv_file = Path(csv_file)
+        self.target = target
+        self.tables, self.features, self.has_split = read_table(self.csv_file, target, features, self.skip_bad)
+        if not self.tables["train"].lines:
+            raise DataError(f"'{self.csv_file}' has no training rows (split: train). Check its 'split' column "
+                            "(expected values: train, test).")
+        self.standardize = Standardize()
+        self.standardize.fit(self.tables["train"].features[self.split()[0]])
+        log.info("Table %s: target '%s', features %s", self.csv_file, target, ", ".join(self.features))
+
+    def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        table = self.tables["train" if train else "test"]
+        if not train and not table.lines:
+            cause = "lists no rows for split 'test'" if self.has_split else "has no 'split' column"
+            raise DataError(f"'{self.csv_file}' {cause}, so there is no test split. Mark the test rows with "
+                            "'test' in a split column (the others 'train').")
+        return TableDataset(table, self.csv_file, self.standardize, transform, self.target_transform)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The standardisation fitted on the training rows, with the columns it belongs to."""
+        return {"features": list(self.features), "target": self.target, "mean": self.standardize.mean.clone(),
+                "std": self.standardize.std.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Use the statistics a model was trained with instead of those fitted here; `{}` (a checkpoint of a run
+        that saved none) keeps these. Columns other than the training run's are refused."""
+        if not state:
+            log.warning("The checkpoint holds no standardisation statistics; using those fitted on the training "
+                        "rows of '%s'.", self.csv_file)
+            return
+        if state["features"] != self.features or state["target"] != self.target:
+            raise CheckpointError(f"The model was trained on the features {', '.join(state['features'])} and the "
+                                  f"target '{state['target']}', but '{self.csv_file}' gives the features "
+                                  f"{', '.join(self.features)} and the target '{self.target}'. Set "
+                                  "data_loader.args.features and target to the training run's columns.")
+        self.standardize.mean = torch.as_tensor(state["mean"], dtype=torch.float32)
+        self.standardize.std = torch.as_tensor(state["std"], dtype=torch.float32)
 
 
 # torchvision datasets a config can name, with the folder under `data_dir` where they live and their files.

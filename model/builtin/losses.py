@@ -3,6 +3,8 @@ in neither are looked up in `torch.nn` (e.g. `loss: {type: CrossEntropyLoss, arg
 import torch
 import torch.nn.functional as F
 
+from model.builtin.metrics import _columns
+
 
 def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """For models that return log-probabilities (log_softmax)."""
@@ -12,3 +14,9 @@ def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """For models that return logits; `target` may be class indices or class probabilities (one-hot)."""
     return F.cross_entropy(output, target)
+
+
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, for regression (TableDataLoader's targets are (B, 1), like an MLP's outputs with
+    `out_features: 1`); outputs and targets of different shapes stop with an error instead of broadcasting."""
+    return F.mse_loss(*_columns(output, target, "mse_loss"))

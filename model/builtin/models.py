@@ -9,9 +9,14 @@ from torch import nn
 from model.builtin.activation import Swish
 from utils.errors import ConfigError
 
-__all__ = ["DigitsCNN", "MnistModel"]
+__all__ = ["DigitsCNN", "MLP", "MnistModel"]
 
 _ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "swish": Swish}
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in _ACTIVATIONS:
+        raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
 
 
 def _conv_block(in_channels: int, out_channels: int, batch_norm: bool, activation: str) -> list[nn.Module]:
@@ -27,8 +32,7 @@ class DigitsCNN(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, dropout: float = 0.2,
                  batch_norm: bool = True, activation: str = "relu"):
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
+        _check_activation(activation)
         self.features = nn.Sequential(
             *_conv_block(in_channels, width, batch_norm, activation),
             *_conv_block(width, 2 * width, batch_norm, activation),
@@ -40,6 +44,31 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron for tabular data (TableDataLoader): `in_features` inputs, one linear layer per entry
+    of `hidden` followed by `activation` and dropout, and a linear output of `out_features` (1 for one regression
+    target, the shape of TableDataLoader's targets)."""
+
+    def __init__(self, in_features: int, hidden: list[int] | tuple[int, ...] = (64, 64), out_features: int = 1,
+                 dropout: float = 0.0, activation: str = "relu"):
+        super().__init__()
+        _check_activation(activation)
+        self.in_features = in_features
+        layers: list[nn.Module] = []
+        sizes = [in_features, *hidden]
+        for size_in, size_out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(size_in, size_out), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        self.layers = nn.Sequential(*layers)
+        self.output = nn.Linear(sizes[-1], out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:  # else torch's "mat1 and mat2 shapes cannot be multiplied"
+            raise ConfigError(f"MLP: the data has {x.shape[-1]} feature columns but arch.args.in_features is "
+                              f"{self.in_features}. Set in_features to the number of features (TableDataLoader "
+                              "logs them at start).")
+        return self.output(self.layers(x))
 
 
 class MnistModel(nn.Module):
