@@ -1,9 +1,8 @@
-"""The test R² of a trained table model over the whole test split at once, next to that of a linear model.
+"""The test R² of a trained table model next to that of a linear model, for the README's comparison.
 
-`test.py` averages `r2` over batches, each measured against its own batch mean; this script gives the exact
-figure of the split. The baseline is ordinary least squares (`torch.linalg.lstsq`, with an intercept) fitted on
-the same standardised training rows, without the validation rows. The data is rebuilt from the checkpoint's
-config (same seed, so the same split and the same standardisation).
+The model's figure is the one `test.py` prints (the split's exact R²). The baseline is ordinary least squares
+(`torch.linalg.lstsq`, with an intercept) fitted on the same standardised training rows, without the validation
+rows. The data is rebuilt from the checkpoint's config (same seed, same split, the saved standardisation).
 
     python scripts/diabetes_r2.py saved/models/diabetes_mlp/<run_id>/model_best.pth
 """

@@ -13,7 +13,7 @@ from model.builtin.losses import mse_loss
 from model.builtin.metrics import mae, r2, rmse
 from model.builtin.models import MLP
 from trainer.checkpoint import load_checkpoint
-from trainer.evaluate import MetricTracker
+from trainer.metric_tracker import MetricTracker
 from utils.errors import CheckpointError, ConfigError, DataError
 
 from conftest import REPO, only_run
@@ -169,15 +169,17 @@ def test_regression_metrics_and_loss_match_hand_computations():
         r2(torch.zeros(4, 3), TARGET)
 
 
-def test_batch_averaged_rmse_is_below_the_exact_figure_and_sqrt_of_the_loss_is_exact():
-    tracker = MetricTracker({"rmse": rmse, "r2": r2}, torch.device("cpu"))
-    for rows in (slice(0, 2), slice(2, 4)):
+def test_rmse_and_r2_are_exact_over_an_epoch_of_several_batches():
+    tracker = MetricTracker({"rmse": rmse, "r2": r2, "mae": mae}, torch.device("cpu"))
+    for rows in (slice(0, 1), slice(1, 4)):  # batches of unequal size
         tracker.update(mse_loss(OUTPUT[rows], TARGET[rows]), OUTPUT[rows], TARGET[rows])
     logged = tracker.result()
-    assert math.sqrt(logged["loss"]) == pytest.approx(math.sqrt(1.5))
-    assert logged["rmse"] == pytest.approx((math.sqrt(0.5) + math.sqrt(2.5)) / 2) and logged["rmse"] < math.sqrt(1.5)
-    # Each batch against its own mean: SST 2 and 8, SSE 1 and 5, not 1 - 6/14 over the four samples.
-    assert logged["r2"] == pytest.approx(((1 - 1 / 2) + (1 - 5 / 8)) / 2)
+    assert logged["rmse"] == pytest.approx(math.sqrt(1.5)) == pytest.approx(math.sqrt(logged["loss"]))
+    assert logged["r2"] == pytest.approx(1 - 6 / 14)  # against the mean of all four targets, not each batch's
+    assert logged["mae"] == pytest.approx(float((OUTPUT - TARGET).abs().mean()))
+    resumed = MetricTracker({"rmse": rmse, "r2": r2, "mae": mae}, torch.device("cpu"))
+    resumed.load_state_dict(tracker.state_dict())  # a mid-epoch checkpoint keeps the totals
+    assert resumed.result() == logged
 
 
 def test_mlp_maps_features_to_one_output_and_names_a_wrong_feature_count():
@@ -199,5 +201,5 @@ def test_diabetes_config_trains_and_writes_a_checkpoint(save_dir):
     assert checkpoint["config"]["arch"]["type"] == "MLP" and "output.bias" in checkpoint["model"]
     history = [json.loads(line) for line in (save_dir / "log" / run.parent.name / run.name / "history.jsonl").open()]
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["val_loss"] < history[0]["val_loss"]
-    assert all(h["val_rmse"] <= math.sqrt(h["val_loss"]) for h in history)
+    assert all(h["val_rmse"] == pytest.approx(math.sqrt(h["val_loss"])) for h in history)
     assert train.main(["-c", config, f"trainer.save_dir={save_dir}", "data_loader.args.target=progression"]) == 2

@@ -35,41 +35,68 @@ def as_scalar(value: Any, name: str, device: torch.device) -> torch.Tensor:
                       f"Fix the function, or remove '{name}' from the config's metrics.")
 
 
+def summed(fn: Callable) -> tuple[Callable, Callable] | None:
+    """`(sums, finish)` of a metric computed from totals over the epoch (model/builtin/metrics.py: rmse, r2), or
+    None for a metric that is a batch mean."""
+    fn = getattr(fn, "func", fn)  # a metric with args is a functools.partial
+    sums, finish = getattr(fn, "sums", None), getattr(fn, "finish", None)
+    return (sums, finish) if callable(sums) and callable(finish) else None
+
+
 class MetricTracker:
     """Sample-weighted sums of the loss and metrics, kept as one tensor on the device.
 
-    Each batch adds `value * batch_size`, so a short last batch weighs what it holds. Reading the result
-    (`result()`) is the only host synchronisation.
+    Each batch adds `value * batch_size`, so a short last batch weighs what it holds; a metric that is not a
+    mean of per-sample values (`summed`) adds its own sums instead, and its figure is made from their totals.
+    Reading the result (`result()`) is the only host synchronisation.
     """
 
     def __init__(self, metrics: dict[str, Callable], device: torch.device):
         self.metrics = metrics
         self.device = device
         self.names = ["loss", *metrics]
+        self.summed = {name: parts for name, fn in metrics.items() if (parts := summed(fn)) is not None}
         # float64 keeps long epochs' sums exact (MPS has no float64).
-        self.sums = torch.zeros(len(self.names), device=device,
-                                dtype=torch.float32 if device.type == "mps" else torch.float64)
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.sums = torch.zeros(len(self.names), device=device, dtype=self.dtype)
+        self.totals: dict[str, torch.Tensor] = {}  # the summed metrics' totals, created on the first batch
         self.count = 0
 
     def update(self, loss: torch.Tensor, output: Any, target: Any) -> None:
         n = batch_size(target)
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             output = output.float()  # metrics see float32 outputs under mixed precision too
-        values = [loss.detach().float()] + [as_scalar(fn(output, target), name, self.device)
-                                            for name, fn in self.metrics.items()]
+        values = [loss.detach().float()]
+        for name, fn in self.metrics.items():
+            if name in self.summed:
+                sums = self.summed[name][0](output, target).detach().to(self.device, self.dtype)
+                self.totals[name] = self.totals[name] + sums if name in self.totals else sums
+                values.append(values[0].new_zeros(()))
+            else:
+                values.append(as_scalar(fn(output, target), name, self.device))
         self.sums += torch.stack(values) * n
         self.count += n
 
     def result(self, prefix: str = "") -> dict[str, float]:
-        """Means over every sample seen, by all processes under DDP (sums and counts are all-reduced, so the
+        """Figures over every sample seen, by all processes under DDP (sums and counts are all-reduced, so the
         figures are exact, not an average of per-process averages). A collective call under DDP."""
-        totals = torch.cat([self.sums, self.sums.new_tensor([self.count])])
-        *sums, count = distributed.all_reduce(totals).tolist()
-        return {prefix + name: total / max(count, 1) for name, total in zip(self.names, sums)}
+        summed = [name for name in self.summed if name in self.totals]
+        parts = [self.sums, self.sums.new_tensor([self.count]), *(self.totals[name] for name in summed)]
+        flat = distributed.all_reduce(torch.cat(parts))
+        *sums, count = flat[:len(self.names) + 1].tolist()
+        result = {prefix + name: total / max(count, 1) for name, total in zip(self.names, sums)}
+        offset = len(self.names) + 1
+        for name in summed:
+            size = len(self.totals[name])
+            result[prefix + name] = float(self.summed[name][1](flat[offset:offset + size]))
+            offset += size
+        return result
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu(), "count": self.count}
+        return {"sums": self.sums.cpu(), "count": self.count,
+                "totals": {name: total.cpu() for name, total in self.totals.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums = state["sums"].to(self.sums.device)
         self.count = state["count"]
+        self.totals = {name: total.to(self.device) for name, total in state.get("totals", {}).items()}

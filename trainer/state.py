@@ -94,8 +94,10 @@ class TrainingState:
         seen = self.batch_idx * saved_batch * world
         self.batch_idx = seen // (batch * self.dist.world_size)
         if self.dist.is_main:
+            totals = [r["tracker"].get("totals", {}) for r in ranks]
             self.tracker.load_state_dict({"sums": sum(r["tracker"]["sums"] for r in ranks),
-                                          "count": sum(r["tracker"]["count"] for r in ranks)})
+                                          "count": sum(r["tracker"]["count"] for r in ranks),
+                                          "totals": {k: sum(t[k] for t in totals if k in t) for k in totals[0]}})
         if seen:
             log.warning("The checkpoint was written by %d process(es) with batch size %d, this run has %d with %d: "
                         "the data order of epoch %d is re-derived from sample %d on (batch %d); random draws will "

@@ -2,10 +2,10 @@
 batch mean as a tensor on the batch's device; the trainer weights it by the batch size and reads it back only
 when it logs (no `.item()` per step).
 
-The trainer's figure for an epoch is the mean of the batch values weighted by batch size. For `accuracy`,
-`top_k_acc` and `mae` that is the exact figure over the epoch; for `rmse` and `r2`, which are not means of
-per-sample values, it is not (see their docstrings): the exact RMSE is the square root of the logged loss under
-`mse_loss`, and an exact R² needs a batch as large as the split."""
+The trainer's figure for an epoch is the mean of the batch values weighted by batch size, which is exact for
+means of per-sample values (`accuracy`, `top_k_acc`, `mae`). A metric that is not such a mean (`rmse`, `r2`)
+carries `sums` (a batch's sums, a 1-D tensor) and `finish` (the figure from their totals): the trainer adds the
+sums over the epoch, so its figure is exact whatever the batch size."""
 import torch
 
 from utils.errors import ConfigError
@@ -32,10 +32,12 @@ def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.T
 
 
 def _columns(output: torch.Tensor, target: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output and target as (B, K) columns. Shapes that differ would broadcast ((B, 1) against (B,) gives
-    (B, B)) into a plausible but wrong figure, so they stop with an error instead."""
+    """Output and target as (B, K) columns, in float64 where the device has it (sums of squares stay exact).
+    Shapes that differ would broadcast ((B, 1) against (B,) gives (B, B)) into a plausible but wrong figure, so
+    they stop with an error instead."""
     shapes = tuple(output.shape), tuple(target.shape)
-    output, target = output.reshape(len(output), -1), target.reshape(len(target), -1)
+    dtype = torch.float32 if output.device.type == "mps" else torch.float64
+    output, target = output.reshape(len(output), -1).to(dtype), target.reshape(len(target), -1).to(dtype)
     if output.shape != target.shape:
         raise ConfigError(f"{name}: the model's outputs have the shape {shapes[0]} and the targets {shapes[1]}; "
                           "they must match. Set the model's number of outputs (arch.args.out_features) to the "
@@ -50,24 +52,47 @@ def mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (output - target).abs().mean()
 
 
-def rmse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Root mean squared error of the batch, in the targets' units. The trainer averages it over batches, which is
-    not the epoch's RMSE: the mean of square roots is at most the square root of the mean, so the logged figure
-    is low unless the batch holds the whole split. The exact figure is sqrt(loss) under `mse_loss`."""
+def _squared_error_sums(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[sum of squared errors, number of values] of a batch."""
     with torch.no_grad():
         output, target = _columns(output, target, "rmse")
-        return (output - target).square().mean().sqrt()
+        return torch.stack([(output - target).square().sum(), output.new_tensor(output.numel())])
+
+
+def _rmse_from(sums: torch.Tensor) -> torch.Tensor:
+    return (sums[0] / sums[1]).sqrt()
+
+
+def rmse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Root mean squared error, in the targets' units. The trainer sums the squared errors over the epoch, so the
+    logged figure is the split's exact RMSE whatever the batch size."""
+    return _rmse_from(_squared_error_sums(output, target))
+
+
+def _r2_sums(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per target column: the sum of squared errors, of targets and of squared targets; then the row count."""
+    with torch.no_grad():
+        output, target = _columns(output, target, "r2")
+        return torch.cat([(target - output).square().sum(dim=0), target.sum(dim=0), target.square().sum(dim=0),
+                          target.new_tensor([len(target)])])
+
+
+def _r2_from(sums: torch.Tensor) -> torch.Tensor:
+    sse, total, squares = sums[:-1].reshape(3, -1)
+    sst = squares - total.square() / sums[-1]
+    constant = (sse == 0).to(sse.dtype)
+    return torch.where(sst > 0, 1 - sse / sst, constant).mean()
 
 
 def r2(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Coefficient of determination of the batch, 1 - SSE / SST, with SST about the batch's own target mean
-    (averaged over target columns). 1 is perfect, 0 is as good as predicting that mean. A batch whose targets
-    are all equal gives 1 if predicted exactly, else 0 (scikit-learn's convention) instead of a division by zero.
-    Averaged over batches by the trainer it differs from the R² of the whole split (each batch is measured
-    against its own mean, and small batches are noisy); it is exact when the batch holds the whole split."""
-    with torch.no_grad():
-        output, target = _columns(output, target, "r2")
-        sse = (target - output).square().sum(dim=0)
-        sst = (target - target.mean(dim=0)).square().sum(dim=0)
-        constant = (sse == 0).to(sse.dtype)
-        return torch.where(sst > 0, 1 - sse / sst, constant).mean()
+    """Coefficient of determination, 1 - SSE / SST with SST about the targets' mean (averaged over target
+    columns): 1 is perfect, 0 is as good as predicting the mean. The trainer sums SSE and the target moments over
+    the epoch, so the logged figure is the split's exact R² whatever the batch size. Targets that are all equal
+    give 1 if predicted exactly, else 0 (scikit-learn's convention), instead of a division by zero."""
+    return _r2_from(_r2_sums(output, target))
+
+
+# Metrics computed from sums over the epoch (trainer/metric_tracker.py): `sums` of a batch, and the figure
+# `finish` makes of their totals.
+rmse.sums, rmse.finish = _squared_error_sums, _rmse_from
+r2.sums, r2.finish = _r2_sums, _r2_from
