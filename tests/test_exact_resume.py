@@ -18,9 +18,11 @@ ARGS = ["-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8", "train
         "data_loader.args.batch_size=64", "lr_scheduler.args.T_max=3"]
 
 
-def interrupted(at: str, sig: str, *train_args: str) -> subprocess.CompletedProcess:
+def interrupted(at: str, sig: str, *train_args: str, group: bool = False) -> subprocess.CompletedProcess:
+    """train.py with `sig` sent at `at`; with `group`, to its whole process group (in a session of its own)."""
     return subprocess.run([sys.executable, str(REPO / "tests" / "interrupt.py"), "--at", at, "--send", sig,
-                           "--", *train_args], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           *(["--group"] if group else []), "--", *train_args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, start_new_session=group)
 
 
 def assert_same_state(a_path, b_path):
@@ -78,13 +80,15 @@ def test_stop_signals_save_and_exit_then_resume_is_bit_identical(tmp_path, refer
     assert_same_state(reference, run / "checkpoint-latest.pth")
 
 
-def test_worker_processes_replay_augmentation_exactly(tmp_path):
+def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp_path):
+    # The workers get the SIGTERM too (a terminal's kill, a job scheduler, Kubernetes); they leave it to the trainer.
     args = ARGS + ["data_loader.args.num_workers=2", "trainer.epochs=2"]
     ref = run_script("train.py", *args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a")
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "b" / "models" / "digits_cnn" / "b"
-    result = interrupted("step:10", "KILL", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b")
-    assert result.returncode == -signal.SIGKILL
+    result = interrupted("step:10", "TERM", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b", group=True)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr and "Stopped by SIGTERM" in result.stdout
     assert run_script("train.py", "--resume", str(run)).returncode == 0
     assert_same_state(tmp_path / "a" / "models" / "digits_cnn" / "a" / "checkpoint-latest.pth",
                       run / "checkpoint-latest.pth")
