@@ -23,7 +23,7 @@ from utils.device import configure_backends, select_device
 from utils.errors import ConfigError, TemplateError, reason
 from utils.log import setup_logging
 from utils.rng import seed_everything
-from utils.run import RunPaths, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, new_run, run_of_checkpoint
 from utils.summary import model_summary
 
 log = logging.getLogger("train")
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train(args: argparse.Namespace) -> dict[str, float]:
     if args.config is None and args.resume is None:
         raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
+    if args.run_id is not None:
+        folder_name(args.run_id, "--run-id")
     checkpoint_path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
     config = Config.load(args.config, args.overrides, base=checkpoint["config"] if checkpoint else None,
                          lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)

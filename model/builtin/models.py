@@ -29,6 +29,9 @@ class DigitsCNN(nn.Module):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
+        for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"arch.args.{key} must be a whole number >= 1, got {value!r}.")
         self.features = nn.Sequential(
             *_conv_block(in_channels, width, batch_norm, activation),
             *_conv_block(width, 2 * width, batch_norm, activation),
