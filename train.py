@@ -91,8 +91,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     def open_run() -> RunPaths:
         if checkpoint:
+            run = run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])  # checks it can write there
             remove_temp_files(checkpoint_path.parent)
-            return run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])
+            return run
         return new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
 
     run = distributed.on_main(open_run)
