@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import torch
 
+import test as test_script
 import train
 import tune
 from utils import run as run_module
@@ -147,3 +148,21 @@ def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, cap
     assert tune.main(["--resume", str(folder)]) == 2
     assert "search.json: the trial id must be a folder name such as run1" in one_error(capsys)
     assert (victim / "keep.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_test_py_falls_back_from_a_damaged_model_best_and_says_so(run_copy, capsys):
+    best = run_copy / "model_best.pth"
+    best.write_bytes(best.read_bytes()[:2000])
+    assert test_script.main(["--resume", str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "model_best.pth' is truncated or corrupt" in out
+    assert f"Using 'checkpoint-latest.pth', the newest intact checkpoint in '{run_copy}'." in out
+    assert f"{run_copy / 'checkpoint-latest.pth'} (epoch 1, step 2) on the test split: 20 samples" in out
+
+
+def test_resume_of_a_file_that_is_not_a_checkpoint_says_what_it_is(run_copy, capsys):
+    assert train.main(["--resume", str(run_copy / "config.yaml")]) == 2
+    err = one_error(capsys)
+    assert "config.yaml' is a text file (it begins 'name: digits_cnn'), not a training checkpoint" in err
+    assert "weights_only=False" not in err
