@@ -9,10 +9,15 @@ import subprocess
 import pytest
 import torch
 
+import new_project
 import test as test_script
 import train
 import tune
+from data_loader.checks import CheckedDataset
+from model.builtin import metrics
+from model.builtin.metrics import top_k_acc
 from utils import run as run_module
+from utils.errors import DataError
 from utils.run import run_of_checkpoint
 
 from conftest import FAST, REPO
@@ -166,3 +171,28 @@ def test_resume_of_a_file_that_is_not_a_checkpoint_says_what_it_is(run_copy, cap
     err = one_error(capsys)
     assert "config.yaml' is a text file (it begins 'name: digits_cnn'), not a training checkpoint" in err
     assert "weights_only=False" not in err
+
+
+# ---------------------------------------------------------------------- the first ten minutes
+def test_top_k_acc_with_k_at_or_above_the_classes_warns_once(caplog, monkeypatch):
+    monkeypatch.setattr(metrics, "_warned_top_k", set(), raising=False)
+    output, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    top_k_acc(output, target, k=2)  # k below the classes: no warning
+    assert "top_k_acc" not in caplog.text
+    assert top_k_acc(output, target, k=3) == 1.0 and top_k_acc(output, target, k=3) == 1.0
+    assert caplog.text.count("top_k_acc: k=3, but the model scores 3 classes") == 1
+    assert "metric is always 1.0. Give it a smaller k (metrics: [{type: top_k_acc, args: {k: 2}}])" in caplog.text
+
+
+def test_one_channel_is_singular():
+    gray = CheckedDataset([(torch.zeros(1, 8, 8), 0)], channels=3)
+    with pytest.raises(DataError, match=r"has 1 channel, but data_loader\.args\.channels is 3"):
+        gray[0]
+
+
+def test_new_project_names_the_environment_setup_before_training(tmp_path, capsys):
+    assert new_project.main([str(tmp_path / "mine")]) == 0
+    steps = capsys.readouterr().out.splitlines()[1:]
+    assert [s.split()[0:3] for s in steps] == [["cd", str(tmp_path / "mine")], ["python", "-m", "venv"],
+                                               ["source", ".venv/bin/activate", "(Windows:"],
+                                               ["pip", "install", "-r"], ["python", "train.py", "-c"]]
