@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from utils.errors import DataError, reason
+from utils.errors import DataError, not_utf8, reason
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,8 @@ class CsvImageDataset(Dataset):
         try:
             text = raw.decode("utf-8-sig")  # Excel starts its "CSV UTF-8" files with a byte-order mark
         except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
-            raise DataError(f"'{csv_path}' is not UTF-8 text: line {line} holds the byte 0x{raw[e.start]:02x}, as in "
-                            "a file saved as Latin-1 or Windows-1252 (Excel's plain 'CSV' format). Save it as UTF-8 "
-                            "(Excel: 'CSV UTF-8').") from None
+            raise DataError(f"{not_utf8(csv_path, raw, e)}, as in a file saved as Latin-1 or Windows-1252 (Excel's "
+                            "plain 'CSV' format). Save it as UTF-8 (Excel: 'CSV UTF-8').") from None
         reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = {"file", "label"} - set(reader.fieldnames or [])
         if missing:

@@ -19,7 +19,7 @@ BROKEN = {
     "unknown key": (None, ["trainer.epoch=3"], "unknown key 'trainer.epoch'.*Did you mean 'epochs'"),
     "missing data": (None, ["data_loader.args.data_dir=no/such/folder"], "Data folder 'no/such/folder' not found"),
     "unlogged monitor": (None, ["trainer.monitor=max val_f1"], "trainer.monitor names 'val_f1', which is not logged"),
-    "not utf-8": (CONFIG.encode() + "name: café\n".encode("latin-1"), [], r"broken\.yaml is not UTF-8 text \(line"),
+    "not utf-8": (CONFIG.encode() + "name: café\n".encode("latin-1"), [], r"broken\.yaml' is not UTF-8 text: line \d+ holds the byte 0xe9"),
     "key twice": (CONFIG + "trainer:\n  epochs: 1\n", [], r"the key 'trainer' is written twice in one mapping, "
                   r"on lines \d+ and \d+"),
     "null trainer": (None, ["trainer=null"], r"command line \(trainer=null\): 'trainer' must be a mapping"),

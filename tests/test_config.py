@@ -158,11 +158,11 @@ def test_flags_and_overrides_may_be_mixed_in_any_order():
 def test_a_config_that_is_not_utf8_text_is_named(tmp_path):
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(MINIMAL.encode() + "name: café\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match=r"latin\.yaml is not UTF-8 text \(line 6 holds the byte 0xe9\)"):
+    with pytest.raises(ConfigError, match=r"latin\.yaml' is not UTF-8 text: line 6 holds the byte 0xe9\. A config"):
         Config.load(latin)
     binary = tmp_path / "image.yaml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    with pytest.raises(ConfigError, match=r"image\.yaml is not UTF-8 text.*check that -c names your config"):
+    with pytest.raises(ConfigError, match=r"image\.yaml' is not UTF-8 text.*check that -c names your config"):
         Config.load(binary)
 
 

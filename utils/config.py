@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from utils.errors import ConfigError, Source, blame, reason, suggest
+from utils.errors import ConfigError, Source, blame, not_utf8, reason, suggest
 from utils.registry import lookup
 from utils.run import folder_name
 
@@ -157,9 +157,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path} is not UTF-8 text (line {line} holds the byte "
-                          f"0x{raw[e.start]:02x}). A config is a YAML or JSON text file: check that -c names your "
+        raise ConfigError(f"{not_utf8(path, raw, e)}. A config is a YAML or JSON text file: check that -c names your "
                           "config and not another file, and save it with the UTF-8 encoding.") from None
     try:
         if path.suffix == ".json":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -101,6 +102,12 @@ class Source(str):
 def blame(source: str, key: str) -> str:
     """`source.of(key)` for a config's Source; any other source (a plain description) as it is."""
     return source.of(key) if isinstance(source, Source) else source
+
+
+def not_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> str:
+    """"'<path>' is not UTF-8 text: line N holds the byte 0x..", for a file whose `data` failed to decode."""
+    line = data[:e.start].count(b"\n") + 1
+    return f"'{path}' is not UTF-8 text: line {line} holds the byte 0x{data[e.start]:02x}"
 
 
 def plural(count: int, noun: str) -> str:
