@@ -155,6 +155,15 @@ def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, cap
     assert (victim / "keep.txt").read_text() == "mine"
 
 
+
+def test_tune_refuses_a_search_id_that_leads_elsewhere(tmp_path, capsys):
+    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", *FAST,
+            "--grid", "optimizer.args.lr=1e-3,1e-2", "--search-id", "../../x"]
+    assert tune.main(args) == 2
+    assert "--search-id must be a folder name such as run1" in one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------- checkpoints
 def test_test_py_falls_back_from_a_damaged_model_best_and_says_so(run_copy, capsys):
     best = run_copy / "model_best.pth"
