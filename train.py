@@ -24,7 +24,7 @@ from utils.device import configure_backends, select_device
 from utils.errors import NETWORK_ERRORS, ConfigError, TemplateError, network_error, reason
 from utils.log import setup_logging
 from utils.rng import seed_everything
-from utils.run import RunPaths, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, new_run, run_of_checkpoint
 from utils.summary import model_summary
 
 log = logging.getLogger("train")
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train(args: argparse.Namespace) -> dict[str, float]:
     if args.config is None and args.resume is None:
         raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
+    if args.run_id is not None:
+        folder_name(args.run_id, "--run-id")
     checkpoint_path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
     config = Config.load(args.config, args.overrides, base=checkpoint["config"] if checkpoint else None,
                          lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)
@@ -94,8 +96,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     def open_run() -> RunPaths:
         if checkpoint:
+            run = run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])  # checks it can write there
             remove_temp_files(checkpoint_path.parent)
-            return run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])
+            return run
         return new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
 
     run = distributed.on_main(open_run)

@@ -32,9 +32,9 @@ import train
 from trainer.checkpoint import atomic_write, find_checkpoint
 from trainer.state import HISTORY
 from utils.config import Config
-from utils.errors import CheckpointError, ConfigError, TemplateError
+from utils.errors import CheckpointError, ConfigError, TemplateError, reason
 from utils.log import setup_logging
-from utils.run import RunPaths, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, new_run, run_of_checkpoint
 from utils.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
 
 log = logging.getLogger("tune")
@@ -124,6 +124,20 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return definition, f"{config['name']}_tune"
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """A search's `search.json`, checked before any trial folder is touched: a trial id is a folder of the search
+    that a trial run started over deletes, so an edited id such as '../..' must never be followed."""
+    try:
+        state = json.loads(path.read_text())
+        folder_name(state["name"], f"{path}: the name", nested=True)
+        for trial in state["trials"]:
+            folder_name(trial["id"], f"{path}: the trial id")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"'{path}' is damaged ({reason(e)}); tune.py writes it whole, so it was edited or cut off. "
+                          "Restore it from a backup, or start a new search with another --search-id.") from None
+    return state
+
+
 def _new_trial(index: int, params: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"trial-{index:03d}", "params": params, "status": "pending", "best": None, "epochs": 0,
             "seconds": 0.0, "error": ""}
@@ -149,6 +163,8 @@ class Search:
         if args.resume and rest and args.config is None:
             raise ConfigError(f"--resume continues the search in '{args.resume}' as it was defined; give it alone, "
                               f"or after the search's whole original command (-c ... included).")
+        if args.search_id is not None:
+            folder_name(args.search_id, "--search-id")
         definition, name = plan(args) if rest or not args.resume else (None, None)
         folder = Path(args.resume) if args.resume else None
         if folder is None and args.search_id:
@@ -165,7 +181,7 @@ class Search:
         if not (folder / STATE).is_file():
             raise ConfigError(f"'{folder}' is not a search folder (it has no {STATE}). Pass the folder tune.py "
                               "printed when the search started: saved/models/<name>_tune/<search_id>.")
-        state = json.loads((folder / STATE).read_text())
+        state = _read_state(folder / STATE)
         if definition is not None:
             changed = [key for key in DEFINITION if definition[key] != state[key]]
             if changed:
@@ -246,7 +262,7 @@ class Search:
     def rows(self) -> list[dict[str, Any]]:
         return [{"rank": rank, "trial": t["id"], "status": t["status"], self.monitor_key: t["best"],
                  "epochs": t["epochs"], "seconds": t["seconds"], **t["params"],
-                 "run": str(self.paths.models / t["id"]), "error": t["error"]}
+                 "run": os.path.abspath(self.paths.models / t["id"]), "error": t["error"]}
                 for rank, t in enumerate(self.ranked(), 1)]
 
     def write_results(self) -> None:

@@ -66,8 +66,14 @@ class BaseDataLoader:
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
                  target_transform: list | None = None, num_classes: int | None = None, channels: int | None = None,
                  skip_bad: bool = False, seed: int = 0):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"data_loader.args.batch_size must be a whole number >= 1, got {batch_size!r}.")
+        for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise DataError(f"data_loader.args.{key} must be a whole number >= {minimum}, got {value!r}.")
+        share = validation_split
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0 \
+                or (isinstance(share, float) and share >= 1):
+            raise DataError(f"data_loader.args.validation_split must be a fraction of the training samples from 0 to "
+                            f"below 1 (0.1) or a number of them (500), got {validation_split!r}.")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.validation_split = validation_split

@@ -1,12 +1,22 @@
 """Run folders: `<save_dir>/models/<name>/<run_id>/` for checkpoints and the config,
-`<save_dir>/log/<name>/<run_id>/` for the log file and TensorBoard events."""
+`<save_dir>/log/<name>/<run_id>/` for the log file and TensorBoard events.
+
+Every folder the template writes is one of these: `name` and the run id are folder names that cannot lead out of
+`save_dir` ('..', an absolute path), and a checkpoint outside this layout is continued in its own folder.
+"""
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -19,19 +29,52 @@ class RunPaths:
         return self.models.name
 
 
+def folder_name(value: Any, what: str, nested: bool = False) -> str:
+    """`value` as the name of a folder under save_dir (a whole number such as 2024 is read as text). Refused when it
+    is not one plain folder name, since '..', '/' or an absolute path would write elsewhere; `nested` accepts
+    several joined by '/' (tune.py's trials are runs of the experiment `<name>_tune/<search_id>`)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    parts = text.split("/") if isinstance(text, str) and nested else [text]
+    if not all(isinstance(p, str) and p.strip() and p not in (".", "..") and not set(p) & {"/", "\\", "\0"}
+               for p in parts):
+        example = "digits_cnn, or several joined by '/'," if nested else "run1"
+        quote = " Quote a number with a decimal point to keep it as written ('1.10')." if isinstance(value, float) \
+            else ""
+        raise ConfigError(f"{what} must be a folder name such as {example} without '..', '\\' or a leading '/', so "
+                          f"that the run stays under trainer.save_dir; got {value!r}.{quote}")
+    return text
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the working directory when it lies under it, else absolute: a resumed run prints its
+    folders as a fresh run with the default `save_dir: saved/` does."""
+    path = Path(os.path.abspath(path))
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def _make_writable(folder: Path, fix: str) -> None:
+    """Create `folder` (and its parents) and check that a file can be written in it, before a run starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ConfigError(f"Cannot write in '{folder}' ({e.strerror or e}). {fix}") from None
+
+
 def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPaths:
     """Create the folders of a new run. The default run id is a timestamp; runs started in the same second
     get `-2`, `-3`, ... (the folder is created atomically, so two processes never share one)."""
     base = Path(save_dir)
+    fix = f"Choose a writable trainer.save_dir (now '{save_dir}') or fix the folder's permissions."
     if run_id is not None:
-        models = base / "models" / name / run_id
+        models = base / "models" / name / folder_name(run_id, "--run-id")
         if models.exists() and any(models.iterdir()):
             raise ConfigError(f"The run folder '{models}' already exists and is not empty. Continue it with "
                               f"--resume {models}, or choose another --run-id.")
-        models.mkdir(parents=True, exist_ok=True)
+        _make_writable(models, fix)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        (base / "models" / name).mkdir(parents=True, exist_ok=True)
+        _make_writable(base / "models" / name, fix)
         for attempt in range(1, 10_000):
             models = base / "models" / name / (stamp if attempt == 1 else f"{stamp}-{attempt}")
             try:
@@ -39,17 +82,26 @@ def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPa
                 break
             except FileExistsError:
                 continue
-    log = base / "log" / name / models.name
-    log.mkdir(parents=True, exist_ok=True)
-    return RunPaths(models, log)
+    log_dir = base / "log" / name / models.name
+    _make_writable(log_dir, fix)
+    return RunPaths(models, log_dir)
 
 
 def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
     """The run a checkpoint (or another file of the run's models folder) belongs to: a resumed run keeps writing
     there, so its log, TensorBoard steps and early-stop counter go on where they were. `name` is the experiment
-    name the run was made with; it may hold '/' (tune.py's trials are `<name>_tune/<search_id>/trial-NNN`)."""
-    models = checkpoint.resolve().parent
-    models_root = models.parents[len(Path(name).parts)]  # <save_dir>/models
-    log = models_root.parent / "log" / name / models.name
-    log.mkdir(parents=True, exist_ok=True)
-    return RunPaths(models, log)
+    name the run was made with (it may hold '/'). A checkpoint outside `<save_dir>/models/<name>/<run_id>/`
+    (copied or downloaded elsewhere) is continued in its own folder, which then holds the log too."""
+    models = Path(os.path.abspath(checkpoint)).parent
+    parts = Path(folder_name(name, f"The experiment name saved in '{checkpoint}'", nested=True)).parts
+    if models.parts[-len(parts) - 2:-1] == ("models", *parts) and len(models.parts) > len(parts) + 2:
+        log_dir = models.parents[len(parts) + 1] / "log" / name / models.name
+    else:
+        log_dir = models
+        log.info("'%s' is not in a <save_dir>/models/%s/<run_id> folder: the run goes on in '%s', log included.",
+                 shown(checkpoint), name, shown(models))
+    fix = ("A resumed run writes its checkpoints and log there: fix the folder's permissions, or copy the run "
+           "folder somewhere writable and resume the copy.")
+    for folder in (models, log_dir):
+        _make_writable(folder, fix)
+    return RunPaths(shown(models), shown(log_dir))
