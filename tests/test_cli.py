@@ -18,7 +18,8 @@ BROKEN = {
     "wrong args": (None, ["optimizer.args.momentum_typo=0.9"], "wrong args for optimizer type 'AdamW'"),
     "unknown key": (None, ["trainer.epoch=3"], "unknown key 'trainer.epoch'.*Did you mean 'epochs'"),
     "missing data": (None, ["data_loader.args.data_dir=no/such/folder"], "Data folder 'no/such/folder' not found"),
-    "unlogged monitor": (None, ["trainer.monitor=max val_f1"], "trainer.monitor names 'val_f1', which is not logged"),
+    "unlogged monitor": (None, ["trainer.monitor=max val_f1"],
+                         r"command line \(trainer.monitor=max val_f1\): trainer.monitor names 'val_f1', which is not logged"),
     "not utf-8": (CONFIG.encode() + "name: café\n".encode("latin-1"), [], r"broken\.yaml' is not UTF-8 text: line \d+ holds the byte 0xe9"),
     "key twice": (CONFIG + "trainer:\n  epochs: 1\n", [], r"the key 'trainer' is written twice in one mapping, "
                   r"on lines \d+ and \d+"),

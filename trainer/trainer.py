@@ -28,7 +28,7 @@ from utils import distributed
 from utils.config import Config
 from utils.device import autocast, to_device
 from utils.distributed import Dist
-from utils.errors import ConfigError, TrainingError
+from utils.errors import ConfigError, TrainingError, blame
 from utils.run import RunPaths
 
 __all__ = ["Step", "Trainer"]
@@ -79,7 +79,7 @@ class Trainer(TrainingState):
             find_unused_parameters=self.cfg["find_unused_parameters"])
         if (isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and config["lr_scheduler"]["interval"] == "step"):
-            raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
+            raise ConfigError(f"{blame(config.source, 'lr_scheduler')}: ReduceLROnPlateau needs the monitored value, which exists once per "
                               "epoch; set lr_scheduler.interval: epoch.")
         logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
         self.monitor = Monitor(self.cfg["monitor"] if train_loader is not None else "off", logged, config.source)
