@@ -9,12 +9,13 @@ import logging
 import random
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
 from data_loader.factory import build_data_loader, data_state, load_data_state
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
-from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
+from trainer.checkpoint import check_resume_config, find_resume, remove_temp_files
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
 from trainer.signals import StopRequested
@@ -24,7 +25,7 @@ from utils.device import configure_backends, select_device
 from utils.errors import NETWORK_ERRORS, ConfigError, TemplateError, network_error, reason
 from utils.log import setup_logging
 from utils.rng import seed_everything
-from utils.run import RunPaths, folder_name, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
 from utils.summary import model_summary
 
 log = logging.getLogger("train")
@@ -57,9 +58,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
     if args.run_id is not None:
         folder_name(args.run_id, "--run-id")
-    checkpoint_path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
-    config = Config.load(args.config, args.overrides, base=checkpoint["config"] if checkpoint else None,
-                         lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)
+    # --resume: a checkpoint, or a run folder stopped before its first checkpoint (started again from its config).
+    checkpoint_path, checkpoint, saved = find_resume(args.resume) if args.resume else (None, None, None)
+    config = Config.load(args.config, args.overrides, base=saved, lr=args.lr, bs=args.bs, epochs=args.epochs,
+                         seed=args.seed, name=args.name, device=args.device)
     if checkpoint is not None:
         check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
     trainer_cfg = config["trainer"]
@@ -95,11 +97,14 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     check_one_batch(trainer, getattr(data, "num_classes", None))  # the last check before anything is written
 
     def open_run() -> RunPaths:
-        if checkpoint:
-            run = run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])  # checks it can write there
-            remove_temp_files(checkpoint_path.parent)
-            return run
-        return new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
+        """The run's folders (the resumed run's, or new ones), locked against a second writer."""
+        if args.resume:  # checks that it can write there
+            run = run_of_checkpoint(checkpoint_path or Path(args.resume) / "config.yaml", saved["name"])
+        else:
+            run = new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
+        lock_run(run.models)
+        remove_temp_files(run.models)
+        return run
 
     run = distributed.on_main(open_run)
     if dist.is_main:
@@ -117,7 +122,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                  ", ".join(unused_keys(config.data)))
     distributed.on_main(save_config, config.data, run.models / "config.yaml")
 
-    result = trainer.fit(run)
+    try:
+        result = trainer.fit(run)
+    except TemplateError as e:
+        if e.exit_code == 2 and not args.resume and dist.is_main and not any(run.models.glob("*.pth")):
+            setup_logging(trainer_cfg["verbosity"])  # closes train.log
+            remove_run(run)
+            log.info("Removed the new run's folders %s and %s: the run stopped on bad input before its first "
+                     "checkpoint.", run.models, run.log)
+        raise
     if trainer.monitor.key is not None:
         log.info("Done. Best %s: %.6g, saved in %s", trainer.monitor.key, trainer.monitor.best,
                  run.models / "model_best.pth")
@@ -150,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("Interrupted. Continue from the last checkpoint with: python train.py --resume <run folder>")
         return 130
     finally:
+        release_runs()
         distributed.shutdown()
     return 0
 

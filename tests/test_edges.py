@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -205,3 +206,36 @@ def test_new_project_names_the_environment_setup_before_training(tmp_path, capsy
     assert [s.split()[0:3] for s in steps] == [["cd", str(tmp_path / "mine")], ["python", "-m", "venv"],
                                                ["source", ".venv/bin/activate", "(Windows:"],
                                                ["pip", "install", "-r"], ["python", "train.py", "-c"]]
+
+
+# ---------------------------------------------------------------------- faults that lose or strand work
+def test_a_second_process_on_a_live_run_folder_is_refused(run_copy, capsys):
+    from utils.run import lock_run, release_runs
+
+    lock_run(run_copy)  # as the first training process holds it while it trains
+    try:
+        before = sorted(p.name for p in run_copy.iterdir())
+        result = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(run_copy)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert f"The run folder '{run_copy}' is in use by another training process (pid {os.getpid()})" in result.stderr
+        assert sorted(p.name for p in run_copy.iterdir()) == before
+    finally:
+        release_runs()
+    assert train.main(["--resume", str(run_copy), "trainer.epochs=2"]) == 0  # free again once the holder is done
+
+
+def test_a_corrupt_image_found_in_the_first_epoch_removes_the_new_run(tmp_path, capsys):
+    data = tiny_digits(tmp_path / "digits")
+    # A validation image: the check before writing reads a training batch only, so training starts and writes.
+    from data_loader.builtin import CsvImageDataLoader
+
+    loader = CsvImageDataLoader(data_dir=str(data), validation_split=20, seed=0)
+    dataset = loader.make_dataset(True, None)
+    victim = data / dataset.samples[loader.split()[1][0]][0]
+    victim.write_bytes(b"not a png")
+    assert train.main(train_args(tmp_path / "saved", data)) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot read image '{victim}'" in err
+    assert not list((tmp_path / "saved" / "models" / "digits_cnn").iterdir())
+    assert not list((tmp_path / "saved" / "log" / "digits_cnn").iterdir())

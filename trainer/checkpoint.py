@@ -186,6 +186,30 @@ def find_checkpoint(path: str | Path, first: str = LATEST) -> tuple[Path, dict[s
                           "above). Start a new run.")
 
 
+def find_resume(path: str | Path) -> tuple[Path | None, dict[str, Any] | None, dict[str, Any]]:
+    """What `--resume` names: (checkpoint file, checkpoint, its config); or, for a run folder that was stopped
+    before its first checkpoint (killed, a full disk, bad data in the first epoch), (None, None, the config.yaml
+    the run saved), so that the run starts again from it in the same folder."""
+    path = Path(path)
+    config_file = path / "config.yaml"
+    if path.is_dir() and not any(path.glob("*.pth")) and config_file.is_file():
+        from utils.config import read_config_file  # only here: the config module builds objects, this one does not
+
+        return None, None, read_config_file(config_file)
+    checkpoint_path, checkpoint = find_checkpoint(path)
+    return checkpoint_path, checkpoint, checkpoint["config"]
+
+
+def best_in_file(path: Path) -> float | None:
+    """The monitored value a best-model file was saved with, or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path)["monitor"]["best"]
+    except CheckpointError:
+        return None
+
+
 def remove_temp_files(folder: Path) -> None:
     """Delete half-written temporary files left by a save that was killed."""
     for temp in folder.glob(f".*{_TEMP_MARK}*"):

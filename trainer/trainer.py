@@ -125,6 +125,7 @@ class Trainer(TrainingState):
         """Train until `epochs` or early stopping, writing logs and checkpoints into `run`; return the last
         epoch's values."""
         self.run = run
+        self.check_best_file()
         self.write_history()
         if self.epoch > self.epochs:
             log.warning("This run already finished epoch %d of %d; raise trainer.epochs to train longer.",

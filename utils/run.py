@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from utils.errors import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second writer is not detected there
+    fcntl = None
+
 log = logging.getLogger(__name__)
+
+_locks: list[IO] = []  # lock files this process holds open (and so locked) while it trains
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,38 @@ def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
     for folder in (models, log_dir):
         _make_writable(folder, fix)
     return RunPaths(shown(models), shown(log_dir))
+
+
+def lock_run(models: Path) -> None:
+    """Hold an exclusive lock on a run folder while this process writes there, released when it ends (the system
+    releases it even after kill -9): a second process on the same run would delete the first one's temporary
+    files, mix their logs, and the last writer's checkpoints would win."""
+    if fcntl is None:
+        return
+    handle = open(models / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ConfigError(f"The run folder '{models}' is in use by another training process"
+                          f"{f' (pid {holder})' if holder else ''}. Let it finish or stop it first; to train from "
+                          "the same checkpoint at the same time, copy the run folder and resume the copy.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _locks.append(handle)
+
+
+def release_runs() -> None:
+    """Release the locks of `lock_run` (at the end of train.py's main)."""
+    while _locks:
+        _locks.pop().close()
+
+
+def remove_run(run: RunPaths) -> None:
+    """Delete a new run's folders, when it stopped on bad input before anything worth keeping was saved."""
+    for folder in (run.models, run.log):
+        shutil.rmtree(folder, ignore_errors=True)
