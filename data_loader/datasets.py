@@ -35,10 +35,19 @@ def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) 
                         "(or set data_loader.args.skip_bad: true to skip such files).") from None
 
 
+def _is_whole_number(label: str) -> bool:
+    try:
+        int(label)
+    except ValueError:
+        return False
+    return True
+
+
 class CsvImageDataset(Dataset):
     """Images under `root`, listed in `root/csv_file` with columns `file`, `label` and (optionally) `split`.
 
-    Images are decoded with `torchvision.io` into uint8 tensors (C, H, W); `transform` gets that tensor,
+    Labels are whole numbers 0..N-1, or class names (`cat`, `dog`) numbered in sorted order (`classes`; None for
+    numbers). Images are decoded with `torchvision.io` into uint8 tensors (C, H, W); `transform` gets that tensor,
     `target_transform` the integer label. `cache: true` keeps decoded images in memory (for small data sets).
     Rows with a bad label stop with an error naming the line, or with `skip_bad` are left out with a warning.
     """
@@ -60,7 +69,11 @@ class CsvImageDataset(Dataset):
         if not csv_path.is_file():
             raise DataError(f"Label file '{csv_path}' not found. Put a CSV with the columns file,label[,split] there, "
                             "or set data_loader.args.csv_file.")
-        self.samples, bad = self._read_rows(csv_path, split, num_classes)
+        self.samples, bad, self.classes = self._read_rows(csv_path, split, num_classes)
+        if self.classes is not None and num_classes is not None and len(self.classes) != num_classes:
+            raise DataError(f"'{csv_path}' names {len(self.classes)} classes ({', '.join(self.classes)}), but "
+                            f"data_loader.args.num_classes is {num_classes}. Set num_classes (and the model's, e.g. "
+                            f"arch.args.num_classes) to {len(self.classes)}.")
         if bad and not skip_bad:
             raise DataError(f"{bad[0]}. Fix the row or remove it (or set data_loader.args.skip_bad: true).")
         if bad:
@@ -71,8 +84,11 @@ class CsvImageDataset(Dataset):
                             "(expected values: train, test).")
 
     @staticmethod
-    def _read_rows(csv_path: Path, split: str | None, num_classes: int | None) -> tuple[list[tuple], list[str]]:
-        """The rows of `split` as (file, label, line), and a description of each row with a bad label."""
+    def _read_rows(csv_path: Path, split: str | None,
+                   num_classes: int | None) -> tuple[list[tuple], list[str], list[str] | None]:
+        """The rows of `split` as (file, label, line), a description of each row with a bad label, and the class
+        names when the labels are names. Names are numbered in sorted order over the whole file, so that every
+        split numbers them alike; a file mixing names and numbers has its odd rows (the fewer kind) described."""
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"file", "label"} - set(reader.fieldnames or [])
@@ -83,21 +99,31 @@ class CsvImageDataset(Dataset):
             if split == "test" and not has_split:
                 raise DataError(f"'{csv_path}' has no 'split' column, so there is no test split. "
                                 "Add a split column with values train/test.")
-            rows, bad = [], []
-            for line, row in enumerate(reader, start=2):
-                if split is not None and has_split and row["split"] != split:
-                    continue
-                try:
-                    label = int(row["label"])
-                except (TypeError, ValueError):
-                    bad.append(f"'{csv_path}', line {line}: label {row['label']!r} is not a whole number")
-                    continue
-                if label < 0 or (num_classes is not None and label >= num_classes):
-                    bad.append(f"'{csv_path}', line {line}: label {label} is outside 0..{(num_classes or 1) - 1} "
-                               f"(data_loader.args.num_classes: {num_classes})")
-                    continue
-                rows.append((row["file"], label, line))
-            return rows, bad
+            table = [(line, row["file"], (row["label"] or "").strip(), row.get("split"))
+                     for line, row in enumerate(reader, start=2)]
+        numbers = {line for line, _, label, _ in table if _is_whole_number(label)}
+        names = [label for line, _, label, _ in table if label and line not in numbers]
+        classes = sorted(set(names)) if len(names) > len(numbers) else None
+        index = {name: i for i, name in enumerate(classes or [])}
+        rows, bad = [], []
+        for line, file, label, row_split in table:
+            if split is not None and has_split and row_split != split:
+                continue
+            if not label:
+                bad.append(f"'{csv_path}', line {line}: the label is empty")
+            elif (line in numbers) == (classes is not None):
+                kind, others, count = (("a number", "class names", len(names)) if classes is not None
+                                       else ("not a whole number", "whole numbers", len(numbers)))
+                bad.append(f"'{csv_path}', line {line}: label {label!r} is {kind}, but the other labels ({count}) "
+                           f"are {others}; give every label as a class name, or every one as a number 0..N-1")
+            elif classes is not None:
+                rows.append((file, index[label], line))
+            elif int(label) < 0 or (num_classes is not None and int(label) >= num_classes):
+                bad.append(f"'{csv_path}', line {line}: label {int(label)} is outside 0..{(num_classes or 1) - 1} "
+                           f"(data_loader.args.num_classes: {num_classes})")
+            else:
+                rows.append((file, int(label), line))
+        return rows, bad, classes
 
     def describe(self, index: int) -> str:
         name, _, line = self.samples[index]

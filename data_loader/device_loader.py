@@ -130,6 +130,14 @@ class DeviceDataLoader:
         dataset = self.source.make_dataset(False, self.source.eval_transform)
         return self._batches(dataset, range(len(dataset)), device, "test", train=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The source loader's own state (class names, fitted statistics), which checkpoints keep."""
+        return self.source.state_dict() if callable(getattr(self.source, "state_dict", None)) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if callable(getattr(self.source, "load_state_dict", None)):
+            self.source.load_state_dict(state)
+
 
 def _free_memory(device: torch.device) -> int | None:
     """Free bytes on `device`, or None where it cannot be told."""

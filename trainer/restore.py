@@ -59,6 +59,14 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
 
 
+def class_names(checkpoint: dict[str, Any]) -> list[str] | None:
+    """The names of the classes the checkpoint's model predicts, label i's at index i (the training loader's
+    `classes`: class folders, label names in labels.csv, a torchvision dataset's), or None when its labels were
+    bare numbers (or the checkpoint predates class names)."""
+    classes = (checkpoint.get("data_loader") or {}).get("classes")
+    return list(classes) if classes else None
+
+
 def eval_loader(trained: Restored, split: str) -> DataLoader | DeviceBatches:
     """The loader of the checkpoint config's `test` or `val` split, built as training built it (same seed, same
     split, the loader's saved state such as fitted statistics)."""
