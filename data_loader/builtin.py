@@ -144,6 +144,7 @@ class TorchvisionDataLoader(BaseDataLoader):
         self.dataset = dataset
         self.data_dir = data_dir
         self.download = download
+        self.image_mode = "rgb" if dataset.startswith("CIFAR") else "gray"  # how predict.py reads images for it
         train = self.make_dataset(True, None)
         self.check_labels(train, train.targets)
         self.classes = dataset_classes(train)

@@ -26,13 +26,17 @@ def read_mode(image_mode: str) -> ImageReadMode:
     return _MODES[image_mode]
 
 
-def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) -> torch.Tensor:
-    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file raises DataError naming it."""
+SKIP_HINT = (" Replace the file or remove it from the data (or set data_loader.args.skip_bad: true to skip such "
+             "files).")
+
+
+def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED, hint: str = SKIP_HINT) -> torch.Tensor:
+    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file raises DataError naming it, followed
+    by `hint` (what to do about it: the training data's advice unless the caller has its own)."""
     try:
         return decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, OSError) as e:
-        raise DataError(f"Cannot read image '{path}': {reason(e)} Replace the file or remove it from the data "
-                        "(or set data_loader.args.skip_bad: true to skip such files).") from None
+        raise DataError(f"Cannot read image '{path}': {reason(e)}{hint}") from None
 
 
 def _is_whole_number(label: str) -> bool:
