@@ -100,12 +100,12 @@ class TableDataLoader(BaseDataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """The standardisation fitted on the training rows, with the columns it belongs to."""
-        return {**super().state_dict(), "features": list(self.features), "target": self.target, "mean": self.standardize.mean.clone(),
-                "std": self.standardize.std.clone()}
+        return {**super().state_dict(), "features": list(self.features), "target": self.target,
+                "mean": self.standardize.mean.clone(), "std": self.standardize.std.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Use the statistics a model was trained with instead of those fitted here; `{}` (a checkpoint of a run
-        that saved none) keeps these. Columns other than the training run's are refused."""
+        """Use the statistics a model was trained with instead of those fitted here; a state without them (a
+        checkpoint of a run that saved none) keeps these. Columns other than the training run's are refused."""
         super().load_state_dict(state)
         if "mean" not in state:
             log.warning("The checkpoint holds no standardisation statistics; using those fitted on the training "
