@@ -81,7 +81,8 @@ def test_every_loader_keeps_its_class_names_in_its_state(tmp_path):
     tree = image_classes(tmp_path / "tree")
     assert ImageFolderDataLoader(str(tree)).state_dict() == {"classes": ["cat", "dog"]}
     write_mnist(tmp_path / "mnist", "MNIST", train=32, test=8)
-    assert TorchvisionDataLoader("MNIST", str(tmp_path / "mnist")).state_dict()["classes"][:2] == ["0 - zero", "1 - one"]
+    mnist = TorchvisionDataLoader("MNIST", str(tmp_path / "mnist"))
+    assert mnist.state_dict()["classes"][:2] == ["0 - zero", "1 - one"]
     assert CsvImageDataLoader().state_dict() == {"classes": None}  # the bundled digits: numbers
     table = TableDataLoader().state_dict()
     assert table["classes"] is None and table["features"][0] == "age"
