@@ -8,11 +8,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from data_loader.base import loader_args, process_share, split_indices
+from data_loader.base import ClassNames, dataset_classes, loader_args, process_share, split_indices
 from data_loader.sampling import ResumableSampler
 
 
-class BaseDataLoader(DataLoader):
+class BaseDataLoader(ClassNames, DataLoader):
     """`BaseDataLoader(dataset, batch_size, shuffle, validation_split, num_workers, collate_fn)`, as in the
     classic template: `validation_split` is a fraction (0.1) or a number of samples (500) held out for
     validation; `n_samples` is the number of training samples.
@@ -27,6 +27,7 @@ class BaseDataLoader(DataLoader):
         self.shuffle = shuffle
         self.validation_split = validation_split
         self.seed = torch.initial_seed()
+        self.classes = dataset_classes(dataset)  # kept in checkpoints (torchvision's datasets name their classes)
         train, self.valid_indices = split_indices(len(dataset), validation_split, self.seed)
         self.n_samples = len(train)
         with_seeds = num_workers > 0

@@ -13,7 +13,7 @@ from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import build_transforms
 from trainer.signals import STOP_SIGNALS
 from utils import distributed
-from utils.errors import DataError
+from utils.errors import CheckpointError, DataError
 
 
 def process_share(pad: bool) -> dict[str, Any]:
@@ -52,13 +52,46 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-class BaseDataLoader:
+def dataset_classes(dataset: Dataset) -> list[str] | None:
+    """A dataset's class names in label order (`classes`, as ImageFolder's and torchvision's datasets have it), or
+    None when its labels are bare numbers."""
+    classes = getattr(dataset, "classes", None)
+    return [str(name) for name in classes] if classes else None
+
+
+class ClassNames:
+    """A loader's class names (`classes`, label i's name at index i; None for bare numbers), kept in checkpoints
+    through `state_dict()`, so that test.py and predict.py can say what a model's outputs mean."""
+
+    classes: list[str] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the checkpoint's class names. Data that names other classes is refused: its labels would not mean
+        what the model's outputs mean, and the figures would be wrong without a sign."""
+        saved = state.get("classes")
+        if saved and self.classes and list(saved) != self.classes:
+            missing, extra = [c for c in saved if c not in self.classes], [c for c in self.classes if c not in saved]
+            detail = (f"the model's classes {', '.join(missing) or '(none)'} are missing here and "
+                      f"{', '.join(extra) or '(none)'} are new" if missing or extra else "in another order")
+            raise CheckpointError(f"The model was trained on {len(saved)} classes, but this data names other ones "
+                                  f"({detail}), so its labels would mean other classes than the model's outputs. "
+                                  "Use data with the training run's classes (the same class folders or label "
+                                  "names), or train a model on this data.")
+        if saved:
+            self.classes = list(saved)
+
+
+class BaseDataLoader(ClassNames):
     """Subclasses say how to build the dataset (`make_dataset`); this class does the split and the loaders.
 
     `validation_split` is a fraction (0.1) or a number of samples (500) of the training files held out for
     validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples.
     `num_classes` bounds the labels and `channels` the images' channel count (both checked when given);
-    `skip_bad` leaves unreadable or wrong samples out and counts them instead of stopping.
+    `skip_bad` leaves unreadable or wrong samples out and counts them instead of stopping. A subclass whose data
+    names its classes sets `classes` (ClassNames), which checkpoints keep.
     """
 
     def __init__(self, batch_size: int = 64, shuffle: bool = True, validation_split: float | int = 0.1,

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from data_loader.base import BaseDataLoader
+from data_loader.base import BaseDataLoader, dataset_classes
 from data_loader.datasets import CsvImageDataset, ImageFolderDataset
 from data_loader.table import Standardize, TableDataset, read_table
 from utils.errors import CheckpointError, ConfigError, DataError, reason
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class CsvImageDataLoader(BaseDataLoader):
-    """Images in a folder plus a CSV of file,label,split - the bundled digits and most users' own data."""
+    """Images in a folder plus a CSV of file,label,split - the bundled digits and most users' own data. Labels
+    that are class names are numbered in sorted order (logged at start)."""
 
     def __init__(self, data_dir: str = "data/digits", csv_file: str = "labels.csv", image_mode: str = "unchanged",
                  cache: bool = False, **kwargs):
@@ -28,7 +29,9 @@ class CsvImageDataLoader(BaseDataLoader):
         self.csv_file = csv_file
         self.image_mode = image_mode
         self.cache = cache
-        self.make_dataset(True, None)
+        self.classes = dataset_classes(self.make_dataset(True, None))
+        if self.classes:
+            log.info("Classes (name: label): %s", ", ".join(f"{name}: {i}" for i, name in enumerate(self.classes)))
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         return CsvImageDataset(self.data_dir, self.csv_file, "train" if train else "test", transform,
@@ -46,7 +49,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         self.image_mode = image_mode
         train = self.make_dataset(True, None)
         self.check_labels(train, train.targets)
-        self.classes = train.classes
+        self.classes = dataset_classes(train)
         log.info("Classes (folder: label): %s", ", ".join(f"{name}: {i}" for i, name in enumerate(self.classes)))
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
@@ -97,13 +100,14 @@ class TableDataLoader(BaseDataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """The standardisation fitted on the training rows, with the columns it belongs to."""
-        return {"features": list(self.features), "target": self.target, "mean": self.standardize.mean.clone(),
-                "std": self.standardize.std.clone()}
+        return {**super().state_dict(), "features": list(self.features), "target": self.target,
+                "mean": self.standardize.mean.clone(), "std": self.standardize.std.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Use the statistics a model was trained with instead of those fitted here; `{}` (a checkpoint of a run
-        that saved none) keeps these. Columns other than the training run's are refused."""
-        if not state:
+        """Use the statistics a model was trained with instead of those fitted here; a state without them (a
+        checkpoint of a run that saved none) keeps these. Columns other than the training run's are refused."""
+        super().load_state_dict(state)
+        if "mean" not in state:
             log.warning("The checkpoint holds no standardisation statistics; using those fitted on the training "
                         "rows of '%s'.", self.csv_file)
             return
@@ -140,8 +144,10 @@ class TorchvisionDataLoader(BaseDataLoader):
         self.dataset = dataset
         self.data_dir = data_dir
         self.download = download
+        self.image_mode = "rgb" if dataset.startswith("CIFAR") else "gray"  # how predict.py reads images for it
         train = self.make_dataset(True, None)
         self.check_labels(train, train.targets)
+        self.classes = dataset_classes(train)
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         to_tensor = v2.Compose([v2.ToImage(), transform]) if transform is not None else v2.ToImage()

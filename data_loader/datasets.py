@@ -27,19 +27,32 @@ def read_mode(image_mode: str) -> ImageReadMode:
     return _MODES[image_mode]
 
 
-def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) -> torch.Tensor:
-    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file raises DataError naming it."""
+SKIP_HINT = (" Replace the file or remove it from the data (or set data_loader.args.skip_bad: true to skip such "
+             "files).")
+
+
+def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED, hint: str = SKIP_HINT) -> torch.Tensor:
+    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file raises DataError naming it, followed
+    by `hint` (what to do about it: the training data's advice unless the caller has its own)."""
     try:
         return decode_image(read_file(str(path)), mode=mode)
     except (RuntimeError, OSError) as e:
-        raise DataError(f"Cannot read image '{path}': {reason(e)} Replace the file or remove it from the data "
-                        "(or set data_loader.args.skip_bad: true to skip such files).") from None
+        raise DataError(f"Cannot read image '{path}': {reason(e)}{hint}") from None
+
+
+def _is_whole_number(label: str) -> bool:
+    try:
+        int(label)
+    except ValueError:
+        return False
+    return True
 
 
 class CsvImageDataset(Dataset):
     """Images under `root`, listed in `root/csv_file` with columns `file`, `label` and (optionally) `split`.
 
-    Images are decoded with `torchvision.io` into uint8 tensors (C, H, W); `transform` gets that tensor,
+    Labels are whole numbers 0..N-1, or class names (`cat`, `dog`) numbered in sorted order (`classes`; None for
+    numbers). Images are decoded with `torchvision.io` into uint8 tensors (C, H, W); `transform` gets that tensor,
     `target_transform` the integer label. `cache: true` keeps decoded images in memory (for small data sets).
     The file is UTF-8, with or without the byte-order mark Excel writes. `split` values are read without case or
     surrounding spaces (`Train ` is train); every row is used or named: a row with a bad label, or a split value
@@ -64,7 +77,11 @@ class CsvImageDataset(Dataset):
         if not csv_path.is_file():
             raise DataError(f"Label file '{csv_path}' not found. Put a CSV with the columns file,label[,split] there, "
                             "or set data_loader.args.csv_file.")
-        self.samples, bad, rows = self._read_rows(csv_path, split, num_classes)
+        self.samples, bad, self.classes, rows = self._read_rows(csv_path, split, num_classes)
+        if self.classes is not None and num_classes is not None and len(self.classes) != num_classes:
+            raise DataError(f"'{csv_path}' names {len(self.classes)} classes ({', '.join(self.classes)}), but "
+                            f"data_loader.args.num_classes is {num_classes}. Set num_classes (and the model's, e.g. "
+                            f"arch.args.num_classes) to {len(self.classes)}.")
         if bad and not skip_bad:
             raise DataError(f"{bad[0]}. Fix the row or remove it (or set data_loader.args.skip_bad: true).")
         if bad and not self.samples:
@@ -80,9 +97,11 @@ class CsvImageDataset(Dataset):
 
     @staticmethod
     def _read_rows(csv_path: Path, split: str | None,
-                   num_classes: int | None) -> tuple[list[tuple], list[str], int]:
+                   num_classes: int | None) -> tuple[list[tuple], list[str], list[str] | None, int]:
         """The rows of `split` as (file, label, line), a description of each bad row (a bad label or split
-        value), and the number of rows in the file."""
+        value), the class names when the labels are names, and the number of rows in the file. Names are
+        numbered in sorted order over the whole file, so that every split numbers them alike; a file mixing names
+        and numbers has its odd rows (the fewer kind) described."""
         raw = csv_path.read_bytes()
         try:
             text = raw.decode("utf-8-sig")  # Excel starts its "CSV UTF-8" files with a byte-order mark
@@ -98,28 +117,36 @@ class CsvImageDataset(Dataset):
         if split == "test" and not has_split:
             raise DataError(f"'{csv_path}' has no 'split' column, so there is no test split. "
                             "Add a split column with values train/test.")
-        rows, bad, count = [], [], 0
-        for row in reader:
-            count, line = count + 1, reader.line_num
+        table = [(reader.line_num, row["file"], (row["label"] or "").strip(), row.get("split")) for row in reader]
+        numbers = {line for line, _, label, _ in table if _is_whole_number(label)}
+        names = [label for line, _, label, _ in table if label and line not in numbers]
+        classes = sorted(set(names)) if len(names) > len(numbers) else None
+        index = {name: i for i, name in enumerate(classes or [])}
+        rows, bad = [], []
+        for line, file, label, row_split in table:
             if has_split:
-                value = (row["split"] or "").strip().lower()
+                value = (row_split or "").strip().lower()
                 if value not in ("train", "test"):
-                    bad.append(f"'{csv_path}', line {line}: the split is {row['split']!r}, not train or test"
-                               if (row["split"] or "").strip() else f"'{csv_path}', line {line}: the split is empty")
+                    bad.append(f"'{csv_path}', line {line}: the split is {row_split!r}, not train or test"
+                               if (row_split or "").strip() else f"'{csv_path}', line {line}: the split is empty")
                     continue
                 if split is not None and value != split:
                     continue
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                bad.append(f"'{csv_path}', line {line}: label {row['label']!r} is not a whole number")
-                continue
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bad.append(f"'{csv_path}', line {line}: label {label} is outside 0..{(num_classes or 1) - 1} "
+            if not label:
+                bad.append(f"'{csv_path}', line {line}: the label is empty")
+            elif (line in numbers) == (classes is not None):
+                kind, others, count = (("a number", "class names", len(names)) if classes is not None
+                                       else ("not a whole number", "whole numbers", len(numbers)))
+                bad.append(f"'{csv_path}', line {line}: label {label!r} is {kind}, but the other labels ({count}) "
+                           f"are {others}; give every label as a class name, or every one as a number 0..N-1")
+            elif classes is not None:
+                rows.append((file, index[label], line))
+            elif int(label) < 0 or (num_classes is not None and int(label) >= num_classes):
+                bad.append(f"'{csv_path}', line {line}: label {int(label)} is outside 0..{(num_classes or 1) - 1} "
                            f"(data_loader.args.num_classes: {num_classes})")
-                continue
-            rows.append((row["file"], label, line))
-        return rows, bad, count
+            else:
+                rows.append((file, int(label), line))
+        return rows, bad, classes, len(table)
 
     def describe(self, index: int) -> str:
         name, _, line = self.samples[index]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from data_loader.base import BaseDataLoader, process_share
+from data_loader.factory import build_data_loader, data_state
 from data_loader.sampling import ResumableSampler
 from utils.errors import ConfigError, DataError
 
@@ -77,8 +78,6 @@ class DeviceDataLoader:
 
     def __init__(self, source: dict[str, Any], augment: dict[str, Any] | None = None, memory_fraction: float = 0.5,
                  seed: int = 0):
-        from data_loader.factory import build_data_loader
-
         if not isinstance(source, dict) or "type" not in source:
             raise ConfigError("data_loader.args.source must be {type: <a loader such as CsvImageDataLoader>, "
                               f"args: {{...}}}}, got {source!r}.")
@@ -129,6 +128,14 @@ class DeviceDataLoader:
     def test_loader(self, device: torch.device | None = None) -> DeviceBatches:
         dataset = self.source.make_dataset(False, self.source.eval_transform)
         return self._batches(dataset, range(len(dataset)), device, "test", train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The source loader's own state (class names, fitted statistics), which checkpoints keep."""
+        return data_state(self.source)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if callable(getattr(self.source, "load_state_dict", None)):
+            self.source.load_state_dict(state)
 
 
 def _free_memory(device: torch.device) -> int | None:

@@ -28,6 +28,36 @@ class Table:
     lines: list[int]
 
 
+def numbers(row: dict[str, str], columns: list[str], path: Path, line: int) -> list[float] | str:
+    """The row's values in `columns`, or what is wrong with its first cell that is not a finite number."""
+    values = []
+    for column in columns:
+        try:
+            value = float(row[column])
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            return f"'{path}', line {line}, column '{column}': {row[column]!r} is not a finite number"
+        values.append(value)
+    return values
+
+
+def read_features(path: Path, features: list[str]) -> list[tuple[int, list[float] | str]]:
+    """Each row of `path` as (line, its `features` values or what is wrong with them), for predictions: the target
+    and split columns may be absent, and every row counts."""
+    if not path.is_file():
+        raise DataError(f"Table file '{path}' not found. Give a CSV file with a header and the feature columns "
+                        f"{', '.join(features)}.")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in features if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"'{path}' lacks the feature column(s) {', '.join(missing)} that the model was trained on "
+                            f"(its columns: {', '.join(reader.fieldnames or []) or 'none'}). Give a CSV with a header "
+                            f"and the columns {', '.join(features)}.")
+        return [(line, numbers(row, features, path, line)) for line, row in enumerate(reader, start=2)]
+
+
 def read_table(path: Path, target: str, features: list[str] | None,
                skip_bad: bool) -> tuple[dict[str, Table], list[str], bool]:
     """The rows of `path` by split (all rows are `train` without a `split` column), the feature column names, and
@@ -56,16 +86,9 @@ def read_table(path: Path, target: str, features: list[str] | None,
             if split not in SPLITS:
                 bad.append(f"'{path}', line {line}, column 'split': {split!r} is neither train nor test")
                 continue
-            values = []
-            for column in [*chosen, target]:
-                try:
-                    value = float(row[column])
-                except (TypeError, ValueError):
-                    value = math.nan
-                if not math.isfinite(value):
-                    bad.append(f"'{path}', line {line}, column '{column}': {row[column]!r} is not a finite number")
-                    break
-                values.append(value)
+            values = numbers(row, [*chosen, target], path, line)
+            if isinstance(values, str):
+                bad.append(values)
             else:
                 rows[split].append((values[:-1], values[-1], line))
     if bad and not skip_bad:

@@ -1,6 +1,7 @@
 """Rebuild a trained model from a checkpoint, and the data to evaluate it on.
 
-Shared by `test.py` and `export.py`, so that both read a checkpoint, its config and its data the same way.
+Shared by `test.py`, `export.py` and `predict.py`, so that they read a checkpoint, its config and its data the
+same way.
 """
 from __future__ import annotations
 
@@ -57,13 +58,28 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
 
 
+def class_names(checkpoint: dict[str, Any]) -> list[str] | None:
+    """The names of the classes the checkpoint's model predicts, label i's at index i (the training loader's
+    `classes`: class folders, label names in labels.csv, a torchvision dataset's), or None when its labels were
+    bare numbers (or the checkpoint predates class names)."""
+    classes = (checkpoint.get("data_loader") or {}).get("classes")
+    return list(classes) if classes else None
+
+
+def rebuilt_data(trained: Restored, training: bool = True) -> Any:
+    """The checkpoint config's data loader, built as training built it (same seed, same split), with its saved
+    state (fitted statistics, class names). `training=False` builds a classic loader for its test split."""
+    config = trained.config
+    seed_everything(config["seed"])  # as train.py does before it builds the data (the classic loaders read it)
+    data = build_data_loader(config["data_loader"], config["seed"], training=training, source=config.source)
+    load_data_state(data, trained.checkpoint)
+    return data
+
+
 def eval_loader(trained: Restored, split: str) -> DataLoader | DeviceBatches:
     """The loader of the checkpoint config's `test` or `val` split, built as training built it (same seed, same
     split, the loader's saved state such as fitted statistics)."""
-    config = trained.config
-    seed_everything(config["seed"])  # as train.py does before it builds the data (the classic loaders read it)
-    data = build_data_loader(config["data_loader"], config["seed"], training=split != "test", source=config.source)
-    load_data_state(data, trained.checkpoint)
+    data = rebuilt_data(trained, training=split != "test")
     loader = data.test_loader(trained.device) if split == "test" else data.val_loader(trained.device)
     if loader is None:
         raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "

@@ -1,0 +1,188 @@
+"""predict.py: a checkpoint's classes (or output values) for images and table rows, prepared as in evaluation."""
+import csv
+import re
+import shutil
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+import predict
+import test as test_script
+import train
+from data_loader.inputs import find_images
+from trainer.restore import eval_loader, restore
+
+from conftest import REPO, fast_args, only_run
+from fake_data import digits, write_mnist
+from test_class_names import NAMES, image_classes, named_copy
+from test_data import TO_FLOAT
+from test_datasets import train_example
+
+DIGITS = REPO / "data" / "digits"
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def held_out_copies(tmp_path):
+    """A copy of the held-out test PNGs of the digits, without their labels, and each one's label."""
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    labels = {}
+    for row in read_csv(DIGITS / "labels.csv"):
+        if row["split"] == "test":
+            shutil.copy(DIGITS / row["file"], folder)
+            labels[row["file"].split("/")[-1]] = row["label"]
+    return folder, labels
+
+
+@pytest.fixture(scope="module")
+def digits_best(tmp_path_factory):
+    """model_best.pth of a short digits run, shared by the tests of this file."""
+    save_dir = tmp_path_factory.mktemp("digits") / "saved"
+    assert train.main(fast_args(save_dir)) == 0
+    return only_run(save_dir) / "model_best.pth"
+
+
+def test_predictions_agree_with_the_held_out_labels_as_often_as_test_py_says(digits_best, tmp_path, capsys):
+    folder, labels = held_out_copies(tmp_path)
+    assert test_script.main(["--resume", str(digits_best)]) == 0
+    accuracy = float(re.search(r"accuracy\s+([0-9.]+)", capsys.readouterr().out).group(1))
+    output = tmp_path / "preds.csv"
+    assert predict.main(["--resume", str(digits_best), str(folder), "--output", str(output)]) == 0
+    rows = read_csv(output)
+    assert list(rows[0]) == ["file", "label", "index", "probability", "top1", "prob1", "top2", "prob2", "top3",
+                             "prob3"]
+    assert len(rows) == 360 and [r["file"] for r in rows] == sorted(str(folder / name) for name in labels)
+    agree = sum(labels[r["file"].split("/")[-1]] == r["label"] for r in rows)
+    assert agree == round(accuracy * 360) and abs(agree / 360 - accuracy) < 1e-6
+    assert all(r["label"] == r["top1"] == r["index"] and r["probability"] == r["prob1"]
+               and float(r["prob1"]) >= float(r["prob2"]) >= float(r["prob3"]) for r in rows)
+    out = capsys.readouterr().out
+    assert "360 predictions written to" in out
+    counts = dict(re.findall(r"^  (\d)  (\d+)$", out, re.MULTILINE))  # the count per predicted class
+    assert counts == {label: str(sum(r["label"] == label for r in rows)) for label in counts} and len(counts) > 1
+
+
+def test_folders_are_searched_recursively_in_order_and_lists_name_files(tmp_path):
+    shutil.copytree(DIGITS / "images", tmp_path / "a" / "b", ignore=lambda _, names: sorted(names)[3:])
+    (tmp_path / "a" / "top.png").write_bytes((DIGITS / "images" / "0000.png").read_bytes())
+    (tmp_path / "a" / "notes.txt").write_text("not an image\n")
+    (tmp_path / "a" / ".hidden").mkdir()
+    (tmp_path / "a" / ".hidden" / "x.png").write_bytes(b"")
+    (tmp_path / "a" / ".DS_Store.png").write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images([str(tmp_path / "a")])] == [
+        "a/b/0000.png", "a/b/0001.png", "a/b/0002.png", "a/top.png"]
+    (tmp_path / "list.txt").write_text("a/top.png\n\n  a/b/0001.png  \n/abs/x.png\n")
+    (tmp_path / "list.csv").write_text("label,file\n3,a/b/0002.png\n")
+    found = find_images([str(tmp_path / "list.txt"), str(tmp_path / "list.csv"), str(tmp_path / "a" / "top.png")])
+    assert [str(p) for p in found] == [str(tmp_path / "a/top.png"), str(tmp_path / "a/b/0001.png"), "/abs/x.png",
+                                      str(tmp_path / "a/b/0002.png"), str(tmp_path / "a/top.png")]
+
+
+def test_unreadable_image_is_skipped_and_counted_or_refused_with_strict(digits_best, tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(DIGITS / "images", folder, ignore=lambda _, names: sorted(names)[5:])
+    (folder / "0002.png").write_bytes(b"not a png")
+    output = tmp_path / "preds.csv"
+    args = ["--resume", str(digits_best), str(folder), "--output", str(output), "--top-k", "0", "-b", "2"]
+    assert predict.main(args + ["--strict"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"error: Cannot read image '.*0002\.png': .*--strict stops at an unreadable input", captured.err)
+    assert not output.exists()
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"Skipped: Cannot read image '.*0002\.png'", captured.out)
+    assert "4 predictions written to" in captured.out and "1 unreadable input(s) skipped" in captured.out
+    rows = read_csv(output)
+    assert [r["file"][-8:] for r in rows] == ["0000.png", "0001.png", "0003.png", "0004.png"]
+    assert list(rows[0]) == ["file", "label", "index", "probability"]
+
+
+def test_bad_arguments_stop_before_anything_is_written(digits_best, tmp_path, capsys):
+    output = str(tmp_path / "preds.csv")
+    cases = [([str(tmp_path / "nowhere"), "-o", output], r"'.*nowhere' not found\. Give image files, folders"),
+             ([str(tmp_path), "-o", output], r"holds no images \(\.png"),
+             ([str(DIGITS), "--top-k", "-1", "-o", output], r"--top-k must be 0 or more"),
+             ([str(DIGITS), "-o", str(tmp_path / "no" / "p.csv")], r"its folder does not exist")]
+    for args, message in cases:
+        assert predict.main(["--resume", str(digits_best), *args]) == 2, message
+        assert re.search(message, capsys.readouterr().err), message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_class_folders_and_label_names_are_the_predicted_labels(tmp_path, capsys):
+    tree = image_classes(tmp_path / "tree")
+    named = named_copy(tmp_path, rows=40)
+    base = ["-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8", "trainer.epochs=1",
+            "trainer.tensorboard=false"]
+    folder_args = f"{{data_dir: {tree}, batch_size: 4, validation_split: 4, num_classes: 2, transform: {TO_FLOAT}}}"
+    assert train.main([*base, f"trainer.save_dir={tmp_path / 'folders'}", "arch.args.num_classes=2",
+                       "data_loader.type=ImageFolderDataLoader", f"data_loader.args={folder_args}"]) == 0
+    assert train.main([*base, f"trainer.save_dir={tmp_path / 'named'}", f"data_loader.args.data_dir={named}",
+                       "data_loader.args.validation_split=8"]) == 0
+    output = tmp_path / "preds.csv"
+    best = only_run(tmp_path / "folders") / "model_best.pth"
+    assert predict.main(["--resume", str(best), str(tree / "test"), "--output", str(output), "-k", "5"]) == 0
+    rows = read_csv(output)
+    assert len(rows) == 12 and {r["label"] for r in rows} <= {"cat", "dog"}
+    assert all({r["top1"], r["top2"]} == {"cat", "dog"} and "top3" not in r for r in rows)  # k is at most 2
+    assert re.search(r"^  (cat|dog)  \d+$", capsys.readouterr().out, re.MULTILINE)
+    # A labels.csv is a list of files too (its `file` column, relative to its folder).
+    best = only_run(tmp_path / "named") / "model_best.pth"
+    assert predict.main(["--resume", str(best), str(named / "labels.csv"), "--output", str(output)]) == 0
+    rows = read_csv(output)
+    assert len(rows) == 40 and rows[0]["file"] == str(named / "images" / "0000.png")
+    assert all(sorted(NAMES)[int(r["index"])] == r["label"] for r in rows)
+
+
+def test_torchvision_dataset_names_and_its_decoding(tmp_path):
+    write_mnist(tmp_path / "data")
+    assert train_example("mnist.yaml", tmp_path, "arch.args.width=8") == 0
+    images, _ = digits(2, 28)
+    write_png(images[0].expand(3, -1, -1).contiguous(), str(tmp_path / "rgb.png"))  # read as grey, as MNIST is
+    write_png(images[1][None], str(tmp_path / "grey.png"))
+    output = tmp_path / "preds.csv"
+    best = only_run(tmp_path / "saved") / "model_best.pth"
+    assert predict.main(["--resume", str(best), str(tmp_path / "rgb.png"), str(tmp_path / "grey.png"),
+                         "-o", str(output), "-k", "1"]) == 0
+    assert all(re.fullmatch(r"\d - [a-z]+", r["label"]) for r in read_csv(output))  # MNIST's names: "3 - three"
+
+
+def test_table_and_regression_models_write_output_values(digits_best, tmp_path, capsys):
+    save_dir = tmp_path / "saved"
+    assert train.main(["-c", str(REPO / "configs" / "diabetes_mlp.yaml"), f"trainer.save_dir={save_dir}",
+                       "trainer.epochs=2"]) == 0
+    best = only_run(save_dir) / "model_best.pth"
+    table = REPO / "data" / "diabetes" / "diabetes.csv"
+    output = tmp_path / "preds.csv"
+    assert predict.main(["--resume", str(best), str(table), "--output", str(output)]) == 0
+    rows = read_csv(output)
+    assert list(rows[0]) == ["file", "line", "output"] and len(rows) == 442
+    # The test rows get what test.py's model sees: the features standardised with the saved statistics.
+    test_lines = [str(line) for line, row in enumerate(read_csv(table), start=2) if row["split"] == "test"]
+    predicted = torch.tensor([float(r["output"]) for r in rows if r["line"] in test_lines])
+    trained = restore(best)
+    with torch.no_grad():
+        expected = torch.cat([trained.model(x) for x, _ in eval_loader(trained, "test")]).flatten()
+    assert torch.allclose(predicted, expected, rtol=1e-6)
+    assert re.search(r"output: mean [0-9.]+, min", capsys.readouterr().out)
+    # Feature rows alone (no target, no split column); a bad cell skips its row, naming it.
+    lines = table.read_text().splitlines()
+    columns = lines[0].split(",")[:10]
+    (tmp_path / "new.csv").write_text("\n".join([",".join(columns), ",".join(lines[1].split(",")[:10]),
+                                                 "x," + ",".join(lines[2].split(",")[1:10])]) + "\n")
+    assert predict.main(["--resume", str(best), str(tmp_path / "new.csv"), "--output", str(output)]) == 0
+    assert [r["line"] for r in read_csv(output)] == ["2"]
+    assert float(read_csv(output)[0]["output"]) == pytest.approx(float(rows[0]["output"]), rel=1e-6)
+    assert re.search(r"Skipped: '.*new.csv', line 3, column 'age': 'x' is not a finite number", capsys.readouterr().out)
+    # A model whose loss is not a classification one writes its output values, one column each.
+    checkpoint = torch.load(digits_best, weights_only=True)
+    checkpoint["config"] = {**checkpoint["config"], "loss": "mse_loss", "metrics": []}
+    torch.save(checkpoint, tmp_path / "values.pth")
+    assert predict.main(["--resume", str(tmp_path / "values.pth"), str(DIGITS / "images" / "0000.png"),
+                         "--output", str(output)]) == 0
+    assert list(read_csv(output)[0]) == ["file"] + [f"output{i}" for i in range(10)]
