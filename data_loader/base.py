@@ -1,6 +1,7 @@
 """Turns a dataset into the train, validation and test DataLoaders, with a seeded validation split."""
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any, Callable
 
@@ -41,15 +42,19 @@ def loader_args(dataset: Dataset, batch_size: int, sampler: Any, with_seeds: boo
     workers = options.get("num_workers", 0) > 0
     return {"dataset": SeededDataset(dataset) if with_seeds else dataset, "batch_size": batch_size,
             "sampler": sampler, "collate_fn": collate, "generator": torch.Generator().manual_seed(seed),
-            "worker_init_fn": ignore_stop_signals if workers else None, **options}
+            "worker_init_fn": leave_stop_signals_to_the_trainer if workers else None, **options}
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """In a DataLoader worker: leave SIGINT, SIGTERM and SIGUSR1 to the training process. A terminal, a job
-    scheduler or Kubernetes signals the whole process group; a worker that died of it first would take the run
-    down with a DataLoader error, before the trainer could save."""
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """In a DataLoader worker: a process group of its own, so that a stop signal sent to the training's group (a
+    terminal's Ctrl+C or `kill -- -PGID`, a job scheduler) reaches the trainer alone; a worker that died of it
+    first would take the run down with a DataLoader error before the trainer could save. SIGINT and SIGUSR1
+    (which SLURM may send to every process of a job) are ignored too. SIGTERM keeps its default, since it is how
+    the DataLoader and multiprocessing end a worker that does not stop by itself."""
+    os.setpgrp()
     for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+        if signum != signal.SIGTERM:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def dataset_classes(dataset: Dataset) -> list[str] | None:

@@ -118,13 +118,14 @@ def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
 def lock_run(models: Path) -> None:
     """Hold an exclusive lock on a run folder while this process writes there, released when it ends (the system
     releases it even after kill -9): a second process on the same run would delete the first one's temporary
-    files, mix their logs, and the last writer's checkpoints would win."""
+    files, mix their logs, and the last writer's checkpoints would win. A POSIX record lock (`lockf`), which
+    belongs to this process alone: DataLoader workers forked from it do not hold it after it ends."""
     if fcntl is None:
         return
     handle = open(models / ".lock", "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
