@@ -2,6 +2,7 @@
 `<save_dir>/log/<name>/<run_id>/` for the log file and TensorBoard events."""
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +21,33 @@ class RunPaths:
 
 
 def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPaths:
-    """Create the folders of a new run. The default run id is a timestamp; runs started in the same second
-    get `-2`, `-3`, ... (the folder is created atomically, so two processes never share one)."""
+    """Create the folders of a new run (`new_folder`), and its log folder of the same name."""
     base = Path(save_dir)
-    if run_id is not None:
-        models = base / "models" / name / run_id
-        if models.exists() and any(models.iterdir()):
-            raise ConfigError(f"The run folder '{models}' already exists and is not empty. Continue it with "
-                              f"--resume {models}, or choose another --run-id.")
-        models.mkdir(parents=True, exist_ok=True)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        (base / "models" / name).mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, 10_000):
-            models = base / "models" / name / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-            try:
-                models.mkdir()
-                break
-            except FileExistsError:
-                continue
+    models = new_folder(base / "models" / name, run_id)
     log = base / "log" / name / models.name
     log.mkdir(parents=True, exist_ok=True)
     return RunPaths(models, log)
+
+
+def new_folder(parent: Path, run_id: str | None = None) -> Path:
+    """Create `parent/run_id`, which must be new or empty. The default id is a timestamp; folders made in the
+    same second get `-2`, `-3`, ... (each is created atomically, so two processes never share one)."""
+    if run_id is not None:
+        folder = parent / run_id
+        if folder.exists() and any(folder.iterdir()):
+            raise ConfigError(f"The run folder '{folder}' already exists and is not empty. Continue it with "
+                              f"--resume {folder}, or choose another --run-id.")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
