@@ -24,7 +24,12 @@ def main(argv: list[str]) -> int:
         print(f"error: '{target}' is inside the template; choose a folder outside it.", file=sys.stderr)
         return 2
     shutil.copytree(source, target, ignore=IGNORE, dirs_exist_ok=True)
-    print(f"New project in {target}. Next: cd {target} && python train.py -c configs/config.yaml")
+    print(f"New project in {target}. Next, set up its environment and train the example:\n"
+          f"  cd {target}\n"
+          "  python -m venv .venv\n"
+          "  source .venv/bin/activate        (Windows: .venv\\Scripts\\activate)\n"
+          "  pip install -r requirements.txt\n"
+          "  python train.py -c configs/config.yaml")
     return 0
 
 

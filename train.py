@@ -17,7 +17,7 @@ import torch
 
 from data_loader.factory import build_data_loader, data_state, load_data_state
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
-from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
+from trainer.checkpoint import check_resume_config, find_resume, remove_temp_files
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
 from trainer.signals import StopRequested
@@ -28,7 +28,7 @@ from utils.device import configure_backends, select_device
 from utils.errors import NETWORK_ERRORS, ConfigError, TemplateError, network_error, reason
 from utils.log import setup_logging
 from utils.rng import seed_everything
-from utils.run import RunPaths, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
 from utils.summary import model_summary
 
 log = logging.getLogger("train")
@@ -64,17 +64,21 @@ class Built:
     trainer: Trainer
     checkpoint_path: Path | None
     checkpoint: dict[str, Any] | None
+    saved: dict[str, Any] | None  # the config of the run --resume continues
 
 
 def build(args: argparse.Namespace) -> Built:
-    """The config, data, model, loss, metrics, optimizer, scheduler and Trainer of a run (or of the checkpoint
+    """The config, data, model, loss, metrics, optimizer, scheduler and Trainer of a run (or of the run
     `args.resume` continues), checked with one batch through the model before anything is written. Shared by
     `train` and tune.py's LR range test, so that both build the run the same way."""
     if args.config is None and args.resume is None:
         raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
-    checkpoint_path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
-    config = Config.load(args.config, args.overrides, base=checkpoint["config"] if checkpoint else None,
-                         lr=args.lr, bs=args.bs, epochs=args.epochs, seed=args.seed, name=args.name, device=args.device)
+    if args.run_id is not None:
+        folder_name(args.run_id, "--run-id")
+    # --resume: a checkpoint, or a run folder stopped before its first checkpoint (started again from its config).
+    checkpoint_path, checkpoint, saved = find_resume(args.resume) if args.resume else (None, None, None)
+    config = Config.load(args.config, args.overrides, base=saved, lr=args.lr, bs=args.bs, epochs=args.epochs,
+                         seed=args.seed, name=args.name, device=args.device)
     if checkpoint is not None:
         check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
     trainer_cfg = config["trainer"]
@@ -108,7 +112,7 @@ def build(args: argparse.Namespace) -> Built:
                             device=device, train_loader=train_loader, val_loader=val_loader, lr_scheduler=lr_scheduler,
                             resume=checkpoint, dist=dist, data_state=data_state(data))
     check_one_batch(trainer, getattr(data, "num_classes", None))  # the last check before anything is written
-    return Built(config, trainer, checkpoint_path, checkpoint)
+    return Built(config, trainer, checkpoint_path, checkpoint, saved)
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
@@ -117,10 +121,14 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     trainer_cfg, dist = config["trainer"], trainer.dist
 
     def open_run() -> RunPaths:
-        if checkpoint:
-            remove_temp_files(checkpoint_path.parent)
-            return run_of_checkpoint(checkpoint_path, checkpoint["config"]["name"])
-        return new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
+        """The run's folders (the resumed run's, or new ones), locked against a second writer."""
+        if args.resume:  # checks that it can write there
+            run = run_of_checkpoint(checkpoint_path or Path(args.resume) / "config.yaml", built.saved["name"])
+        else:
+            run = new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
+        lock_run(run.models)
+        remove_temp_files(run.models)
+        return run
 
     run = distributed.on_main(open_run)
     if dist.is_main:
@@ -138,7 +146,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                  ", ".join(unused_keys(config.data)))
     distributed.on_main(save_config, config.data, run.models / "config.yaml")
 
-    result = trainer.fit(run)
+    try:
+        result = trainer.fit(run)
+    except TemplateError as e:
+        if e.exit_code == 2 and not args.resume and dist.is_main and not any(run.models.glob("*.pth")):
+            setup_logging(trainer_cfg["verbosity"])  # closes train.log
+            remove_run(run)
+            log.info("Removed the new run's folders %s and %s: the run stopped on bad input before its first "
+                     "checkpoint.", run.models, run.log)
+        raise
     if trainer.monitor.key is not None:
         log.info("Done. Best %s: %.6g, saved in %s", trainer.monitor.key, trainer.monitor.best,
                  run.models / "model_best.pth")
@@ -171,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("Interrupted. Continue from the last checkpoint with: python train.py --resume <run folder>")
         return 130
     finally:
+        release_runs()
         distributed.shutdown()
     return 0
 

@@ -37,10 +37,10 @@ from trainer.checkpoint import atomic_write, find_checkpoint
 from trainer.lr_find import DIVERGED, SKIP_START, RangeTest, range_test, schedule
 from trainer.state import HISTORY
 from utils.config import Config, save_config
-from utils.errors import CheckpointError, ConfigError, TemplateError, report_errors
+from utils.errors import CheckpointError, ConfigError, TemplateError, reason, report_errors
 from utils.log import setup_logging
 from utils.plots import lr_plot, png_bytes
-from utils.run import RunPaths, new_folder, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, new_folder, new_run, run_of_checkpoint
 from utils.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
 
 log = logging.getLogger("tune")
@@ -51,7 +51,7 @@ FINISHED = ("done", "failed", "pruned")
 TRAIN = str(Path(__file__).resolve().with_name("train.py"))
 # The parts of a search's definition that must match when a search is continued.
 DEFINITION = ("mode", "n", "seed", "space", "train_args")
-LR_FIND_STEPS = 200
+LR_FIND = {"steps": 200, "start_lr": 1e-7, "end_lr": 10.0}  # the defaults of --lr-find's own flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,10 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--random", type=int, metavar="N", help="N trials drawn from the ranges (seeded by --seed)")
     mode.add_argument("--optuna", type=int, metavar="N", help="N trials chosen by Optuna's TPE sampler, with pruning")
     mode.add_argument("--lr-find", action="store_true", help="the LR range test: suggest a learning rate")
-    parser.add_argument("--steps", type=int, default=LR_FIND_STEPS, help=f"--lr-find: optimizer steps (default "
-                        f"{LR_FIND_STEPS}); it stops earlier when the loss diverges")
-    parser.add_argument("--start-lr", type=float, default=1e-7, help="--lr-find: the first rate (default 1e-7)")
-    parser.add_argument("--end-lr", type=float, default=10.0, help="--lr-find: the last rate (default 10)")
+    parser.add_argument("--steps", type=int, help=f"--lr-find: optimizer steps (default {LR_FIND['steps']}); it "
+                        "stops earlier when the loss diverges")
+    parser.add_argument("--start-lr", type=float, help=f"--lr-find: the first rate (default {LR_FIND['start_lr']:g})")
+    parser.add_argument("--end-lr", type=float, help=f"--lr-find: the last rate (default {LR_FIND['end_lr']:g})")
     parser.add_argument("--seed", type=int, help="seed of the search's draws (default 0); the trials' "
                         "training seed is the config's `seed`, set it with seed=N")
     parser.add_argument("--search-id", help="name of the search folder (default: a timestamp); an existing search "
@@ -94,6 +94,9 @@ def _override(key: str, value: Any) -> str:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The search's definition from the command line, checked before anything runs, and its experiment name."""
+    given = [f"--{key.replace('_', '-')}" for key in LR_FIND if getattr(args, key) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} set the LR range test: add --lr-find, or leave them out of a search.")
     if args.config is None:
         raise ConfigError("Give a config with -c configs/config.yaml and a search (--grid, --random N or "
                           "--optuna N), or a search to continue with --resume SEARCH_FOLDER.")
@@ -136,6 +139,20 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return definition, f"{config['name']}_tune"
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """A search's `search.json`, checked before any trial folder is touched: a trial id is a folder of the search
+    that a trial run started over deletes, so an edited id such as '../..' must never be followed."""
+    try:
+        state = json.loads(path.read_text())
+        folder_name(state["name"], f"{path}: the name", nested=True)
+        for trial in state["trials"]:
+            folder_name(trial["id"], f"{path}: the trial id")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"'{path}' is damaged ({reason(e)}); tune.py writes it whole, so it was edited or cut off. "
+                          "Restore it from a backup, or start a new search with another --search-id.") from None
+    return state
+
+
 def _new_trial(index: int, params: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"trial-{index:03d}", "params": params, "status": "pending", "best": None, "epochs": 0,
             "seconds": 0.0, "error": ""}
@@ -161,6 +178,8 @@ class Search:
         if args.resume and rest and args.config is None:
             raise ConfigError(f"--resume continues the search in '{args.resume}' as it was defined; give it alone, "
                               f"or after the search's whole original command (-c ... included).")
+        if args.search_id is not None:
+            folder_name(args.search_id, "--search-id")
         definition, name = plan(args) if rest or not args.resume else (None, None)
         folder = Path(args.resume) if args.resume else None
         if folder is None and args.search_id:
@@ -177,7 +196,7 @@ class Search:
         if not (folder / STATE).is_file():
             raise ConfigError(f"'{folder}' is not a search folder (it has no {STATE}). Pass the folder tune.py "
                               "printed when the search started: saved/models/<name>_tune/<search_id>.")
-        state = json.loads((folder / STATE).read_text())
+        state = _read_state(folder / STATE)
         if definition is not None:
             changed = [key for key in DEFINITION if definition[key] != state[key]]
             if changed:
@@ -258,7 +277,7 @@ class Search:
     def rows(self) -> list[dict[str, Any]]:
         return [{"rank": rank, "trial": t["id"], "status": t["status"], self.monitor_key: t["best"],
                  "epochs": t["epochs"], "seconds": t["seconds"], **t["params"],
-                 "run": str(self.paths.models / t["id"]), "error": t["error"]}
+                 "run": os.path.abspath(self.paths.models / t["id"]), "error": t["error"]}
                 for rank, t in enumerate(self.ranked(), 1)]
 
     def write_results(self) -> None:
@@ -415,33 +434,43 @@ def lr_find(args: argparse.Namespace) -> RangeTest:
     """The LR range test of the config's run, built by train.py's `build` (same seed, same initial weights,
     checked before anything is written), on a model that is then thrown away. Writes lr_find.csv, lr_find.png
     and config.yaml into a new folder `<save_dir>/lr_find/<name>/<timestamp>/` and no other."""
+    steps, start, end = (default if getattr(args, key) is None else getattr(args, key) for key, default in
+                         LR_FIND.items())
     if args.config is None or args.resume or args.search_id:
         raise ConfigError("--lr-find tests a config's run from its initial weights: give it -c CONFIG (and any "
                           "key=value overrides), without --resume or --search-id.")
-    if not 0 < args.start_lr < args.end_lr or args.steps < SKIP_START + 10:
+    if not 0 < start < end or steps < SKIP_START + 10:
         raise ConfigError(f"--lr-find needs 0 < --start-lr < --end-lr and at least {SKIP_START + 10} --steps; "
-                          f"got --start-lr {args.start_lr:g}, --end-lr {args.end_lr:g}, --steps {args.steps}.")
+                          f"got --start-lr {start:g}, --end-lr {end:g}, --steps {steps}.")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--lr-find runs in a single process; start it with python, not torchrun.")
-    built = train.build(argparse.Namespace(**{**vars(args), "resume": None, "seed": None}))
+    built = train.build(argparse.Namespace(**{**vars(args), "resume": None, "seed": None, "run_id": None}))
     config = built.config
-    log.info("LR range test of %s: up to %d steps, the rate rising from %g to %g.", config["name"], args.steps,
-             args.start_lr, args.end_lr)
-    result = range_test(built.trainer, schedule(args.start_lr, args.end_lr, args.steps))
-    folder = new_folder(Path(config["trainer"]["save_dir"]) / "lr_find" / config["name"])
+    folder = new_folder(Path(config["trainer"]["save_dir"]) / "lr_find" / config["name"],
+                        f"Choose a writable trainer.save_dir (now '{config['trainer']['save_dir']}').")
+    log.info("LR range test of %s: up to %d steps, the rate rising from %g to %g.", config["name"], steps, start,
+             end)
+    try:
+        result = range_test(built.trainer, schedule(start, end, steps))
+    except BaseException:
+        folder.rmdir()  # still empty: an interrupted test leaves nothing behind
+        raise
     save_config(config.data, folder / "config.yaml")
     atomic_write(folder / "lr_find.csv", result.csv_bytes())
     atomic_write(folder / "lr_find.png", png_bytes(lr_plot(result.lrs, result.losses, result.smoothed,
                                                            result.suggestion)))
-    lowest = min(range(len(result.smoothed)), key=result.smoothed.__getitem__)
-    print(f"Ran {len(result.lrs)} of {args.steps} steps" + (f"; stopped at lr {result.lrs[-1]:.3g}, where the "
-          f"loss diverged (over {DIVERGED:g}x its lowest)" if result.diverged else "") +
+    lowest = min((i for i, v in enumerate(result.smoothed) if math.isfinite(v)), key=result.smoothed.__getitem__,
+                 default=0)
+    print(f"Ran {len(result.lrs)} of {steps} steps" + (f"; stopped at lr {result.lrs[-1]:.3g}, where the loss "
+          f"diverged (over {DIVERGED:g}x its lowest)" if result.diverged else "") +
           f". Lowest smoothed loss {result.smoothed[lowest]:.4g} at lr {result.lrs[lowest]:.3g}.")
     if result.suggestion is None:
         print("No suggestion: the loss diverged too soon to judge. Lower --start-lr, or raise --steps.")
     else:
+        command = shlex.join(["python", "train.py", "-c", args.config, *args.overrides,
+                              "--lr", f"{result.suggestion:.2g}"])
         print(f"Suggested learning rate: {result.suggestion:.3g} (where the smoothed loss falls fastest). Train "
-              f"with it: python train.py -c {args.config} --lr {result.suggestion:.2g}")
+              f"with it: {command}")
     print(f"Files: {folder / 'lr_find.csv'}, {folder / 'lr_find.png'}")
     return result
 

@@ -1,6 +1,7 @@
 """Turns a dataset into the train, validation and test DataLoaders, with a seeded validation split."""
 from __future__ import annotations
 
+import signal
 from typing import Any, Callable
 
 import torch
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from data_loader.checks import BadSamples, CheckedDataset, collate, describe
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import build_transforms
+from trainer.signals import STOP_SIGNALS
 from utils import distributed
 from utils.errors import DataError
 
@@ -36,8 +38,18 @@ def loader_args(dataset: Dataset, batch_size: int, sampler: Any, with_seeds: boo
                 **options: Any) -> dict[str, Any]:
     """DataLoader arguments for a resumable `sampler`: with worker processes (`with_seeds`), each sample draws its
     augmentation from its own seed; a bad sample is left out of its batch or explained (data_loader/checks.py)."""
+    workers = options.get("num_workers", 0) > 0
     return {"dataset": SeededDataset(dataset) if with_seeds else dataset, "batch_size": batch_size,
-            "sampler": sampler, "collate_fn": collate, "generator": torch.Generator().manual_seed(seed), **options}
+            "sampler": sampler, "collate_fn": collate, "generator": torch.Generator().manual_seed(seed),
+            "worker_init_fn": ignore_stop_signals if workers else None, **options}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a DataLoader worker: leave SIGINT, SIGTERM and SIGUSR1 to the training process. A terminal, a job
+    scheduler or Kubernetes signals the whole process group; a worker that died of it first would take the run
+    down with a DataLoader error, before the trainer could save."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class BaseDataLoader:
@@ -54,8 +66,14 @@ class BaseDataLoader:
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
                  target_transform: list | None = None, num_classes: int | None = None, channels: int | None = None,
                  skip_bad: bool = False, seed: int = 0):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"data_loader.args.batch_size must be a whole number >= 1, got {batch_size!r}.")
+        for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise DataError(f"data_loader.args.{key} must be a whole number >= {minimum}, got {value!r}.")
+        share = validation_split
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0 \
+                or (isinstance(share, float) and share >= 1):
+            raise DataError(f"data_loader.args.validation_split must be a fraction of the training samples from 0 to "
+                            f"below 1 (0.1) or a number of them (500), got {validation_split!r}.")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.validation_split = validation_split

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from utils.errors import DataError, reason
+from utils.errors import DataError, plural, reason
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class CheckedDataset(Dataset):
             image = sample[0] if isinstance(sample, tuple) else None
             if (self.channels is not None and isinstance(image, torch.Tensor) and image.dim() >= 3
                     and image.shape[-3] != self.channels):
-                raise DataError(f"{describe(self.dataset, index)} has {image.shape[-3]} channels, but "
+                raise DataError(f"{describe(self.dataset, index)} has {plural(image.shape[-3], 'channel')}, but "
                                 f"data_loader.args.channels is {self.channels}. Convert images when reading "
                                 "(image_mode: gray or rgb), or set channels to match the data and the model.")
         except DataError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from utils.errors import DataError, reason
+from utils.errors import DataError, not_utf8, reason
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ class CsvImageDataset(Dataset):
 
     Images are decoded with `torchvision.io` into uint8 tensors (C, H, W); `transform` gets that tensor,
     `target_transform` the integer label. `cache: true` keeps decoded images in memory (for small data sets).
-    Rows with a bad label stop with an error naming the line, or with `skip_bad` are left out with a warning.
+    The file is UTF-8, with or without the byte-order mark Excel writes. `split` values are read without case or
+    surrounding spaces (`Train ` is train); every row is used or named: a row with a bad label, or a split value
+    that is empty or neither train nor test, stops with an error naming the line, or with `skip_bad` is left out
+    with a warning.
     """
 
     def __init__(self, root: str | Path, csv_file: str = "labels.csv", split: str | None = None,
@@ -60,44 +64,62 @@ class CsvImageDataset(Dataset):
         if not csv_path.is_file():
             raise DataError(f"Label file '{csv_path}' not found. Put a CSV with the columns file,label[,split] there, "
                             "or set data_loader.args.csv_file.")
-        self.samples, bad = self._read_rows(csv_path, split, num_classes)
+        self.samples, bad, rows = self._read_rows(csv_path, split, num_classes)
         if bad and not skip_bad:
             raise DataError(f"{bad[0]}. Fix the row or remove it (or set data_loader.args.skip_bad: true).")
+        if bad and not self.samples:
+            skipped = f"all {rows} rows" if len(bad) == rows else f"{len(bad)} of its {rows} rows"
+            raise DataError(f"'{csv_path}' lists no usable rows for split '{split}': {skipped} were skipped as bad "
+                            f"(skip_bad: true). The first: {bad[0]}.")
         if bad:
-            log.warning("Skipped %d row(s) of '%s' with a bad label (skip_bad: true); the first: %s.",
+            log.warning("Skipped %d row(s) of '%s' with a bad label or split (skip_bad: true); the first: %s.",
                         len(bad), csv_path, bad[0])
         if not self.samples:
             raise DataError(f"'{csv_path}' lists no rows for split '{split}'. Check the 'split' column "
                             "(expected values: train, test).")
 
     @staticmethod
-    def _read_rows(csv_path: Path, split: str | None, num_classes: int | None) -> tuple[list[tuple], list[str]]:
-        """The rows of `split` as (file, label, line), and a description of each row with a bad label."""
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"file", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise DataError(f"'{csv_path}' lacks the column(s) {', '.join(sorted(missing))}; its header must be "
-                                f"file,label[,split] (found: {','.join(reader.fieldnames or [])}).")
-            has_split = "split" in (reader.fieldnames or [])
-            if split == "test" and not has_split:
-                raise DataError(f"'{csv_path}' has no 'split' column, so there is no test split. "
-                                "Add a split column with values train/test.")
-            rows, bad = [], []
-            for line, row in enumerate(reader, start=2):
-                if split is not None and has_split and row["split"] != split:
+    def _read_rows(csv_path: Path, split: str | None,
+                   num_classes: int | None) -> tuple[list[tuple], list[str], int]:
+        """The rows of `split` as (file, label, line), a description of each bad row (a bad label or split
+        value), and the number of rows in the file."""
+        raw = csv_path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")  # Excel starts its "CSV UTF-8" files with a byte-order mark
+        except UnicodeDecodeError as e:
+            raise DataError(f"{not_utf8(csv_path, raw, e)}, as in a file saved as Latin-1 or Windows-1252 (Excel's "
+                            "plain 'CSV' format). Save it as UTF-8 (Excel: 'CSV UTF-8').") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = {"file", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"'{csv_path}' lacks the column(s) {', '.join(sorted(missing))}; its header must be "
+                            f"file,label[,split] (found: {','.join(reader.fieldnames or [])}).")
+        has_split = "split" in (reader.fieldnames or [])
+        if split == "test" and not has_split:
+            raise DataError(f"'{csv_path}' has no 'split' column, so there is no test split. "
+                            "Add a split column with values train/test.")
+        rows, bad, count = [], [], 0
+        for row in reader:
+            count, line = count + 1, reader.line_num
+            if has_split:
+                value = (row["split"] or "").strip().lower()
+                if value not in ("train", "test"):
+                    bad.append(f"'{csv_path}', line {line}: the split is {row['split']!r}, not train or test"
+                               if (row["split"] or "").strip() else f"'{csv_path}', line {line}: the split is empty")
                     continue
-                try:
-                    label = int(row["label"])
-                except (TypeError, ValueError):
-                    bad.append(f"'{csv_path}', line {line}: label {row['label']!r} is not a whole number")
+                if split is not None and value != split:
                     continue
-                if label < 0 or (num_classes is not None and label >= num_classes):
-                    bad.append(f"'{csv_path}', line {line}: label {label} is outside 0..{(num_classes or 1) - 1} "
-                               f"(data_loader.args.num_classes: {num_classes})")
-                    continue
-                rows.append((row["file"], label, line))
-            return rows, bad
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                bad.append(f"'{csv_path}', line {line}: label {row['label']!r} is not a whole number")
+                continue
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                bad.append(f"'{csv_path}', line {line}: label {label} is outside 0..{(num_classes or 1) - 1} "
+                           f"(data_loader.args.num_classes: {num_classes})")
+                continue
+            rows.append((row["file"], label, line))
+        return rows, bad, count
 
     def describe(self, index: int) -> str:
         name, _, line = self.samples[index]

@@ -25,7 +25,7 @@ def build_data_loader(spec: dict[str, Any], seed: int, training: bool = True, ke
     if not training and accepted is not None and "training" in accepted:
         code.update({"training": False}, **{k: v for k, v in (("validation_split", 0.0), ("shuffle", False))
                                             if k in accepted})
-    return call_with_args(factory, {**args, **code}, key, source)
+    return call_with_args(factory, {**args, **code}, key, source, supplied=("seed", "training"))
 
 
 def data_state(data: Any) -> dict[str, Any]:

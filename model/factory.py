@@ -12,7 +12,7 @@ from torch import nn
 
 from model.init import init_weights
 from utils.config import Config, call_with_args
-from utils.errors import ConfigError, suggest
+from utils.errors import ConfigError, blame, suggest
 from utils.registry import lookup
 
 
@@ -29,7 +29,7 @@ def build_model(config: Config, pretrained: bool = True) -> nn.Module:
     with _watch_weight_loading(skip_downloads=not pretrained) as loaded:
         model = config.init_obj("arch", spec=spec)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"{config.source}: arch.type '{spec['type']}' built a {type(model).__name__}, not an "
+        raise ConfigError(f"{blame(config.source, 'arch.type')}: arch.type '{spec['type']}' built a {type(model).__name__}, not an "
                           "nn.Module. Name a model class there.")
     if pretrained and spec.get("init") is not None:
         init_weights(model, spec["init"], config.source, keep=loaded)
@@ -82,12 +82,12 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     for i, group in enumerate(spec.get("param_groups") or []):
         key = f"optimizer.param_groups[{i}]"
         if not isinstance(group, dict) or "modules" not in group:
-            raise ConfigError(f"{config.source}: '{key}' must be a mapping with 'modules' and the settings of that "
+            raise ConfigError(f"{blame(config.source, key)}: '{key}' must be a mapping with 'modules' and the settings of that "
                               f"group, e.g. {{modules: [layer4], lr: 1.0e-4}}; got {group!r}.")
         names = group["modules"]
         if names == "backbone":
             if not hasattr(model, "backbone_parameters"):
-                raise ConfigError(f"{config.source}: '{key}.modules: backbone' needs a model that names its backbone "
+                raise ConfigError(f"{blame(config.source, key)}: '{key}.modules: backbone' needs a model that names its backbone "
                                   f"({type(model).__name__} does not); list module names instead.")
             candidates = model.backbone_parameters()
         else:
@@ -97,7 +97,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
                     candidates += list(model.get_submodule(name).parameters())
                 except AttributeError:
                     known = [n for n, _ in model.named_modules() if n]
-                    raise ConfigError(f"{config.source}: '{key}.modules' names '{name}', which is not a module of "
+                    raise ConfigError(f"{blame(config.source, key)}: '{key}.modules' names '{name}', which is not a module of "
                                       f"{type(model).__name__}.{suggest(name, known)}") from None
         params = [p for p in candidates if p.requires_grad and id(p) not in taken]
         taken |= {id(p) for p in candidates}
@@ -127,7 +127,7 @@ def build_metrics(config: Config) -> dict[str, Callable]:
         fn = lookup(spec["type"], "metrics", f"metrics[{i}]", config.source)
         name = spec["type"] + "".join(f"_{k}{v}" for k, v in args.items())
         if name in metrics or name == "loss":
-            raise ConfigError(f"{config.source}: the metric '{name}' is listed twice; remove one.")
+            raise ConfigError(f"{blame(config.source, 'metrics')}: the metric '{name}' is listed twice; remove one.")
         metrics[name] = _bind(fn, args, f"metrics[{i}]", config.source)
     return metrics
 

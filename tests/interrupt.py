@@ -1,10 +1,12 @@
 """Run train.py and interrupt it at a chosen point, the way a cluster or a user would.
 
-    python tests/interrupt.py --at step:7 --send KILL -- <train.py arguments>
+    python tests/interrupt.py --at step:7 --send KILL [--group] -- <train.py arguments>
 
 Points: `step:N` after optimizer step N, `epoch-start:E` before epoch E's first batch, `save:N` inside the
 N-th checkpoint file write (after the temporary file is written, before it is renamed), `validation:E` at
 the start of epoch E's validation, `fail-rank1:N` a DataError raised by rank 1 alone after step N (DDP).
+With `--group` the signal goes to the whole process group (DataLoader workers included), as a terminal's
+`kill`, a job scheduler or Kubernetes send it; start the script in a session of its own.
 """
 import argparse
 import os
@@ -23,6 +25,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--at", required=True)
     parser.add_argument("--send", default="KILL", choices=("KILL", "TERM", "INT", "USR1"))
+    parser.add_argument("--group", action="store_true", help="signal the process group, not this process only")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     where, number = args.at.split(":")
@@ -30,7 +33,10 @@ def main() -> int:
     signum = getattr(signal, f"SIG{args.send}")
 
     def fire():
-        os.kill(os.getpid(), signum)
+        if args.group:
+            os.killpg(os.getpgid(0), signum)
+        else:
+            os.kill(os.getpid(), signum)
 
     if where == "step":
         step = Trainer.optimizer_step

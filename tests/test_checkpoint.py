@@ -1,6 +1,7 @@
 import errno
 import os
 import pathlib
+import re
 
 import pytest
 import torch
@@ -9,10 +10,15 @@ from trainer import checkpoint
 from trainer.checkpoint import atomic_write, find_checkpoint, keep_top_k, load_checkpoint, save_checkpoint
 from utils.errors import CheckpointError, TrainingError
 
+from conftest import REPO
+
 
 def state(value: float) -> dict:
-    return {"format": 1, "config": {"name": "x"}, "model": {"w": torch.full((3,), value)},
-            "loop": {"epoch": 1, "batch_idx": 0, "global_step": 0}}
+    """A checkpoint with every part train.py writes, small."""
+    return {"format": 1, "config": {"name": "x"}, "model": {"w": torch.full((3,), value)}, "optimizer": {},
+            "lr_scheduler": None, "scaler": None, "loop": {"epoch": 1, "batch_idx": 0, "global_step": 0},
+            "monitor": {"best": 0.5, "not_improved": 0, "kept": []}, "data": {"seed": 0}, "world_size": 1,
+            "per_rank": []}
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -77,9 +83,63 @@ def test_checkpoint_carrying_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"format": 1, "config": {}, "model": Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match=r"Refused to load .*evil\.pth.*pickled Python objects.*weights_only=True"):
+    with pytest.raises(CheckpointError, match=r"Refused to load .*evil\.pth.*pickled Python objects.*weights_only=True") \
+            as refused:
         load_checkpoint(path)
-    assert not marker.exists()
+    assert not marker.exists() and "weights_only=False" not in str(refused.value)
+
+
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path):
+    linear, example = torch.nn.Linear(2, 2).eval(), torch.zeros(1, 2)
+    with pytest.warns(FutureWarning):  # torch.jit is deprecated
+        torch.jit.trace(linear, example).save(str(tmp_path / "model.ts.pt"))
+    torch.export.save(torch.export.export(linear, (example,)), tmp_path / "model.pt2")
+    (tmp_path / "config.yaml").write_text("name: digits_cnn\narch: {type: DigitsCNN}\n")
+    (tmp_path / "train.log").write_text("2024-06-01 12:00:00 INFO train: Run r1 on cpu\n")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x032.6")
+    (tmp_path / "digit.png").write_bytes((REPO / "data" / "digits" / "images" / "0000.png").read_bytes())
+    (tmp_path / "random.pth").write_bytes(bytes(range(7, 256)) * 4)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    expected = {
+        "model.ts.pt": r"is a TorchScript model \(export\.py --format torchscript writes these; load it with torch\.jit",
+        "model.pt2": r"is a torch\.export program \(export\.py --format exported writes these",
+        "config.yaml": r"is a text file \(it begins 'name: digits_cnn'\)",
+        "train.log": r"is a text file \(it begins '2024-06-01 12:00:00 INFO train: Run r1 on cpu'\)",
+        "model.onnx": r"is an ONNX model",
+        "digit.png": r"is a PNG image",
+        "random.pth": r"is neither a zip archive nor a pickle, the formats torch\.save writes",
+        "empty.pth": r"is empty \(0 bytes\)",
+    }
+    for name, what in expected.items():
+        with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / name}' ") + what + ".*, not a training "
+                                                  r"checkpoint\. Checkpoints are written by train\.py") as e:
+            load_checkpoint(tmp_path / name)
+        assert "weights_only=False" not in str(e.value) and "pickled" not in str(e.value), name
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda s: s.pop("loop"), "'loop' is missing"),
+    (lambda s: s.update(format="1"), "'format' is '1', not a whole number"),
+    (lambda s: s["loop"].update(epoch=None), "'loop.epoch' is None, not a whole number"),
+    (lambda s: s.update(monitor=[]), "'monitor' is [], not a mapping"),
+    (lambda s: s.update(per_rank=None), "'per_rank' is None, not a list"),
+])
+def test_a_checkpoint_with_parts_missing_or_mistyped_is_refused(tmp_path, change, problem):
+    checkpoint = state(1.0)
+    change(checkpoint)
+    torch.save(checkpoint, tmp_path / "edited.pth")
+    with pytest.raises(CheckpointError, match=r"edited\.pth' is not a complete checkpoint of this template: "
+                                              + re.escape(problem) + r"\. It was edited or written by other code"):
+        load_checkpoint(tmp_path / "edited.pth")
+
+
+def test_a_run_folder_can_prefer_model_best(tmp_path, caplog):
+    save_checkpoint(state(1.0), [tmp_path / "checkpoint-latest.pth"])
+    assert find_checkpoint(tmp_path, first="model_best.pth")[0].name == "checkpoint-latest.pth"  # none: no warning
+    assert "Using" not in caplog.text
+    save_checkpoint(state(2.0), [tmp_path / "model_best.pth"])
+    path, loaded = find_checkpoint(tmp_path, first="model_best.pth")
+    assert path.name == "model_best.pth" and torch.equal(loaded["model"]["w"], torch.full((3,), 2.0))
 
 
 def test_foreign_files_are_not_taken_for_checkpoints(tmp_path):

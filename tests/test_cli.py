@@ -1,22 +1,43 @@
 """The entry points as a user runs them: subprocesses, exit codes, messages, nothing written on bad input."""
 import json
+import re
 
 import pytest
 
 import train
 from utils.errors import reason
 
-from conftest import fast_args, only_run, run_script
+from conftest import REPO, fast_args, only_run, run_script
 from fake_data import write_mnist
 from test_config import CLASSIC
 
+CONFIG = (REPO / "configs" / "config.yaml").read_text()
 BROKEN = {
     "yaml syntax": ("arch:\n  type: DigitsCNN\n   args: {}\n", [], r"line 3, column \d+: invalid YAML"),
     "unknown type": (None, ["arch.type=ResNet9000"], "unknown arch type 'ResNet9000'"),
     "wrong args": (None, ["optimizer.args.momentum_typo=0.9"], "wrong args for optimizer type 'AdamW'"),
     "unknown key": (None, ["trainer.epoch=3"], "unknown key 'trainer.epoch'.*Did you mean 'epochs'"),
     "missing data": (None, ["data_loader.args.data_dir=no/such/folder"], "Data folder 'no/such/folder' not found"),
-    "unlogged monitor": (None, ["trainer.monitor=max val_f1"], "trainer.monitor names 'val_f1', which is not logged"),
+    "unlogged monitor": (None, ["trainer.monitor=max val_f1"],
+                         r"command line \(trainer.monitor=max val_f1\): trainer.monitor names 'val_f1', which is not logged"),
+    "not utf-8": (CONFIG.encode() + "name: café\n".encode("latin-1"), [], r"broken\.yaml' is not UTF-8 text: line \d+ holds the byte 0xe9"),
+    "key twice": (CONFIG + "trainer:\n  epochs: 1\n", [], r"the key 'trainer' is written twice in one mapping, "
+                  r"on lines \d+ and \d+"),
+    "null trainer": (None, ["trainer=null"], r"command line \(trainer=null\): 'trainer' must be a mapping"),
+    "float seed": (None, ["seed=1.5"], r"command line \(seed=1\.5\): 'seed' must be a whole number"),
+    "bad split": (None, ["data_loader.args.validation_split=abc"], r"data_loader\.args\.validation_split must be a "
+                  r"fraction"),
+    "bad workers": (None, ["data_loader.args.num_workers=-1"], r"data_loader\.args\.num_workers must be a whole "
+                    r"number >= 0, got -1"),
+    "minutes": (None, ["trainer.save_every_minutes=abc"], r"'trainer\.save_every_minutes' must be a number"),
+    "clip": (None, ["trainer.grad_clip_norm=abc"], r"'trainer\.grad_clip_norm' must be a number > 0"),
+    "width 0": (None, ["arch.args.width=0"], r"arch\.args\.width must be a whole number >= 1, got 0"),
+    "loader arg": (None, ["data_loader.args.bogus=1"], r"command line \(data_loader\.args\.bogus=1\): wrong args for "
+                   r"data_loader type 'CsvImageDataLoader': unexpected keyword argument 'bogus'\. It accepts: "
+                   r"data_dir, csv_file, (?!.*seed).*skip_bad\.$"),
+    "name path": (None, ["name=../../x"], r"command line \(name=\.\./\.\./x\): 'name' must be a folder name"),
+    "absolute name": (None, ["name=/tmp/x"], r"'name' must be a folder name"),
+    "run id path": (None, ["--run-id", "../../x"], r"--run-id must be a folder name such as run1"),
 }
 
 
@@ -25,13 +46,13 @@ def test_broken_configs_give_one_message_exit_2_and_write_nothing(tmp_path, case
     text, overrides, message = BROKEN[case]
     args = fast_args(tmp_path / "saved", *overrides)
     if text is not None:
-        (tmp_path / "broken.yaml").write_text(text)
+        (tmp_path / "broken.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
         args[1] = str(tmp_path / "broken.yaml")
     assert train.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert pytest.importorskip("re").search(message, err), err
-    assert not (tmp_path / "saved").exists()
+    assert re.search(message, err.strip()), err
+    assert [p.name for p in tmp_path.iterdir()] == (["broken.yaml"] if text is not None else [])
 
 
 def test_train_resume_and_test_as_subprocesses(tmp_path):

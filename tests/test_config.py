@@ -1,7 +1,9 @@
 import json
+import re
 
 import pytest
 import torch
+import yaml
 
 import model.builtin.models as module_arch
 from utils.config import Config, parse_value
@@ -189,3 +191,95 @@ def test_torch_only_sections_do_not_invite_defining_a_type_there(tmp_path):
     with pytest.raises(ConfigError) as error:
         config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
     assert "looked up in torch.optim only" in str(error.value) and "Define" not in str(error.value)
+
+
+def test_a_config_that_is_not_utf8_text_is_named(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(MINIMAL.encode() + "name: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml' is not UTF-8 text: line 6 holds the byte 0xe9\. A config"):
+        Config.load(latin)
+    binary = tmp_path / "image.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ConfigError, match=r"image\.yaml' is not UTF-8 text.*check that -c names your config"):
+        Config.load(binary)
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
+    path = write(tmp_path, MINIMAL + "trainer:\n  monitor: max val_accuracy\nname: x\ntrainer:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: the key 'trainer' is written twice in one mapping, on lines 6 "
+                                          r"and 9; the second would silently replace the first"):
+        Config.load(path)
+    with pytest.raises(ConfigError, match=r"the key 'lr' is written twice in one mapping, on line 4;"):
+        Config.load(write(tmp_path, MINIMAL.replace("{lr: 1e-3}", "{lr: 1e-3, lr: 1e-2}")))
+    with pytest.raises(ConfigError, match=r"c\.json: the key 'name' is written twice in one object"):
+        Config.load(write(tmp_path, json.dumps(CLASSIC)[:-1] + ', "name": "again"}', "c.json"))
+    merged = MINIMAL.replace("optimizer: {type: Adam, args: {lr: 1e-3}}",
+                             "base: &base {type: Adam, args: {lr: 1e-3}}\noptimizer:\n  <<: *base\n  type: AdamW")
+    assert Config.load(write(tmp_path, merged))["optimizer"]["type"] == "AdamW"  # a merge key may be overridden
+
+
+@pytest.mark.parametrize("key, message", [
+    ("trainer", r"'trainer' must be a mapping of settings \(type, args, epochs, \.\.\.\), got None"),
+    ("arch", "'arch' is required and may not be null"),
+    ("optimizer", "'optimizer' is required and may not be null"),
+    ("data_loader", "'data_loader' is required and may not be null"),
+    ("name", "'name' must be a folder name such as digits_cnn.*got None"),
+    ("trainer.save_dir", r"'trainer\.save_dir' must be a folder path such as saved/; got None"),
+])
+def test_null_sections_and_names_are_refused(tmp_path, key, message):
+    data = yaml.safe_load(MINIMAL)
+    if key == "trainer.save_dir":
+        data["trainer"] = {"save_dir": None}
+    else:
+        data[key] = None
+    with pytest.raises(ConfigError, match=r"c\.yaml: " + message):
+        Config.load(write(tmp_path, yaml.safe_dump(data)))
+
+
+def test_a_whole_number_name_is_a_folder_name_and_paths_are_not(tmp_path):
+    assert Config.load(write(tmp_path, MINIMAL + "name: 2024\n"))["name"] == "2024"
+    assert Config.load(write(tmp_path, MINIMAL), ["name=mnist/baseline"])["name"] == "mnist/baseline"
+    with pytest.raises(ConfigError, match=r"'name' must be a folder name.*got 1\.1\. Quote a number"):
+        Config.load(write(tmp_path, MINIMAL + "name: 1.10\n"))
+    for name in ["../../x", "/tmp/x", "a/../b", "a\\b", ".", ""]:
+        with pytest.raises(ConfigError, match=r"'name' must be a folder name .*without '\.\.', '\\' or a leading"):
+            Config.load(write(tmp_path, MINIMAL), [f"name={name}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=1.5", r"'seed' must be a whole number from 0 to 2\*\*63 - 1, or null to draw one; got 1\.5"),
+    ("seed=abc", r"'seed' must be a whole number .*; got 'abc'"),
+    ("seed=12345678901234567890", r"'seed' must be a whole number .*; got 12345678901234567890"),
+    ("trainer.save_every_minutes=abc", r"'trainer\.save_every_minutes' must be a number >= 0 \(0: off\); got 'abc'"),
+    ("trainer.grad_clip_norm=abc", r"'trainer\.grad_clip_norm' must be a number > 0, or null \(no clipping\)"),
+])
+def test_bad_values_are_refused_naming_the_override(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=re.escape(f"command line ({override}): ") + message):
+        Config.load(write(tmp_path, MINIMAL), [override])
+
+
+def test_errors_name_the_command_line_for_what_it_set_and_the_file_for_the_rest(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match=r"^command line \(--epochs 0\): 'trainer\.epochs'"):
+        Config.load(path, epochs=0)
+    with pytest.raises(ConfigError, match=r"^\S*bad\.yaml: 'trainer\.amp'"):
+        Config.load(write(tmp_path, MINIMAL + "trainer: {amp: fp8}\n", "bad.yaml"), ["trainer.epochs=3"])
+    config = Config.load(path, ["arch.args.depth=3", "optimizer.type=Adamm"])
+    with pytest.raises(ConfigError, match=r"^command line \(arch\.args\.depth=3\): wrong args for arch type"):
+        config.init_obj("arch")
+    with pytest.raises(ConfigError, match=r"^command line \(optimizer\.type=Adamm\): unknown optimizer type"):
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
+    config = Config.load(path, ["optimizer.args.lr=-1"])
+    with pytest.raises(ConfigError, match=r"c\.yaml with the command line's optimizer\.args\.lr=-1: optimizer type "
+                                          r"'Adam' refused its arguments"):
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
+
+
+def test_a_type_torch_lacks_is_not_said_to_be_definable(tmp_path):
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.type=Adamish", "lr_scheduler={type: Cosine}"])
+    params = [torch.zeros(1, requires_grad=True)]
+    with pytest.raises(ConfigError, match=r"looked up in torch\.optim only; check the spelling there\.$") as e:
+        config.init_obj("optimizer", params=params)
+    assert "Define yours" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"looked up in torch\.optim\.lr_scheduler only"):
+        config.init_obj("lr_scheduler", optimizer=torch.optim.SGD(params, lr=1))

@@ -143,3 +143,48 @@ def test_distributed_shares_cover_every_sample_and_have_equal_length():
         unpadded = [list(ResumableSampler(range(n), seed=1, num_replicas=replicas, rank=r, pad=False))
                     for r in range(replicas)]
         assert sorted(sum(unpadded, [])) == list(range(n))
+
+
+def test_a_csv_with_excels_byte_order_mark_is_read(tmp_path):
+    root = small_copy(tmp_path)
+    (root / "labels.csv").write_bytes(b"\xef\xbb\xbf" + (root / "labels.csv").read_bytes())
+    assert len(CsvImageDataset(root, split="train")) == 20
+
+
+def test_split_values_are_read_without_case_or_spaces_and_others_name_their_line(tmp_path):
+    root = small_copy(tmp_path)
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[1], lines[2], lines[3] = lines[1][:-5] + "Train", lines[2][:-5] + "train ", lines[3][:-5] + " TEST"
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    assert len(CsvImageDataset(root, split="train")) == 19 and len(CsvImageDataset(root, split="test")) == 1
+    for value, message in [("val", r"line 5: the split is 'val', not train or test"), ("", r"line 5: the split is "
+                                                                                             r"empty")]:
+        lines[4] = lines[4].rsplit(",", 1)[0] + "," + value
+        (root / "labels.csv").write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=message + r"\. Fix the row or remove it"):
+            CsvImageDataset(root, split="train")
+    lines[4] = lines[4].rsplit(",", 1)[0]  # no split column value at all
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 5: the split is empty"):
+        CsvImageDataset(root, split="test")
+    assert len(CsvImageDataset(root, split="train", skip_bad=True)) == 18
+
+
+def test_a_latin1_csv_names_the_file_and_the_encoding(tmp_path):
+    root = small_copy(tmp_path)
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[2] = lines[2].replace("images/", "images/é")
+    (root / "labels.csv").write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(DataError, match=r"labels\.csv' is not UTF-8 text: line 3 holds the byte 0xe9, as in a file "
+                                        r"saved as Latin-1"):
+        CsvImageDataLoader(data_dir=str(root))
+
+
+def test_skip_bad_with_every_row_bad_says_so_and_why(tmp_path):
+    root = small_copy(tmp_path, rows=5)
+    lines = (root / "labels.csv").read_text().splitlines()
+    rows = [row.split(",")[0] + ",ten,train" for row in lines[1:]]
+    (root / "labels.csv").write_text("\n".join([lines[0], *rows]))
+    with pytest.raises(DataError, match=r"lists no usable rows for split 'train': all 5 rows were skipped as bad "
+                                        r"\(skip_bad: true\)\. The first: .*line 2: label 'ten' is not a whole"):
+        CsvImageDataset(root, split="train", num_classes=10, skip_bad=True)

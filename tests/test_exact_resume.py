@@ -18,9 +18,11 @@ ARGS = ["-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8", "train
         "data_loader.args.batch_size=64", "lr_scheduler.args.T_max=3"]
 
 
-def interrupted(at: str, sig: str, *train_args: str) -> subprocess.CompletedProcess:
+def interrupted(at: str, sig: str, *train_args: str, group: bool = False) -> subprocess.CompletedProcess:
+    """train.py with `sig` sent at `at`; with `group`, to its whole process group (in a session of its own)."""
     return subprocess.run([sys.executable, str(REPO / "tests" / "interrupt.py"), "--at", at, "--send", sig,
-                           "--", *train_args], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           *(["--group"] if group else []), "--", *train_args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, start_new_session=group)
 
 
 def assert_same_state(a_path, b_path):
@@ -78,13 +80,15 @@ def test_stop_signals_save_and_exit_then_resume_is_bit_identical(tmp_path, refer
     assert_same_state(reference, run / "checkpoint-latest.pth")
 
 
-def test_worker_processes_replay_augmentation_exactly(tmp_path):
+def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp_path):
+    # The workers get the SIGTERM too (a terminal's kill, a job scheduler, Kubernetes); they leave it to the trainer.
     args = ARGS + ["data_loader.args.num_workers=2", "trainer.epochs=2"]
     ref = run_script("train.py", *args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a")
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "b" / "models" / "digits_cnn" / "b"
-    result = interrupted("step:10", "KILL", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b")
-    assert result.returncode == -signal.SIGKILL
+    result = interrupted("step:10", "TERM", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b", group=True)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr and "Stopped by SIGTERM" in result.stdout
     assert run_script("train.py", "--resume", str(run)).returncode == 0
     assert_same_state(tmp_path / "a" / "models" / "digits_cnn" / "a" / "checkpoint-latest.pth",
                       run / "checkpoint-latest.pth")
@@ -100,3 +104,34 @@ def test_resume_refuses_another_seed_and_rederives_the_position_for_another_batc
     assert smaller.returncode == 0, smaller.stderr
     # 6 batches of 64 seen: the run goes on from sample 384, batch 12 of 32.
     assert "with batch size 64, this run has 1 with 32" in smaller.stdout and "(batch 12)" in smaller.stdout
+
+
+def test_a_kill_between_the_latest_and_the_best_checkpoint_leaves_no_stale_best(tmp_path):
+    # The issue's repro. Epoch 2 improves val_loss: its end writes checkpoint-latest.pth (the 12th checkpoint file
+    # written: 4 step saves per epoch, and latest, best, epoch file at the end of epoch 1), then model_best.pth
+    # (the 13th), where the kill hits.
+    args = [*ARGS, "trainer.epochs=2", "lr_scheduler.args.T_max=2", "trainer.save_every_steps=5"]
+    ref = run_script("train.py", *args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a")
+    assert ref.returncode == 0, ref.stderr
+    reference = tmp_path / "a" / "models" / "digits_cnn" / "a"
+    assert load_checkpoint(reference / "model_best.pth")["loop"]["epoch"] == 3  # the best is epoch 2's end
+    run = tmp_path / "b" / "models" / "digits_cnn" / "b"
+    result = interrupted("save:13", "KILL", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b")
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert load_checkpoint(run / "model_best.pth")["loop"]["epoch"] == 2, "the kill should leave an older best"
+    result = run_script("train.py", "--resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert "model_best.pth does not hold the best val_loss" in result.stdout
+    assert_same_state(reference / "model_best.pth", run / "model_best.pth")
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_from_its_folder(tmp_path, reference):
+    run = tmp_path / "models" / "digits_cnn" / "early"
+    result = interrupted("step:3", "KILL", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "early")
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert [p.name for p in run.iterdir() if not p.name.startswith(".")] == ["config.yaml"]
+    same_id = run_script("train.py", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "early")
+    assert same_id.returncode == 2 and f"Continue it with --resume {run}" in same_id.stderr
+    result = run_script("train.py", "--resume", str(run))  # what the SLURM requeue script runs
+    assert result.returncode == 0, result.stderr
+    assert_same_state(reference, run / "checkpoint-latest.pth")

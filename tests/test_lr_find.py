@@ -70,3 +70,10 @@ def test_lr_find_refuses_bad_input_before_writing(save_dir, capsys, flags, messa
                       *flags]) == 2
     assert message in capsys.readouterr().err
     assert not save_dir.exists()
+
+
+def test_range_test_flags_without_lr_find_are_refused(save_dir, capsys):
+    assert tune.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", "--grid",
+                      "optimizer.args.lr=1e-3,1e-2", "--steps", "50"]) == 2
+    assert "--steps set the LR range test: add --lr-find" in capsys.readouterr().err
+    assert not save_dir.exists()

@@ -140,6 +140,27 @@ def test_nan_loss_stops_without_touching_the_best_checkpoint(save_dir, monkeypat
     assert all(torch.isfinite(t).all() for t in latest["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.parametrize("monitor", ["min val_loss", "off"])
+def test_non_finite_buffers_are_never_saved(save_dir, monkeypatch, capsys, monitor):
+    # BatchNorm's running_var can overflow while the loss stays finite; every later checkpoint would be poisoned.
+    from trainer.trainer import Trainer
+
+    step = Trainer.optimizer_step
+
+    def overflowing_step(self):
+        step(self)
+        if self.global_step == 7:
+            self.model.features[1].running_var.fill_(float("inf"))
+
+    monkeypatch.setattr(Trainer, "optimizer_step", overflowing_step)
+    assert train.main(fast_args(save_dir, "trainer.save_every_steps=5", f"trainer.monitor={monitor}")) == 1
+    err = capsys.readouterr().err
+    assert "hold NaN or Inf values (features.1.running_var) at step 10, so checkpoint-latest.pth was not written" in err
+    latest = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
+    assert latest["loop"]["global_step"] == 5
+    assert all(torch.isfinite(t).all() for t in latest["model"].values() if t.is_floating_point())
+
+
 def test_skip_batch_skips_non_finite_losses(save_dir, monkeypatch):
     poison_loss(monkeypatch, lambda n: n % 7 == 0)
     assert train.main(fast_args(save_dir, "trainer.on_nan=skip_batch")) == 0

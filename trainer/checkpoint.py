@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import pickle
+import reprlib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,79 @@ def save_checkpoint(state: dict[str, Any], paths: list[Path]) -> None:
                                 f"permissions) and continue with: python train.py --resume {path.parent}") from None
 
 
+_WRITTEN_BY_TRAIN = ("Checkpoints are written by train.py as checkpoint-*.pth and model_best.pth in the run folder; "
+                     "pass one of them, or the run folder.")
+
+# What train.py writes into every checkpoint (Trainer.state_dict), checked before anything reads it.
+_LAYOUT: dict[str, Any] = {
+    "format": int, "config": dict, "model": dict, "optimizer": dict, "lr_scheduler": (dict, type(None)),
+    "scaler": (dict, type(None)), "loop": {"epoch": int, "batch_idx": int, "global_step": int},
+    "monitor": {"best": (int, float), "not_improved": int, "kept": list}, "data": {"seed": int},
+    "world_size": int, "per_rank": list,
+}
+_KINDS = {int: "a whole number", dict: "a mapping", list: "a list", (int, float): "a number",
+          (dict, type(None)): "a mapping or null"}
+
+
+def _layout_problem(state: dict[str, Any], layout: dict[str, Any], where: str = "") -> str | None:
+    """The first key of `layout` that `state` lacks or holds with another type, described; None if it fits."""
+    for key, kind in layout.items():
+        if key not in state:
+            return f"'{where}{key}' is missing"
+        value = state[key]
+        if isinstance(kind, dict):
+            problem = (_layout_problem(value, kind, f"{where}{key}.") if isinstance(value, dict)
+                       else f"'{where}{key}' is {reprlib.repr(value)}, not a mapping")
+            if problem:
+                return problem
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            return f"'{where}{key}' is {reprlib.repr(value)}, not {_KINDS[kind]}"
+    return None
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What `path` is when it cannot be a file torch.save wrote, found from its first bytes and, for a zip archive,
+    its contents; None when it may be one. Checked before torch.load, whose errors for such files are misleading
+    (and advise an unsafe load)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            names = {name.split("/", 1)[-1] for name in zipfile.ZipFile(path).namelist()}
+        except zipfile.BadZipFile:
+            return None  # a cut-off archive: torch.load reports it as truncated
+        if "constants.pkl" in names or any(name.startswith("code/") for name in names):
+            return "is a TorchScript model (export.py --format torchscript writes these; load it with torch.jit.load)"
+        if "archive_format" in names:
+            return "is a torch.export program (export.py --format exported writes these; load it with torch.export.load)"
+        return None if "data.pkl" in names else "is a zip archive that torch.save did not write"
+    if head.startswith(b"\x80"):
+        return None  # a pickle: torch.save's legacy format
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image")):
+        if head.startswith(magic):
+            return f"is {kind}"
+    if path.suffix == ".onnx":
+        return "is an ONNX model (export.py --format onnx writes these; run it with onnxruntime)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text.strip() and "\0" not in text:
+        return f"is a text file (it begins {text.strip().splitlines()[0][:60]!r})"
+    return "is neither a zip archive nor a pickle, the formats torch.save writes"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU with `weights_only=True`; every failure is a CheckpointError naming the file."""
+    """Read a checkpoint on the CPU with `weights_only=True`; every failure is a CheckpointError naming the file and
+    saying what it is, and a checkpoint whose layout is not the one train.py writes is refused before it is used."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' not found. Pass a .pth file or a run folder to --resume.")
+    what = _not_a_checkpoint(path)
+    if what is not None:
+        raise CheckpointError(f"'{path}' {what}, not a training checkpoint. {_WRITTEN_BY_TRAIN}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -72,30 +141,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                       "unpickling error")
         raise CheckpointError(
             f"Refused to load '{path}': it contains pickled Python objects, not only tensors and plain values "
-            f"({refused}). Loading such a file could run code it "
-            "carries, so this template only reads checkpoints with torch.load(weights_only=True). If the file comes "
-            "from a source you trust, load it once with weights_only=False in a separate script and re-save its "
-            "state_dict.") from None
+            f"({refused}). Loading such a file could run code it carries, so this template reads checkpoints with "
+            "torch.load(weights_only=True) only. train.py never writes such objects: the file was written by other "
+            f"code. {_WRITTEN_BY_TRAIN}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({reason(e)}). It was probably cut off "
                               "while being written or copied; use another checkpoint of the run (e.g. pass the run "
                               "folder to --resume to pick the newest intact one).") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"'{path}' is not a checkpoint of this template (it holds: {keys}). Checkpoints are "
-                              "written by train.py as checkpoint-*.pth and model_best.pth in the run folder.")
-    if state.get("format", FORMAT) > FORMAT:
+        raise CheckpointError(f"'{path}' is not a checkpoint of this template (it holds: {keys}). {_WRITTEN_BY_TRAIN}")
+    problem = _layout_problem(state, _LAYOUT)
+    if problem is not None:
+        raise CheckpointError(f"'{path}' is not a complete checkpoint of this template: {problem}. It was edited or "
+                              "written by other code; use another checkpoint of the run (pass the run folder to "
+                              "--resume to pick the newest intact one).")
+    if state["format"] > FORMAT:
         raise CheckpointError(f"'{path}' was written by a newer version of this template (format "
                               f"{state['format']}, this code reads {FORMAT}). Update the code.")
     return state
 
 
-def find_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint file as given, or for a run folder the newest intact checkpoint in it (latest first)."""
+def find_checkpoint(path: str | Path, first: str = LATEST) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file as given, or for a run folder its newest intact checkpoint: `first` (checkpoint-latest.pth
+    to resume; test.py asks for model_best.pth) if it can be read, else the others, checkpoint-latest.pth first, then
+    newest first. Each one skipped is a warning, and so is the one used instead of `first`."""
     path = Path(path)
     if not path.is_dir():
         return path, load_checkpoint(path)
-    candidates = sorted(path.glob("*.pth"), key=lambda p: (p.name != LATEST, -p.stat().st_mtime))
+    candidates = sorted(path.glob("*.pth"), key=lambda p: (p.name != first, p.name != LATEST, -p.stat().st_mtime))
     if not candidates:
         raise CheckpointError(f"No checkpoint (*.pth) in the run folder '{path}'. Pass a folder under "
                               "saved/models/<name>/ or a .pth file to --resume.")
@@ -106,10 +180,34 @@ def find_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
             log.warning("%s Trying an older checkpoint of the run.", e)
             continue
         if candidate != candidates[0]:
-            log.warning("Resuming from '%s', the newest intact checkpoint in '%s'.", candidate.name, path)
+            log.warning("Using '%s', the newest intact checkpoint in '%s'.", candidate.name, path)
         return candidate, state
     raise CheckpointError(f"None of the {len(candidates)} checkpoint(s) in '{path}' could be read (see the warnings "
                           "above). Start a new run.")
+
+
+def find_resume(path: str | Path) -> tuple[Path | None, dict[str, Any] | None, dict[str, Any]]:
+    """What `--resume` names: (checkpoint file, checkpoint, its config); or, for a run folder that was stopped
+    before its first checkpoint (killed, a full disk, bad data in the first epoch), (None, None, the config.yaml
+    the run saved), so that the run starts again from it in the same folder."""
+    path = Path(path)
+    config_file = path / "config.yaml"
+    if path.is_dir() and not any(path.glob("*.pth")) and config_file.is_file():
+        from utils.config import read_config_file  # only here: the config module builds objects, this one does not
+
+        return None, None, read_config_file(config_file)
+    checkpoint_path, checkpoint = find_checkpoint(path)
+    return checkpoint_path, checkpoint, checkpoint["config"]
+
+
+def best_in_file(path: Path) -> float | None:
+    """The monitored value a best-model file was saved with, or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path)["monitor"]["best"]
+    except CheckpointError:
+        return None
 
 
 def remove_temp_files(folder: Path) -> None:

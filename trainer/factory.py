@@ -6,7 +6,7 @@ from typing import Any
 
 from trainer.trainer import Trainer
 from utils.config import Config
-from utils.errors import ConfigError
+from utils.errors import ConfigError, blame
 from utils.registry import lookup
 
 
@@ -15,6 +15,6 @@ def build_trainer(config: Config, **parts: Any) -> Trainer:
     name = config["trainer"]["type"]
     cls = lookup(name, "trainer", "trainer.type", config.source)
     if not (inspect.isclass(cls) and issubclass(cls, Trainer)):
-        raise ConfigError(f"{config.source}: trainer.type '{name}' is not a subclass of Trainer. Name Trainer or "
+        raise ConfigError(f"{blame(config.source, 'trainer.type')}: trainer.type '{name}' is not a subclass of Trainer. Name Trainer or "
                           "a subclass of it, such as those in trainer/custom.py.")
     return config.init_obj("trainer", config=config, **parts)

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from trainer.checkpoint import keep_top_k
-from utils.errors import ConfigError
+from utils.errors import ConfigError, blame
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ class Monitor:
     def __init__(self, spec: str, logged: list[str], source: str):
         self.mode, self.key = ("off", None) if spec == "off" else spec.split()
         if self.key is not None and self.key not in logged:
-            raise ConfigError(f"{source}: trainer.monitor names '{self.key}', which is not logged. "
+            raise ConfigError(f"{blame(source, 'trainer.monitor')}: trainer.monitor names '{self.key}', which is not logged. "
                               f"Logged values: {', '.join(logged)}.")
         self.best = math.inf if self.mode == "min" else -math.inf
         self.not_improved = 0

@@ -18,7 +18,7 @@ from trainer.hooks import ActivationStats
 from trainer.metric_tracker import batch_size
 from trainer.report import ConfusionCollector, class_names
 from trainer.tensorboard import Board
-from utils.errors import ConfigError
+from utils.errors import ConfigError, blame
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ class Progress:
 
     def __init__(self, cfg: dict[str, Any], source: str, is_main: bool):
         if cfg["activation_stats"] and (not cfg["tensorboard"] or cfg["compile"]):
-            raise ConfigError(f"{source}: trainer.activation_stats writes to TensorBoard and attaches hooks to "
+            raise ConfigError(f"{blame(source, 'trainer')}: trainer.activation_stats writes to TensorBoard and attaches hooks to "
                               "the modules: it needs trainer.tensorboard: true and trainer.compile: false.")
         if cfg["histograms"] and not cfg["tensorboard"]:
-            raise ConfigError(f"{source}: trainer.histograms are written to TensorBoard; set "
+            raise ConfigError(f"{blame(source, 'trainer')}: trainer.histograms are written to TensorBoard; set "
                               "trainer.tensorboard: true too.")
         self.cfg = cfg
         self.is_main = is_main

@@ -36,15 +36,13 @@ class Restored:
 
 def restore(resume: str | Path, config_path: str | None = None, overrides: Sequence[str] = (),
             device: str | None = None) -> Restored:
-    """The checkpoint `resume` (for a run folder: its model_best.pth, else its newest intact checkpoint) with
-    its model rebuilt from the saved config, weights loaded, on the device, in eval mode.
+    """The checkpoint `resume` (for a run folder: its model_best.pth, else, with a warning if model_best.pth is
+    damaged, its newest intact checkpoint) with its model rebuilt from the saved config, weights loaded, on the
+    device, in eval mode.
 
     `config_path` replaces only the config's `data_loader` section (the same model on other data).
     """
-    path = Path(resume)
-    if path.is_dir() and (path / BEST).is_file():
-        path = path / BEST
-    path, checkpoint = find_checkpoint(path)
+    path, checkpoint = find_checkpoint(resume, first=BEST)
     base = checkpoint["config"]
     if config_path is not None:
         base = {**base, "data_loader": Config.load(config_path)["data_loader"]}

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.checkpoint import BEST, FORMAT, LATEST, atomic_write, save_checkpoint
+from trainer.checkpoint import BEST, FORMAT, LATEST, atomic_write, best_in_file, save_checkpoint
 from utils import distributed
 from utils.errors import CheckpointError, TrainingError, reason
 from utils.rng import get_rng_state, set_rng_state
@@ -106,7 +107,16 @@ class TrainingState:
 
     def save(self, names: list[str]) -> Path:
         """Write the state to `names` in the run's models folder: every process contributes its state, rank 0
-        writes while the others wait. Returns the first file's path."""
+        writes while the others wait. Returns the first file's path. Weights or buffers that are not finite are
+        never saved, so that a run always keeps a finite checkpoint to go back to."""
+        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if self._any_rank(torch.tensor(bool(bad), device=self.device)):
+            raise TrainingError(
+                f"The model's weights or buffers hold NaN or Inf values ({', '.join(bad[:3]) or 'on another process'}"
+                f"{', ...' if len(bad) > 3 else ''}) at step {self.global_step}, so {', '.join(names)} was not "
+                "written: the checkpoints saved before are finite and intact. Lower the learning rate, set "
+                "trainer.grad_clip_norm, or check the data; then continue from the last checkpoint with --resume or "
+                "start again.")
         paths = [self.run.models / name for name in names]
         distributed.on_main(save_checkpoint, self.state_dict(), paths)
         self.last_save_time = time.monotonic()
@@ -115,11 +125,7 @@ class TrainingState:
     def save_epoch(self, epoch: int, epoch_log: dict[str, float], improved: bool) -> Path:
         """The end-of-epoch saves: `checkpoint-latest.pth`, `model_best.pth` when the monitored value improved,
         and `checkpoint-epochN.pth` every `save_period` epochs, of which the `save_top_k` best are kept."""
-        names = [LATEST]
-        if improved:
-            if not all(torch.isfinite(t).all() for t in self.model.state_dict().values() if t.is_floating_point()):
-                raise TrainingError("The weights hold NaN or Inf values; model_best.pth was not overwritten.")
-            names.append(BEST)
+        names = [LATEST, BEST] if improved else [LATEST]
         evict: list[str] = []
         if self.cfg["save_period"] and epoch % self.cfg["save_period"] == 0:
             write, evict = self.monitor.keep(epoch, epoch_log, self.cfg["save_top_k"])
@@ -131,6 +137,27 @@ class TrainingState:
         if improved:
             log.info("Saved %s (%s %.6g).", self.run.models / BEST, self.monitor.key, self.monitor.best)
         return latest
+
+    def check_best_file(self) -> None:
+        """On resume: the best value the monitor recorded must be the one `model_best.pth` holds. A kill, a full
+        disk or a second Ctrl+C between writing `checkpoint-latest.pth` and `model_best.pth` leaves an older
+        `model_best.pth`: when the resumed state is that best one, it is written again; otherwise the monitor goes
+        on from the value the file holds (or from none, without a readable file)."""
+        if self.monitor.key is None or not self.history:
+            return
+        held = distributed.on_main(best_in_file, self.run.models / BEST)
+        if held == self.monitor.best:
+            return
+        if self.batch_idx == 0 and self.history[-1].get(self.monitor.key) == self.monitor.best:
+            log.warning("model_best.pth does not hold the best %s (%.6g) that the checkpoint records; the run was "
+                        "stopped between the two writes. Writing it again from the checkpoint.",
+                        self.monitor.key, self.monitor.best)
+            self.save([BEST])
+            return
+        log.warning("model_best.pth holds %s %s, not the recorded best %.6g; the best model goes on from the file's "
+                    "value.", self.monitor.key, "no readable value" if held is None else f"{held:.6g}",
+                    self.monitor.best)
+        self.monitor.best = held if held is not None else (math.inf if self.monitor.mode == "min" else -math.inf)
 
     def write_history(self) -> None:
         """Every epoch's values, one JSON line each, in `history.jsonl`: for programs that follow a run as it

@@ -28,7 +28,7 @@ from utils import distributed
 from utils.config import Config
 from utils.device import autocast, to_device
 from utils.distributed import Dist
-from utils.errors import ConfigError, TrainingError
+from utils.errors import ConfigError, TrainingError, blame
 from utils.run import RunPaths
 
 __all__ = ["Step", "Trainer"]
@@ -79,7 +79,7 @@ class Trainer(TrainingState):
             find_unused_parameters=self.cfg["find_unused_parameters"])
         if (isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and config["lr_scheduler"]["interval"] == "step"):
-            raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
+            raise ConfigError(f"{blame(config.source, 'lr_scheduler')}: ReduceLROnPlateau needs the monitored value, which exists once per "
                               "epoch; set lr_scheduler.interval: epoch.")
         logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
         self.monitor = Monitor(self.cfg["monitor"] if train_loader is not None else "off", logged, config.source)
@@ -125,6 +125,7 @@ class Trainer(TrainingState):
         """Train until `epochs` or early stopping, writing logs and checkpoints into `run`; return the last
         epoch's values."""
         self.run = run
+        self.check_best_file()
         self.write_history()
         if self.epoch > self.epochs:
             log.warning("This run already finished epoch %d of %d; raise trainer.epochs to train longer.",
@@ -197,9 +198,8 @@ class Trainer(TrainingState):
     @torch.no_grad()
     def evaluate(self, loader: Iterable, desc: str = "valid", should_stop: Callable[[], bool] = lambda: False,
                  observe: Callable[[Any, Step], None] = lambda batch, step: None) -> dict[str, float] | None:
-        """Loss and metrics of `validation_step` over the whole `loader` in eval mode (each process its share
-        under DDP, then the exact totals), each step also given to `observe` (trainer/report.py); None if
-        `should_stop()` interrupted it. Validation and test.py both use it: same weights, same figures."""
+        """Loss and metrics of `validation_step` over `loader` in eval mode, exact over all processes under DDP;
+        each step also goes to `observe`; None if `should_stop()` cut it short. Validation and test.py share it."""
         model = self.eval_model
         was_training = model.training
         model.eval()

@@ -13,13 +13,15 @@ import inspect
 import json
 import logging
 import re
+from collections.abc import Collection, Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from utils.errors import ConfigError, reason, suggest
+from utils.errors import ConfigError, Source, blame, not_utf8, reason, suggest
 from utils.registry import lookup
+from utils.run import folder_name
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +90,29 @@ SHORT_FLAGS = {
 }
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key written twice in one mapping: YAML and JSON readers keep the last silently."""
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a float (YAML 1.1 reads it as a string) and `off`/`on`/`yes`/`no` as
     strings (YAML 1.1 reads them as booleans), and dates as strings, so `amp: off`, `lr: 1e-3` and
-    `name: 2024-06-01` mean what they say."""
+    `name: 2024-06-01` mean what they say; and refuses a key written twice in one mapping (a second `trainer:`
+    block would otherwise replace the first, `monitor` and all)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):  # a complex key: the constructor reports it
+                continue
+            if key in lines:
+                where = f"lines {lines[key]} and {line}" if lines[key] != line else f"line {line}"
+                raise _DuplicateKey(f"the key '{key}' is written twice in one mapping, on {where}")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -118,17 +139,34 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key written twice in it."""
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(f"the key '{key}' is written twice in one object")
+    return dict(pairs)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file into a dict; syntax errors name the file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' not found. Pass an existing file with -c, e.g. -c configs/config.yaml.")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{not_utf8(path, raw, e)}. A config is a YAML or JSON text file: check that -c names your "
+                          "config and not another file, and save it with the UTF-8 encoding.") from None
     try:
         if path.suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         else:
             data = yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}; the second would silently replace the first. Keep one and move the "
+                          "settings of the other into it.") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
                           "Fix the syntax there (a missing comma or quote is the usual cause).") from None
@@ -182,8 +220,24 @@ def _check_object_spec(spec: Any, key: str, source: str, extra: set[str] = froze
         raise ConfigError(f"{source}: '{key}.args' must be a mapping of argument names to values, got {spec['args']!r}.")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
     """Validate section shapes and classic-template spellings once the defaults are in."""
+    for key, default in DEFAULTS.items():
+        if default is REQUIRED and config[key] is None:
+            raise ConfigError(f"{source}: '{key}' is required and may not be null; configs/config.yaml shows how "
+                              "to set it.")
+        if isinstance(default, dict) and not isinstance(config[key], dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of settings ({', '.join(list(default)[:3])}, "
+                              f"...), got {config[key]!r}. Leave it out to use the defaults.")
+    config["name"] = folder_name(config["name"], f"{source}: 'name'", nested=True)
+    seed = config["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ConfigError(f"{source}: 'seed' must be a whole number from 0 to 2**63 - 1, or null to draw one; "
+                          f"got {seed!r}.")
     for key, extra in _OBJECT_SECTIONS.items():
         if config[key] is not None:
             _check_object_spec(config[key], key, source, extra)
@@ -224,6 +278,15 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
             trainer[key] = 0
         elif isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{source}: 'trainer.{key}' must be a whole number >= {minimum}; got {value!r}.")
+    minutes, clip = trainer["save_every_minutes"], trainer["grad_clip_norm"]
+    if not _is_number(minutes) or not minutes >= 0:
+        raise ConfigError(f"{source}: 'trainer.save_every_minutes' must be a number >= 0 (0: off); got {minutes!r}.")
+    if clip is not None and (not _is_number(clip) or not clip > 0):
+        raise ConfigError(f"{source}: 'trainer.grad_clip_norm' must be a number > 0, or null (no clipping); "
+                          f"got {clip!r}.")
+    if not isinstance(trainer["save_dir"], str) or not trainer["save_dir"].strip():
+        raise ConfigError(f"{source}: 'trainer.save_dir' must be a folder path such as saved/; got "
+                          f"{trainer['save_dir']!r}.")
     if not isinstance(trainer["save_top_k"], int) or trainer["save_top_k"] < -1:
         raise ConfigError(f"{source}: 'trainer.save_top_k' must be -1 (keep all), 0 or a positive number; "
                           f"got {trainer['save_top_k']!r}.")
@@ -257,31 +320,43 @@ def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str
             node = node[part]
 
 
+def _resolved(config: dict[str, Any], source: str) -> dict[str, Any]:
+    return _normalise(_merge_defaults(config, DEFAULTS, "", source), source)
+
+
 class Config:
-    """The resolved config (a plain dict) plus where it came from, for error messages."""
+    """The resolved config (a plain dict) plus where it came from, for error messages: `source` names the file
+    and knows the keys the command line set (`config.source.of(key)`, see utils/errors.py Source)."""
 
     def __init__(self, data: dict[str, Any], source: str = "config"):
         self.data = data
-        self.source = source
+        self.source = source if isinstance(source, Source) else Source(source)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] = (), base: dict[str, Any] | None = None,
              **short: Any) -> Config:
         """Read `path` (or start from `base`, e.g. a checkpoint's config), then apply `key=value` overrides
-        and short flags such as lr=..., bs=...; validate everything before any file is written."""
+        and short flags such as lr=..., bs=...; validate everything before any file is written. The file is checked
+        first, then each override in turn, so that an error names what caused it: the file, or the command line's
+        `key=value`."""
         source = str(path) if path is not None else "the checkpoint's config"
         raw = read_config_file(path) if path is not None else copy.deepcopy(base)
-        config = _normalise(_merge_defaults(raw, DEFAULTS, "", source), source)
-        settings = [(SHORT_FLAGS[name], value) for name, value in short.items() if value is not None]
+        config = _resolved(raw, source)
+        settings = [(SHORT_FLAGS[name], value, f"--{name} {value}") for name, value in short.items()
+                    if value is not None]
         for item in overrides:
             key, sep, text = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"Cannot read the override '{item}': write it as key.path=value, "
                                   "e.g. optimizer.args.lr=3e-4 trainer.epochs=5.")
-            settings.append((key.strip(), parse_value(text)))
-        for key, value in settings:
-            _apply_override(config, key, value, "command line")
-        return cls(_normalise(config, source), source)
+            settings.append((key.strip(), parse_value(text), item))
+        set_by: dict[str, str] = {}
+        for key, value, item in settings:
+            where = f"command line ({item})"
+            _apply_override(config, key, value, where)
+            config = _resolved(config, where)
+            set_by[key] = item
+        return cls(config, Source(source, set_by))
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -299,9 +374,10 @@ class Config:
         args = dict(spec.get("args") or {})
         clash = set(args) & set(kwargs)
         if clash:
-            raise ConfigError(f"{self.source}: '{key}.args.{sorted(clash)[0]}' is set by the code and cannot be "
-                              "given in the config; remove it.")
-        return call_with_args(factory, {**args, **kwargs}, key, self.source)
+            culprit = f"{key}.args.{sorted(clash)[0]}"
+            raise ConfigError(f"{self.source.of(culprit)}: '{culprit}' is set by the code and cannot be given in the "
+                              "config; remove it.")
+        return call_with_args(factory, {**args, **kwargs}, key, self.source, supplied=kwargs)
 
 
 def accepted_args(factory: Any) -> list[str] | None:
@@ -322,8 +398,11 @@ def accepted_args(factory: Any) -> list[str] | None:
     return None
 
 
-def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str) -> Any:
-    """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`."""
+def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str,
+                   supplied: Collection[str] = ()) -> Any:
+    """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`
+    and who set it (see Source). `supplied` are the arguments the code gives (an optimizer's `params`, a loader's
+    `seed`): they are not offered among those a config may set."""
     name = getattr(factory, "__name__", str(factory))
     accepted = accepted_args(factory)
     unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
@@ -332,14 +411,15 @@ def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str) 
             raise TypeError(f"unexpected keyword argument '{unknown[0]}'")
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
-        takes = ", ".join(accepted) if accepted else "no arguments"
-        raise ConfigError(f"{source}: wrong args for {key} type '{name}': {e}. It accepts: {takes}.") from None
+        takes = ", ".join(a for a in accepted or [] if a not in supplied) or "no arguments"
+        where = blame(source, f"{key}.args.{unknown[0]}" if unknown else key)
+        raise ConfigError(f"{where}: wrong args for {key} type '{name}': {e}. It accepts: {takes}.") from None
     except ValueError:
         pass  # a builtin without a signature: let the call itself tell
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: {key} type '{name}' refused its arguments: {reason(e)}. "
+        raise ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {reason(e)}. "
                           f"Check {key}.args.") from None
 
 

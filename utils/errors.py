@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import urllib.error
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -98,6 +99,44 @@ def report_errors(work: Callable[[], Any], log: logging.Logger) -> int:
         log.error("%s", e)
         return e.exit_code
     return 0
+
+
+class Source(str):
+    """Where a config came from (a file name, used as any str) and the keys the command line set in it, so that an
+    error caused by `key=value` on the command line blames the command line, not the file."""
+
+    overrides: dict[str, str]  # dotted key -> the command-line item that set it
+
+    def __new__(cls, name: str, overrides: dict[str, str] | None = None) -> Source:
+        source = super().__new__(cls, name)
+        source.overrides = dict(overrides or {})
+        return source
+
+    def of(self, key: str) -> str:
+        """Who set `key` (`optimizer.args.lr`, `metrics[0]`): the command line when it set the key or a section
+        above it, the file with the command line's items when it set keys below it, else the file."""
+        key = key.replace("[", ".").replace("]", "")
+        above = [item for k, item in self.overrides.items() if key == k or key.startswith(k + ".")]
+        if above:
+            return f"command line ({above[-1]})"
+        below = [item for k, item in self.overrides.items() if k.startswith(key + ".")]
+        return f"{self} with the command line's {', '.join(below)}" if below else str(self)
+
+
+def blame(source: str, key: str) -> str:
+    """`source.of(key)` for a config's Source; any other source (a plain description) as it is."""
+    return source.of(key) if isinstance(source, Source) else source
+
+
+def not_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> str:
+    """"'<path>' is not UTF-8 text: line N holds the byte 0x..", for a file whose `data` failed to decode."""
+    line = data[:e.start].count(b"\n") + 1
+    return f"'{path}' is not UTF-8 text: line {line} holds the byte 0x{data[e.start]:02x}"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 channel', '3 channels'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def suggest(name: str, choices: list[str]) -> str:

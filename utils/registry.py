@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from utils.errors import ConfigError, suggest
+from utils.errors import ConfigError, blame, suggest
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def lookup(name: Any, section: str, key: str | None = None, source: str = "confi
         if name in names:
             found.append((module_name, names[name]))
     if not found:
-        raise ConfigError(f"{source}: unknown {key} type '{name}'.{suggest(name, sorted(offered))} {_where(catalog)}")
+        where = blame(source, key if key.endswith(".type") else f"{key}.type")
+        raise ConfigError(f"{where}: unknown {key} type '{name}'.{suggest(name, sorted(offered))} {_where(catalog)}")
     (module_name, obj), rest = found[0], [m for m, o in found[1:] if o is not found[0][1]]
     if catalog.user and module_name in catalog.user and rest and (section, name) not in _replaced:
         _replaced.add((section, name))

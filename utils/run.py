@@ -1,13 +1,31 @@
 """Run folders: `<save_dir>/models/<name>/<run_id>/` for checkpoints and the config,
-`<save_dir>/log/<name>/<run_id>/` for the log file and TensorBoard events."""
+`<save_dir>/log/<name>/<run_id>/` for the log file and TensorBoard events.
+
+Every folder the template writes is one of these: `name` and the run id are folder names that cannot lead out of
+`save_dir` ('..', an absolute path), and a checkpoint outside this layout is continued in its own folder.
+"""
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from utils.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second writer is not detected there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+_locks: list[IO] = []  # lock files this process holds open (and so locked) while it trains
 
 
 @dataclass(frozen=True)
@@ -20,27 +38,61 @@ class RunPaths:
         return self.models.name
 
 
+def folder_name(value: Any, what: str, nested: bool = False) -> str:
+    """`value` as the name of a folder under save_dir (a whole number such as 2024 is read as text). Refused when it
+    is not one plain folder name, since '..', '/' or an absolute path would write elsewhere; `nested` accepts
+    several joined by '/' (tune.py's trials are runs of the experiment `<name>_tune/<search_id>`)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    parts = text.split("/") if isinstance(text, str) and nested else [text]
+    if not all(isinstance(p, str) and p.strip() and p not in (".", "..") and not set(p) & {"/", "\\", "\0"}
+               for p in parts):
+        example = "digits_cnn, or several joined by '/'," if nested else "run1"
+        quote = " Quote a number with a decimal point to keep it as written ('1.10')." if isinstance(value, float) \
+            else ""
+        raise ConfigError(f"{what} must be a folder name such as {example} without '..', '\\' or a leading '/', so "
+                          f"that the run stays under trainer.save_dir; got {value!r}.{quote}")
+    return text
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the working directory when it lies under it, else absolute: a resumed run prints its
+    folders as a fresh run with the default `save_dir: saved/` does."""
+    path = Path(os.path.abspath(path))
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def _make_writable(folder: Path, fix: str) -> None:
+    """Create `folder` (and its parents) and check that a file can be written in it, before a run starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ConfigError(f"Cannot write in '{folder}' ({e.strerror or e}). {fix}") from None
+
+
 def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPaths:
     """Create the folders of a new run (`new_folder`), and its log folder of the same name."""
     base = Path(save_dir)
-    models = new_folder(base / "models" / name, run_id)
-    log = base / "log" / name / models.name
-    log.mkdir(parents=True, exist_ok=True)
-    return RunPaths(models, log)
+    fix = f"Choose a writable trainer.save_dir (now '{save_dir}') or fix the folder's permissions."
+    models = new_folder(base / "models" / name, fix, run_id)
+    log_dir = base / "log" / name / models.name
+    _make_writable(log_dir, fix)
+    return RunPaths(models, log_dir)
 
 
-def new_folder(parent: Path, run_id: str | None = None) -> Path:
-    """Create `parent/run_id`, which must be new or empty. The default id is a timestamp; folders made in the
-    same second get `-2`, `-3`, ... (each is created atomically, so two processes never share one)."""
+def new_folder(parent: Path, fix: str, run_id: str | None = None) -> Path:
+    """Create `parent/run_id`, which must be new or empty, checking that it can be written (`fix` says what to do
+    if not). The default id is a timestamp; folders made in the same second get `-2`, `-3`, ... (each is created
+    atomically, so two processes never share one)."""
     if run_id is not None:
-        folder = parent / run_id
+        folder = parent / folder_name(run_id, "--run-id")
         if folder.exists() and any(folder.iterdir()):
             raise ConfigError(f"The run folder '{folder}' already exists and is not empty. Continue it with "
                               f"--resume {folder}, or choose another --run-id.")
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_writable(folder, fix)
         return folder
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    parent.mkdir(parents=True, exist_ok=True)
+    _make_writable(parent, fix)
     for attempt in itertools.count(1):
         folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
         try:
@@ -53,9 +105,53 @@ def new_folder(parent: Path, run_id: str | None = None) -> Path:
 def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
     """The run a checkpoint (or another file of the run's models folder) belongs to: a resumed run keeps writing
     there, so its log, TensorBoard steps and early-stop counter go on where they were. `name` is the experiment
-    name the run was made with; it may hold '/' (tune.py's trials are `<name>_tune/<search_id>/trial-NNN`)."""
-    models = checkpoint.resolve().parent
-    models_root = models.parents[len(Path(name).parts)]  # <save_dir>/models
-    log = models_root.parent / "log" / name / models.name
-    log.mkdir(parents=True, exist_ok=True)
-    return RunPaths(models, log)
+    name the run was made with (it may hold '/'). A checkpoint outside `<save_dir>/models/<name>/<run_id>/`
+    (copied or downloaded elsewhere) is continued in its own folder, which then holds the log too."""
+    models = Path(os.path.abspath(checkpoint)).parent
+    parts = Path(folder_name(name, f"The experiment name saved in '{checkpoint}'", nested=True)).parts
+    if models.parts[-len(parts) - 2:-1] == ("models", *parts) and len(models.parts) > len(parts) + 2:
+        log_dir = models.parents[len(parts) + 1] / "log" / name / models.name
+    else:
+        log_dir = models
+        log.info("'%s' is not in a <save_dir>/models/%s/<run_id> folder: the run goes on in '%s', log included.",
+                 shown(checkpoint), name, shown(models))
+    fix = ("A resumed run writes its checkpoints and log there: fix the folder's permissions, or copy the run "
+           "folder somewhere writable and resume the copy.")
+    for folder in (models, log_dir):
+        _make_writable(folder, fix)
+    return RunPaths(shown(models), shown(log_dir))
+
+
+def lock_run(models: Path) -> None:
+    """Hold an exclusive lock on a run folder while this process writes there, released when it ends (the system
+    releases it even after kill -9): a second process on the same run would delete the first one's temporary
+    files, mix their logs, and the last writer's checkpoints would win."""
+    if fcntl is None:
+        return
+    handle = open(models / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ConfigError(f"The run folder '{models}' is in use by another training process"
+                          f"{f' (pid {holder})' if holder else ''}. Let it finish or stop it first; to train from "
+                          "the same checkpoint at the same time, copy the run folder and resume the copy.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _locks.append(handle)
+
+
+def release_runs() -> None:
+    """Release the locks of `lock_run` (at the end of train.py's main)."""
+    while _locks:
+        _locks.pop().close()
+
+
+def remove_run(run: RunPaths) -> None:
+    """Delete a new run's folders, when it stopped on bad input before anything worth keeping was saved."""
+    for folder in (run.models, run.log):
+        shutil.rmtree(folder, ignore_errors=True)

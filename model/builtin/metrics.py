@@ -6,11 +6,16 @@ The trainer's figure for an epoch is the mean of the batch values weighted by ba
 means of per-sample values (`accuracy`, `top_k_acc`, `mae`). A metric that is not such a mean (`rmse`, `r2`)
 carries `sums` (a batch's sums, a 1-D tensor) and `finish` (the figure from their totals): the trainer adds the
 sums over the epoch, so its figure is exact whatever the batch size."""
+import logging
+
 import torch
 
 from utils.errors import ConfigError
 
 __all__ = ["accuracy", "top_k_acc", "mae", "rmse", "r2"]  # the names a config may give; not ConfigError
+
+log = logging.getLogger(__name__)
+_warned_top_k: set[tuple[int, int]] = set()  # (k, number of classes) already reported
 
 
 def _labels(target: torch.Tensor) -> torch.Tensor:
@@ -25,9 +30,16 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Share of samples whose target is among the `k` highest-scoring classes."""
+    """Share of samples whose target is among the `k` highest-scoring classes. With `k` at or above the number of
+    classes every target is, so the value is always 1.0: said once in the log, since it looks like a perfect model."""
+    classes = output.size(1)
+    if k >= classes and (k, classes) not in _warned_top_k:
+        _warned_top_k.add((k, classes))
+        log.warning("top_k_acc: k=%d, but the model scores %d classes, so every target is among the top %d and the "
+                    "metric is always 1.0. Give it a smaller k (metrics: [{type: top_k_acc, args: {k: %d}}]) or "
+                    "leave it out.", k, classes, k, max(1, classes - 1))
     with torch.no_grad():
-        top = output.topk(min(k, output.size(1)), dim=1).indices
+        top = output.topk(min(k, classes), dim=1).indices
         return (top == _labels(target).unsqueeze(1)).any(dim=1).float().mean()
 
 

@@ -33,6 +33,9 @@ class DigitsCNN(nn.Module):
                  batch_norm: bool = True, activation: str = "relu"):
         super().__init__()
         _check_activation(activation)
+        for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"arch.args.{key} must be a whole number >= 1, got {value!r}.")
         self.features = nn.Sequential(
             *_conv_block(in_channels, width, batch_norm, activation),
             *_conv_block(width, 2 * width, batch_norm, activation),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from utils.errors import CheckpointError, ConfigError, reason, suggest
+from utils.errors import CheckpointError, ConfigError, plural, reason, suggest
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ class TorchvisionClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels is not None and x.dim() == 4 and x.shape[1] != self.in_channels:
+            mode = "gray" if self.in_channels == 1 else "rgb"
             raise ConfigError(f"The model takes {self.in_channels}-channel images and got {x.shape[1]}-channel ones. "
-                              f"Set data_loader.args.image_mode: rgb (or add an RGB transform) so that the images "
-                              f"have {self.in_channels} channels.")
+                              f"Set data_loader.args.image_mode: {mode} (or add a transform that converts them) so "
+                              f"that the images have {plural(self.in_channels, 'channel')}.")
         size = getattr(self.net, "image_size", None)  # vision transformers take one image size only
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             raise ConfigError(f"The model takes {size}x{size} images and got {x.shape[-2]}x{x.shape[-1]}. Add a "

@@ -1,0 +1,241 @@
+"""Hard edges of the entry points (issue 12): every path the template writes stays under its own folders, folders it
+cannot write are reported, and checkpoints that are damaged or are not checkpoints get the right diagnosis."""
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import new_project
+import test as test_script
+import train
+import tune
+from data_loader.checks import CheckedDataset
+from model.builtin import metrics
+from model.builtin.metrics import top_k_acc
+from utils import run as run_module
+from utils.errors import DataError
+from utils.run import run_of_checkpoint
+
+from conftest import FAST, REPO
+
+DIGITS = REPO / "data" / "digits"
+
+
+def tiny_digits(root):
+    """60 training and 20 test digits of the bundled set: an epoch takes a fraction of a second."""
+    lines = (DIGITS / "labels.csv").read_text().splitlines()
+    rows = [r for r in lines[1:] if r.endswith(",train")][:60] + [r for r in lines[1:] if r.endswith(",test")][:20]
+    (root / "images").mkdir(parents=True)
+    for row in rows:
+        shutil.copy(DIGITS / row.split(",")[0], root / row.split(",")[0])
+    (root / "labels.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    return root
+
+
+def train_args(save_dir, data, *extra):
+    return ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST, "trainer.epochs=1",
+            f"data_loader.args.data_dir={data}", "data_loader.args.batch_size=20", "data_loader.args.validation_split=20",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run (1 epoch); tests copy it before they change anything."""
+    root = tmp_path_factory.mktemp("edges")
+    data = tiny_digits(root / "digits")
+    assert train.main(train_args(root / "saved", data, "--run-id", "r")) == 0
+    return root / "saved" / "models" / "digits_cnn" / "r"
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A copy of the trained run in its usual layout under tmp_path/saved."""
+    shutil.copytree(trained.parents[2], tmp_path / "saved")
+    return tmp_path / "saved" / "models" / "digits_cnn" / "r"
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` made unwritable: by its permissions, or for root (whom permissions do not stop) by the immutable
+    attribute; skipped where neither works."""
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        with contextlib.suppress(OSError):
+            (folder / ".probe").touch()
+            (folder / ".probe").unlink()
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a folder read-only here")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+# ---------------------------------------------------------------------- paths and permissions
+def test_a_checkpoint_outside_the_run_layout_resumes_with_its_log_beside_it(run_copy, tmp_path, capsys):
+    elsewhere = tmp_path / "downloads" / "ckpt.pth"
+    elsewhere.parent.mkdir()
+    shutil.copy(run_copy / "checkpoint-latest.pth", elsewhere)
+    assert train.main(["--resume", str(elsewhere), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"is not in a <save_dir>/models/digits_cnn/<run_id> folder: the run goes on in '{elsewhere.parent}'" in out
+    assert {"checkpoint-latest.pth", "config.yaml", "train.log", "history.jsonl"} <= set(os.listdir(elsewhere.parent))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "saved"]
+
+
+def test_a_checkpoint_at_the_top_of_the_file_system_keeps_its_log_beside_it(monkeypatch):
+    monkeypatch.setattr(run_module, "_make_writable", lambda folder, fix: None)
+    paths = run_of_checkpoint(run_module.Path("/ckpt.pth"), "digits_cnn")
+    assert paths.models == paths.log == run_module.Path("/")
+
+
+def test_a_tampered_checkpoint_name_cannot_choose_where_logs_go(run_copy, tmp_path, capsys):
+    path = run_copy / "checkpoint-latest.pth"
+    state = torch.load(path, weights_only=True)
+    state["config"]["name"] = "../../../../evil"
+    torch.save(state, path)
+    before = sorted(tmp_path.rglob("*"))
+    assert train.main(["--resume", str(path)]) == 2
+    assert "'name' must be a folder name" in one_error(capsys)
+    assert train.main(["--resume", str(path), "-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8"]) == 2
+    assert "The experiment name saved in" in one_error(capsys) and sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_resumed_run_prints_its_folders_relative_to_the_working_directory(run_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--resume", "saved/models/digits_cnn/r", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoints in saved/models/digits_cnn/r, logs in saved/log/digits_cnn/r" in out
+
+
+def test_a_read_only_save_dir_is_reported_before_anything_is_written(tmp_path, capsys):
+    data = tiny_digits(tmp_path / "digits")
+    (tmp_path / "saved").mkdir()
+    with read_only(tmp_path / "saved"):
+        assert train.main(train_args(tmp_path / "saved", data)) == 2
+    assert f"Cannot write in '{tmp_path / 'saved' / 'models' / 'digits_cnn'}'" in one_error(capsys)
+    assert list((tmp_path / "saved").iterdir()) == []
+
+
+def test_a_read_only_run_folder_is_reported_on_resume(run_copy, capsys):
+    before = sorted(os.listdir(run_copy))
+    with read_only(run_copy):
+        assert train.main(["--resume", str(run_copy), "--epochs", "2"]) == 2
+    assert f"Cannot write in '{run_copy}'" in one_error(capsys)
+    assert sorted(os.listdir(run_copy)) == before
+
+
+def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, capsys):
+    folder = tmp_path / "saved" / "models" / "digits_cnn_tune" / "s"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "saved" / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    trial = {"id": "../../../victim", "params": {}, "status": "pending", "best": None, "epochs": 0, "seconds": 0.0,
+             "error": ""}
+    (folder / "search.json").write_text(json.dumps({
+        "format": 1, "name": "digits_cnn_tune/s", "mode": "grid", "n": None, "seed": 0, "space": {},
+        "train_args": [], "monitor": "max val_accuracy", "save_dir": str(tmp_path / "saved"), "cwd": str(tmp_path),
+        "trials": [trial]}))
+    assert tune.main(["--resume", str(folder)]) == 2
+    assert "search.json: the trial id must be a folder name such as run1" in one_error(capsys)
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+
+def test_tune_refuses_a_search_id_that_leads_elsewhere(tmp_path, capsys):
+    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", *FAST,
+            "--grid", "optimizer.args.lr=1e-3,1e-2", "--search-id", "../../x"]
+    assert tune.main(args) == 2
+    assert "--search-id must be a folder name such as run1" in one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_test_py_falls_back_from_a_damaged_model_best_and_says_so(run_copy, capsys):
+    best = run_copy / "model_best.pth"
+    best.write_bytes(best.read_bytes()[:2000])
+    assert test_script.main(["--resume", str(run_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "model_best.pth' is truncated or corrupt" in out
+    assert f"Using 'checkpoint-latest.pth', the newest intact checkpoint in '{run_copy}'." in out
+    assert f"{run_copy / 'checkpoint-latest.pth'} (epoch 1, step 2) on the test split: 20 samples" in out
+
+
+def test_resume_of_a_file_that_is_not_a_checkpoint_says_what_it_is(run_copy, capsys):
+    assert train.main(["--resume", str(run_copy / "config.yaml")]) == 2
+    err = one_error(capsys)
+    assert "config.yaml' is a text file (it begins 'name: digits_cnn'), not a training checkpoint" in err
+    assert "weights_only=False" not in err
+
+
+# ---------------------------------------------------------------------- the first ten minutes
+def test_top_k_acc_with_k_at_or_above_the_classes_warns_once(caplog, monkeypatch):
+    monkeypatch.setattr(metrics, "_warned_top_k", set(), raising=False)
+    output, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    top_k_acc(output, target, k=2)  # k below the classes: no warning
+    assert "top_k_acc" not in caplog.text
+    assert top_k_acc(output, target, k=3) == 1.0 and top_k_acc(output, target, k=3) == 1.0
+    assert caplog.text.count("top_k_acc: k=3, but the model scores 3 classes") == 1
+    assert "metric is always 1.0. Give it a smaller k (metrics: [{type: top_k_acc, args: {k: 2}}])" in caplog.text
+
+
+def test_one_channel_is_singular():
+    gray = CheckedDataset([(torch.zeros(1, 8, 8), 0)], channels=3)
+    with pytest.raises(DataError, match=r"has 1 channel, but data_loader\.args\.channels is 3"):
+        gray[0]
+
+
+def test_new_project_names_the_environment_setup_before_training(tmp_path, capsys):
+    assert new_project.main([str(tmp_path / "mine")]) == 0
+    steps = capsys.readouterr().out.splitlines()[1:]
+    assert [s.split()[0:3] for s in steps] == [["cd", str(tmp_path / "mine")], ["python", "-m", "venv"],
+                                               ["source", ".venv/bin/activate", "(Windows:"],
+                                               ["pip", "install", "-r"], ["python", "train.py", "-c"]]
+
+
+# ---------------------------------------------------------------------- faults that lose or strand work
+def test_a_second_process_on_a_live_run_folder_is_refused(run_copy, capsys):
+    from utils.run import lock_run, release_runs
+
+    lock_run(run_copy)  # as the first training process holds it while it trains
+    try:
+        before = sorted(p.name for p in run_copy.iterdir())
+        result = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(run_copy)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert f"The run folder '{run_copy}' is in use by another training process (pid {os.getpid()})" in result.stderr
+        assert sorted(p.name for p in run_copy.iterdir()) == before
+    finally:
+        release_runs()
+    assert train.main(["--resume", str(run_copy), "trainer.epochs=2"]) == 0  # free again once the holder is done
+
+
+def test_a_corrupt_image_found_in_the_first_epoch_removes_the_new_run(tmp_path, capsys):
+    data = tiny_digits(tmp_path / "digits")
+    # A validation image: the check before writing reads a training batch only, so training starts and writes.
+    from data_loader.builtin import CsvImageDataLoader
+
+    loader = CsvImageDataLoader(data_dir=str(data), validation_split=20, seed=0)
+    dataset = loader.make_dataset(True, None)
+    victim = data / dataset.samples[loader.split()[1][0]][0]
+    victim.write_bytes(b"not a png")
+    assert train.main(train_args(tmp_path / "saved", data)) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot read image '{victim}'" in err
+    assert not list((tmp_path / "saved" / "models" / "digits_cnn").iterdir())
+    assert not list((tmp_path / "saved" / "log" / "digits_cnn").iterdir())
