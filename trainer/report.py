@@ -11,7 +11,7 @@ matrix and per-class figures (trainer/progress.py).
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,10 +216,14 @@ def format_report(report: ClassReport) -> str:
 
 
 def check_output_dir(folder: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before the evaluation."""
+    """Refuse an output folder that cannot be created or written, before the evaluation (creating nothing)."""
     existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.exists())
-    problem = "is a file" if not existing.is_dir() else "" if os.access(existing, os.W_OK | os.X_OK) \
-        else "is not writable"
+    problem = "is a file" if not existing.is_dir() else ""
+    if not problem:
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as e:
+            problem = f"cannot be written ({e.strerror or e})"
     if problem:
         raise TemplateError(f"Cannot write the report into '{folder}': '{existing}' {problem}. Give another folder "
                             "with --output-dir, or --no-report to print the figures only.")
