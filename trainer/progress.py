@@ -142,6 +142,6 @@ class Progress:
         classifier, the confusion matrix and per-class figures of the last validation pass (the final model)."""
         if self.board is not None and self.cfg["hparams"] and last:
             self.board.hparams(config, {**best, **last})
-        report = self.confusion.result(class_names({"data_loader": data_state})) if self.confusion else None
+        report = self.confusion.result(class_names({"data_loader": data_state})) if self.confusion is not None else None
         if self.board is not None and report is not None:
             self.board.classification(report, step)

@@ -121,7 +121,7 @@ class ConfusionCollector:
         if not (isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() == 2
                 and output.size(1) >= 2):
             self.skipped = f"the model's outputs (shape {shape}) are not class scores of shape (samples, classes)"
-        elif not isinstance(target, torch.Tensor) or len(target) != len(output):
+        elif not isinstance(target, torch.Tensor) or target.dim() == 0 or len(target) != len(output):
             self.skipped = f"the targets (shape {target_shape}) are not one per sample"
         elif target.dim() == 1 and not target.is_floating_point():
             labels = target.long()
