@@ -26,8 +26,8 @@ from data_loader.checks import collate
 from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
-from trainer.checkpoint import atomic_write
-from trainer.restore import Restored, class_names, rebuilt_data, restore
+from trainer.checkpoint import atomic_write, class_names
+from trainer.restore import Restored, rebuilt_data, restore
 from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors

@@ -1,18 +1,27 @@
 """Evaluate a checkpoint on the test split (or the validation split) of the data it was trained with:
 
     python test.py --resume saved/models/<name>/<run_id>/model_best.pth [--split val] [-c other_data.yaml]
+
+Prints the loss and metrics and, for a classifier, the per-class report and confusion matrix; writes
+report.json, confusion_matrix.png and mistakes.png (trainer/report.py, docs/evaluation.md) into
+`report-<checkpoint>-<split>/` next to the checkpoint, or into --output-dir.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
+from trainer.checkpoint import class_names
+from trainer.report import ConfusionCollector, check_output_dir, format_report, write_report
 from trainer.restore import eval_loader, evaluator, restore
 from utils.errors import report_errors
 from utils.log import setup_logging
 
 log = logging.getLogger("test")
+
+MISTAKES = 16  # the most confidently wrong samples kept for the report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,20 +30,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="which data to evaluate on")
+    parser.add_argument("-o", "--output-dir", help="folder of the report files (default: report-<checkpoint>-<split> "
+                        "next to the checkpoint)")
+    parser.add_argument("--no-report", action="store_true", help="print the figures only, write no files")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. data_loader.args.batch_size=256")
     return parser.parse_intermixed_args(argv)
 
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:
     trained = restore(args.resume, args.config, args.overrides, args.device)
+    folder = Path(args.output_dir) if args.output_dir else \
+        trained.path.parent / f"report-{trained.path.stem}-{args.split}"
+    if not args.no_report:
+        check_output_dir(folder)
     loader = eval_loader(trained, args.split)
-    result = evaluator(trained).evaluate(loader, desc=args.split)
+    collector = ConfusionCollector(trained.device, mistakes=MISTAKES)
+    result = evaluator(trained).evaluate(loader, desc=args.split, observe=collector)
     loop = trained.checkpoint["loop"]
-    print(f"{trained.path} (epoch {loop['epoch'] - 1 if loop['batch_idx'] == 0 else loop['epoch']}, "
-          f"step {loop['global_step']}) on the {args.split} split: {len(loader.sampler)} samples")
+    epoch = loop["epoch"] - 1 if loop["batch_idx"] == 0 else loop["epoch"]
+    print(f"{trained.path} (epoch {epoch}, step {loop['global_step']}) on the {args.split} split: "
+          f"{len(loader.sampler)} samples")
     width = max(len(name) for name in result)
     for name, value in result.items():
         print(f"  {name:<{width}}  {value:.6f}")
+    report = collector.result(class_names(trained.checkpoint))
+    print(f"\n{format_report(report)}" if report is not None else f"No classification report: {collector.skipped}.")
+    if not args.no_report:
+        summary = {"checkpoint": str(trained.path), "epoch": epoch, "step": loop["global_step"], "split": args.split,
+                   "samples": len(loader.sampler), "metrics": result}
+        written = write_report(folder, summary, report)
+        print(f"\nReport: {', '.join(str(path) for path in written)}")
     return result
 
 

@@ -9,7 +9,9 @@ import logging
 import random
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +21,7 @@ from trainer.checkpoint import check_resume_config, find_resume, remove_temp_fil
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
 from trainer.signals import StopRequested
+from trainer.trainer import Trainer
 from utils import distributed
 from utils.config import Config, save_config, unused_keys
 from utils.device import configure_backends, select_device
@@ -53,7 +56,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def train(args: argparse.Namespace) -> dict[str, float]:
+@dataclass
+class Built:
+    """A run built from its command line and checked, with nothing written yet."""
+
+    config: Config
+    trainer: Trainer
+    checkpoint_path: Path | None
+    checkpoint: dict[str, Any] | None
+    saved: dict[str, Any] | None  # the config of the run --resume continues
+
+
+def build(args: argparse.Namespace) -> Built:
+    """The config, data, model, loss, metrics, optimizer, scheduler and Trainer of a run (or of the run
+    `args.resume` continues), checked with one batch through the model before anything is written. Shared by
+    `train` and tune.py's LR range test, so that both build the run the same way."""
     if args.config is None and args.resume is None:
         raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
     if args.run_id is not None:
@@ -95,11 +112,18 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                             device=device, train_loader=train_loader, val_loader=val_loader, lr_scheduler=lr_scheduler,
                             resume=checkpoint, dist=dist, data_state=data_state(data))
     check_one_batch(trainer, getattr(data, "num_classes", None))  # the last check before anything is written
+    return Built(config, trainer, checkpoint_path, checkpoint, saved)
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
+    built = build(args)
+    config, trainer, checkpoint, checkpoint_path = built.config, built.trainer, built.checkpoint, built.checkpoint_path
+    trainer_cfg, dist = config["trainer"], trainer.dist
 
     def open_run() -> RunPaths:
         """The run's folders (the resumed run's, or new ones), locked against a second writer."""
         if args.resume:  # checks that it can write there
-            run = run_of_checkpoint(checkpoint_path or Path(args.resume) / "config.yaml", saved["name"])
+            run = run_of_checkpoint(checkpoint_path or Path(args.resume) / "config.yaml", built.saved["name"])
         else:
             run = new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
         lock_run(run.models)
@@ -112,11 +136,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     if checkpoint:
         log.info("Resuming %s from %s: epoch %d, batch %d, step %d.", run.run_id, checkpoint_path,
                  trainer.epoch, trainer.batch_idx, trainer.global_step)
-    log.info("Run %s on %s%s: checkpoints in %s, logs in %s", run.run_id, device,
+    log.info("Run %s on %s%s: checkpoints in %s, logs in %s", run.run_id, trainer.device,
              f" x {dist.world_size} processes" if dist.enabled else "", run.models, run.log)
-    log.info("Data per process: %d training, %d validation samples", len(train_loader.sampler),
-             len(val_loader.sampler) if val_loader else 0)
-    log.info("%s\n%s", type(model).__name__, model_summary(model))
+    log.info("Data per process: %d training, %d validation samples", len(trainer.train_loader.sampler),
+             len(trainer.val_loader.sampler) if trainer.val_loader else 0)
+    log.info("%s\n%s", type(trainer.model).__name__, model_summary(trainer.model))
     if unused_keys(config.data):
         log.info("Config keys not used by the template, kept for your code (config[key]): %s.",
                  ", ".join(unused_keys(config.data)))

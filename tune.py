@@ -4,11 +4,15 @@
     python tune.py -c configs/config.yaml --random 8 optimizer.args.lr=log-uniform:1e-4:1e-1 --epochs 5
     python tune.py -c configs/config.yaml --optuna 20 optimizer.args.lr=log-uniform:1e-4:1e-1   # pip install optuna
     python tune.py --resume saved/models/<name>_tune/<search_id>
+    python tune.py --lr-find -c configs/config.yaml [--steps 100] [key=value ...]   # the LR range test
 
 Search items are described in utils/search.py; every other flag or `key=value` is passed to each trial. Each
 trial runs as a subprocess, so a crash or a NaN fails that trial only. The search folder (a run folder of the
 experiment `<name>_tune`) holds `search.json`, the trials and their status, rewritten atomically whenever a
 trial starts or ends, and `results.csv`; trial NNN is the run `<name>_tune/<search_id>/trial-NNN`.
+
+`--lr-find` is the LR range test of trainer/lr_find.py, in this process: the run built as train.py builds it,
+its files in `<save_dir>/lr_find/<name>/<timestamp>/` (docs/search.md).
 """
 from __future__ import annotations
 
@@ -30,11 +34,13 @@ from typing import Any, Callable
 
 import train
 from trainer.checkpoint import atomic_write, find_checkpoint
+from trainer.lr_find import DIVERGED, SKIP_START, RangeTest, range_test, schedule
 from trainer.state import HISTORY
-from utils.config import Config
-from utils.errors import CheckpointError, ConfigError, TemplateError, reason
+from utils.config import Config, save_config
+from utils.errors import CheckpointError, ConfigError, TemplateError, reason, report_errors
 from utils.log import setup_logging
-from utils.run import RunPaths, folder_name, new_run, run_of_checkpoint
+from utils.plots import lr_plot, png_bytes
+from utils.run import RunPaths, folder_name, new_folder, new_run, run_of_checkpoint
 from utils.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
 
 log = logging.getLogger("tune")
@@ -45,6 +51,7 @@ FINISHED = ("done", "failed", "pruned")
 TRAIN = str(Path(__file__).resolve().with_name("train.py"))
 # The parts of a search's definition that must match when a search is continued.
 DEFINITION = ("mode", "n", "seed", "space", "train_args")
+LR_FIND = {"steps": 200, "start_lr": 1e-7, "end_lr": 10.0}  # the defaults of --lr-find's own flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--grid", action="store_true", help="every combination of the listed values")
     mode.add_argument("--random", type=int, metavar="N", help="N trials drawn from the ranges (seeded by --seed)")
     mode.add_argument("--optuna", type=int, metavar="N", help="N trials chosen by Optuna's TPE sampler, with pruning")
+    mode.add_argument("--lr-find", action="store_true", help="the LR range test: suggest a learning rate")
+    parser.add_argument("--steps", type=int, help=f"--lr-find: optimizer steps (default {LR_FIND['steps']}); it "
+                        "stops earlier when the loss diverges")
+    parser.add_argument("--start-lr", type=float, help=f"--lr-find: the first rate (default {LR_FIND['start_lr']:g})")
+    parser.add_argument("--end-lr", type=float, help=f"--lr-find: the last rate (default {LR_FIND['end_lr']:g})")
     parser.add_argument("--seed", type=int, help="seed of the search's draws (default 0); the trials' "
                         "training seed is the config's `seed`, set it with seed=N")
     parser.add_argument("--search-id", help="name of the search folder (default: a timestamp); an existing search "
@@ -82,6 +94,9 @@ def _override(key: str, value: Any) -> str:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The search's definition from the command line, checked before anything runs, and its experiment name."""
+    given = [f"--{key.replace('_', '-')}" for key in LR_FIND if getattr(args, key) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} set the LR range test: add --lr-find, or leave them out of a search.")
     if args.config is None:
         raise ConfigError("Give a config with -c configs/config.yaml and a search (--grid, --random N or "
                           "--optuna N), or a search to continue with --resume SEARCH_FOLDER.")
@@ -415,6 +430,51 @@ def _history(search: Search, trial: dict[str, Any]) -> dict[int, float]:
             if math.isfinite(r.get(search.monitor_key, math.nan))}
 
 
+def lr_find(args: argparse.Namespace) -> RangeTest:
+    """The LR range test of the config's run, built by train.py's `build` (same seed, same initial weights,
+    checked before anything is written), on a model that is then thrown away. Writes lr_find.csv, lr_find.png
+    and config.yaml into a new folder `<save_dir>/lr_find/<name>/<timestamp>/` and no other."""
+    steps, start, end = (default if getattr(args, key) is None else getattr(args, key) for key, default in
+                         LR_FIND.items())
+    if args.config is None or args.resume or args.search_id:
+        raise ConfigError("--lr-find tests a config's run from its initial weights: give it -c CONFIG (and any "
+                          "key=value overrides), without --resume or --search-id.")
+    if not 0 < start < end or steps < SKIP_START + 10:
+        raise ConfigError(f"--lr-find needs 0 < --start-lr < --end-lr and at least {SKIP_START + 10} --steps; "
+                          f"got --start-lr {start:g}, --end-lr {end:g}, --steps {steps}.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--lr-find runs in a single process; start it with python, not torchrun.")
+    built = train.build(argparse.Namespace(**{**vars(args), "resume": None, "seed": None, "run_id": None}))
+    config = built.config
+    folder = new_folder(Path(config["trainer"]["save_dir"]) / "lr_find" / config["name"],
+                        f"Choose a writable trainer.save_dir (now '{config['trainer']['save_dir']}').")
+    log.info("LR range test of %s: up to %d steps, the rate rising from %g to %g.", config["name"], steps, start,
+             end)
+    try:
+        result = range_test(built.trainer, schedule(start, end, steps))
+    except BaseException:
+        folder.rmdir()  # still empty: an interrupted test leaves nothing behind
+        raise
+    save_config(config.data, folder / "config.yaml")
+    atomic_write(folder / "lr_find.csv", result.csv_bytes())
+    atomic_write(folder / "lr_find.png", png_bytes(lr_plot(result.lrs, result.losses, result.smoothed,
+                                                           result.suggestion)))
+    lowest = min((i for i, v in enumerate(result.smoothed) if math.isfinite(v)), key=result.smoothed.__getitem__,
+                 default=0)
+    print(f"Ran {len(result.lrs)} of {steps} steps" + (f"; stopped at lr {result.lrs[-1]:.3g}, where the loss "
+          f"diverged (over {DIVERGED:g}x its lowest)" if result.diverged else "") +
+          f". Lowest smoothed loss {result.smoothed[lowest]:.4g} at lr {result.lrs[lowest]:.3g}.")
+    if result.suggestion is None:
+        print("No suggestion: the loss diverged too soon to judge. Lower --start-lr, or raise --steps.")
+    else:
+        command = shlex.join(["python", "train.py", "-c", args.config, *args.overrides,
+                              "--lr", f"{result.suggestion:.2g}"])
+        print(f"Suggested learning rate: {result.suggestion:.3g} (where the smoothed loss falls fastest). Train "
+              f"with it: {command}")
+    print(f"Files: {folder / 'lr_find.csv'}, {folder / 'lr_find.png'}")
+    return result
+
+
 def tune(args: argparse.Namespace) -> Search:
     search = Search.open(args)
     state = search.state
@@ -438,6 +498,8 @@ def tune(args: argparse.Namespace) -> Search:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    if args.lr_find:
+        return report_errors(lambda: lr_find(args), log)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops a search like Ctrl+C
     try:
         search = tune(args)

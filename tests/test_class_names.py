@@ -11,8 +11,7 @@ from base import BaseDataLoader as ClassicLoader
 from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, TableDataLoader, TorchvisionDataLoader
 from data_loader.datasets import CsvImageDataset
 from data_loader.device_loader import DeviceDataLoader
-from trainer.checkpoint import load_checkpoint
-from trainer.restore import class_names
+from trainer.checkpoint import class_names, load_checkpoint
 from utils.errors import CheckpointError, DataError
 
 from conftest import REPO, only_run

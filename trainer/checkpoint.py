@@ -249,3 +249,11 @@ def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: s
             raise CheckpointError(f"{source} sets {key}.{part} to {now!r}, but the checkpoint was trained with "
                                   f"{before!r}. Resume with the checkpoint's own settings (leave out -c and that "
                                   f"override), change {key}.{part} back, or start a new run with -c.")
+
+
+def class_names(checkpoint: dict[str, Any]) -> list[str] | None:
+    """The names of the classes the checkpoint's model predicts, label i's at index i (the training loader's
+    `classes`: class folders, label names in labels.csv, a torchvision dataset's), or None when its labels were
+    bare numbers (or the checkpoint predates class names)."""
+    classes = (checkpoint.get("data_loader") or {}).get("classes")
+    return [str(name) for name in classes] if classes else None

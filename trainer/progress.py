@@ -8,13 +8,16 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
+from trainer.checkpoint import class_names
 from trainer.hooks import ActivationStats
 from trainer.metric_tracker import batch_size
+from trainer.report import ConfusionCollector
 from trainer.tensorboard import Board
 from utils.errors import ConfigError, blame
 
@@ -39,6 +42,7 @@ class Progress:
         self.throughput: tuple[float, float] | None = None  # samples per second, share of time waiting for data
         self.skipped_batches = 0
         self._warned_data_wait = False
+        self.confusion: ConfusionCollector | None = None  # the latest validation pass's, with TensorBoard
 
     @contextlib.contextmanager
     def open(self, log_dir: Path, model: nn.Module, global_step: int) -> Iterator[None]:
@@ -125,7 +129,20 @@ class Progress:
             if self.cfg["histograms"]:
                 self.board.histograms(model, step)
 
-    def finish(self, config: dict[str, Any], best: dict[str, float], last: dict[str, float]) -> None:
-        """The run's hyperparameters with its best and last values, in TensorBoard's HParams tab."""
+    def collector(self, device: torch.device) -> Callable[[Any, Any], None]:
+        """What a validation pass shows its steps to: with TensorBoard, a new ConfusionCollector (on every
+        process, as its result is a collective call); otherwise nothing."""
+        if not self.cfg["tensorboard"]:
+            return lambda batch, step: None
+        self.confusion = ConfusionCollector(device)
+        return self.confusion
+
+    def finish(self, config: dict[str, Any], best: dict[str, float], last: dict[str, float], step: int,
+               data_state: dict[str, Any]) -> None:
+        """The run's hyperparameters with its best and last values, in TensorBoard's HParams tab; for a
+        classifier, the confusion matrix and per-class figures of the last validation pass (the final model)."""
         if self.board is not None and self.cfg["hparams"] and last:
             self.board.hparams(config, {**best, **last})
+        report = self.confusion.result(class_names({"data_loader": data_state})) if self.confusion is not None else None
+        if self.board is not None and report is not None:
+            self.board.classification(report, step)

@@ -58,14 +58,6 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
 
 
-def class_names(checkpoint: dict[str, Any]) -> list[str] | None:
-    """The names of the classes the checkpoint's model predicts, label i's at index i (the training loader's
-    `classes`: class folders, label names in labels.csv, a torchvision dataset's), or None when its labels were
-    bare numbers (or the checkpoint predates class names)."""
-    classes = (checkpoint.get("data_loader") or {}).get("classes")
-    return list(classes) if classes else None
-
-
 def rebuilt_data(trained: Restored, training: bool = True) -> Any:
     """The checkpoint config's data loader, built as training built it (same seed, same split), with its saved
     state (fitted statistics, class names). `training=False` builds a classic loader for its test split."""

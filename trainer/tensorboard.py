@@ -3,16 +3,22 @@
 Tags: `<metric>/train` and `<metric>/val` per epoch, `step/<metric>` every `log_step` steps, `lr/group<i>` per
 parameter group, `speed/samples_per_second` and `speed/data_wait_share`, `inputs/train` (a grid of the first
 training batch of each epoch, for image data), `weights/<name>` and `gradients/<name>` histograms per epoch
-with `trainer.histograms: true`, the activation statistics of trainer/hooks.py, and the run's hyperparameters
-with its best and last values in the HParams tab.
+with `trainer.histograms: true`, the activation statistics of trainer/hooks.py, the run's hyperparameters
+with its best and last values in the HParams tab, and for a classifier at the end of training the last
+validation pass's `confusion_matrix/val` image and `class_precision/<class>`, `class_recall/<class>` and
+`class_f1/<class>` (trainer/report.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from trainer.report import ClassReport
+from utils.plots import confusion_matrix_image, scale_to_unit
 
 # Config keys shown as hyperparameters (scalar values below these sections; lists and mappings as text).
 HPARAM_SECTIONS = ("arch", "optimizer", "lr_scheduler", "loss", "seed", "data_loader.args.batch_size",
@@ -47,15 +53,20 @@ class Board:
                 or batch.shape[1] not in (1, 3):
             return
         self.images_epoch = epoch
-        images = batch[:16].detach().float()
-        low, high = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
-        self.writer.add_images("inputs/train", (images - low) / (high - low).clamp_min(1e-8), step)
+        self.writer.add_images("inputs/train", scale_to_unit(batch[:16]), step)
 
     def histograms(self, model: nn.Module, step: int) -> None:
         for name, param in model.named_parameters():
             self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
             if param.grad is not None:
                 self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), step)
+
+    def classification(self, report: ClassReport, step: int) -> None:
+        """The confusion matrix as an image and each class's precision, recall and F1 (trainer/report.py)."""
+        image = confusion_matrix_image(report.matrix, report.names)
+        self.writer.add_image("confusion_matrix/val", np.asarray(image), step, dataformats="HWC")
+        for name, figures in report.figures()["per_class"].items():
+            self.scalars("class_", {f"{key}/{name}": figures[key] for key in ("precision", "recall", "f1")}, step)
 
     def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         """The run's hyperparameters and final values, in the HParams tab (written into the run's own folder)."""

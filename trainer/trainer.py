@@ -138,7 +138,7 @@ class Trainer(TrainingState):
                 last = {**self.train_epoch(), **self.validate()}
                 self.end_epoch(last, time.perf_counter() - started)
             best = {f"best_{self.monitor.key}": self.monitor.best} if self.monitor.key else {}
-            self.progress.finish(self.config.data, best, last)
+            self.progress.finish(self.config.data, best, last, self.global_step, self.data_state)
         return last
 
     def train_epoch(self) -> dict[str, float]:
@@ -189,17 +189,17 @@ class Trainer(TrainingState):
             return {}
         # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
         result = self.evaluate(self.val_loader, f"valid {self.epoch}/{self.epochs}",
-                               should_stop=lambda: self.stop.requested is not None and not self.dist.enabled)
+                               should_stop=lambda: self.stop.requested is not None and not self.dist.enabled,
+                               observe=self.progress.collector(self.device))
         if result is None:
             self.stop_now(self.stop.requested)
         return {f"val_{name}": value for name, value in result.items()}
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable, desc: str = "valid",
-                 should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
-        """Loss and metrics of `validation_step` over the whole `loader` in eval mode (each process its share
-        under DDP, then the exact totals); None if `should_stop()` interrupted it. Validation and test.py both
-        use it, so both report the same figures for the same weights."""
+    def evaluate(self, loader: Iterable, desc: str = "valid", should_stop: Callable[[], bool] = lambda: False,
+                 observe: Callable[[Any, Step], None] = lambda batch, step: None) -> dict[str, float] | None:
+        """Loss and metrics of `validation_step` over `loader` in eval mode, exact over all processes under DDP;
+        each step also goes to `observe`; None if `should_stop()` cut it short. Validation and test.py share it."""
         model = self.eval_model
         was_training = model.training
         model.eval()
@@ -213,6 +213,7 @@ class Trainer(TrainingState):
                 with autocast(self.device, self.amp_dtype):
                     step = self.validation_step(model, batch)
                 tracker.update(*step)
+                observe(batch, step)
         finally:
             model.train(was_training)
         return tracker.result()

@@ -6,6 +6,7 @@ Every folder the template writes is one of these: `name` and the run id are fold
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -70,29 +71,35 @@ def _make_writable(folder: Path, fix: str) -> None:
 
 
 def new_run(save_dir: str | Path, name: str, run_id: str | None = None) -> RunPaths:
-    """Create the folders of a new run. The default run id is a timestamp; runs started in the same second
-    get `-2`, `-3`, ... (the folder is created atomically, so two processes never share one)."""
+    """Create the folders of a new run (`new_folder`), and its log folder of the same name."""
     base = Path(save_dir)
     fix = f"Choose a writable trainer.save_dir (now '{save_dir}') or fix the folder's permissions."
-    if run_id is not None:
-        models = base / "models" / name / folder_name(run_id, "--run-id")
-        if models.exists() and any(models.iterdir()):
-            raise ConfigError(f"The run folder '{models}' already exists and is not empty. Continue it with "
-                              f"--resume {models}, or choose another --run-id.")
-        _make_writable(models, fix)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        _make_writable(base / "models" / name, fix)
-        for attempt in range(1, 10_000):
-            models = base / "models" / name / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-            try:
-                models.mkdir()
-                break
-            except FileExistsError:
-                continue
+    models = new_folder(base / "models" / name, fix, run_id)
     log_dir = base / "log" / name / models.name
     _make_writable(log_dir, fix)
     return RunPaths(models, log_dir)
+
+
+def new_folder(parent: Path, fix: str, run_id: str | None = None) -> Path:
+    """Create `parent/run_id`, which must be new or empty, checking that it can be written (`fix` says what to do
+    if not). The default id is a timestamp; folders made in the same second get `-2`, `-3`, ... (each is created
+    atomically, so two processes never share one)."""
+    if run_id is not None:
+        folder = parent / folder_name(run_id, "--run-id")
+        if folder.exists() and any(folder.iterdir()):
+            raise ConfigError(f"The run folder '{folder}' already exists and is not empty. Continue it with "
+                              f"--resume {folder}, or choose another --run-id.")
+        _make_writable(folder, fix)
+        return folder
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    _make_writable(parent, fix)
+    for attempt in itertools.count(1):
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:

@@ -1,0 +1,182 @@
+"""test.py's evaluation report (trainer/report.py): the figures against a hand count, exact under 2-process DDP,
+the files test.py writes on the digits, regression left out, the TensorBoard additions of training."""
+import json
+import os
+import re
+import socket
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import test as test_script
+import train
+from trainer.report import ConfusionCollector, format_report
+from trainer.trainer import Step
+
+from conftest import REPO, fast_args
+
+# Six samples, three classes: true 0 0 0 1 1 2, predicted 0 0 1 1 2 2. Confusion matrix (rows true):
+#   [2 1 0]   class 0: precision 2/2, recall 2/3, F1 4/5        accuracy 4/6
+#   [0 1 1]   class 1: precision 1/2, recall 1/2, F1 1/2        macro:    P 2/3, R 13/18, F1 59/90
+#   [0 0 1]   class 2: precision 1/2, recall 1/1, F1 2/3        weighted: P 3/4, R 4/6,   F1 61/90
+TRUE = [0, 0, 0, 1, 1, 2]
+PREDICTED = [0, 0, 1, 1, 2, 2]
+CONFIDENCE = [0.9, 0.8, 0.7, 0.6, 0.95, 0.5]  # the mistakes: sample 4 (0.95) before sample 2 (0.7)
+MATRIX = [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def logits(rows: range) -> torch.Tensor:
+    """Outputs whose softmax gives each sample's confidence to its predicted class (the rest shared evenly)."""
+    probabilities = torch.full((len(rows), 3), 0.0, dtype=torch.float64)
+    for k, i in enumerate(rows):
+        probabilities[k] = (1 - CONFIDENCE[i]) / 2
+        probabilities[k, PREDICTED[i]] = CONFIDENCE[i]
+    return probabilities.log().float()
+
+
+def feed(collector: ConfusionCollector, rows: range, one_hot: bool = False) -> None:
+    target = torch.tensor([TRUE[i] for i in rows])
+    if one_hot:
+        target = torch.nn.functional.one_hot(target, 3).float()
+    images = torch.arange(len(rows) * 4, dtype=torch.float32).reshape(len(rows), 1, 2, 2)
+    collector((images, target), Step(torch.tensor(0.0), logits(rows), target))
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_figures_match_a_hand_count(one_hot):
+    collector = ConfusionCollector(torch.device("cpu"), mistakes=16)
+    feed(collector, range(0, 4), one_hot)  # two batches: the counts and the mistakes carry over
+    feed(collector, range(4, 6), one_hot)
+    report = collector.result(["zero", "one", "two"])
+    assert report.matrix == MATRIX and report.ignored == 0
+    figures = report.figures()
+    expected = {"zero": (1, Fraction(2, 3), Fraction(4, 5), 3), "one": (Fraction(1, 2), Fraction(1, 2),
+                Fraction(1, 2), 2), "two": (Fraction(1, 2), 1, Fraction(2, 3), 1)}
+    for name, (precision, recall, f1, support) in expected.items():
+        row = figures["per_class"][name]
+        assert row["precision"] == pytest.approx(float(precision)) and row["recall"] == pytest.approx(float(recall))
+        assert row["f1"] == pytest.approx(float(f1)) and row["support"] == support
+    assert figures["accuracy"] == pytest.approx(4 / 6) and figures["samples"] == 6
+    assert [figures["macro_avg"][k] for k in ("precision", "recall", "f1")] == pytest.approx([2 / 3, 13 / 18, 59 / 90])
+    assert [figures["weighted_avg"][k] for k in ("precision", "recall", "f1")] == pytest.approx([3 / 4, 4 / 6, 61 / 90])
+    # The most confident mistakes first, with their position in the split and their input scaled to 0..1.
+    assert [(m.index, m.true, m.predicted) for m in report.mistakes] == [(4, 1, 2), (2, 0, 1)]
+    assert [m.confidence for m in report.mistakes] == pytest.approx([0.95, 0.7])
+    image = report.mistakes[0].image
+    assert image.shape == (1, 2, 2) and image.min() == 0 and image.max() == 1
+    text = format_report(report)
+    assert re.search(r"^zero\s+1\.0000\s+0\.6667\s+0\.8000\s+3$", text, re.M)
+    assert re.search(r"^accuracy\s+0\.6667\s+6$", text, re.M)
+    assert re.search(r"^zero\s+2\s+1\s+0$", text, re.M)  # the matrix as a table
+
+
+def test_not_a_classifier_is_left_out():
+    regression = ConfusionCollector(torch.device("cpu"))
+    regression(None, Step(torch.tensor(0.0), torch.randn(4, 1), torch.randn(4, 1)))
+    assert regression.result() is None and "shape (4, 1)" in regression.skipped
+    two_targets = ConfusionCollector(torch.device("cpu"))  # (N, 2) float targets that are not probabilities
+    two_targets(None, Step(torch.tensor(0.0), torch.randn(4, 2), torch.tensor([[3.0, 1.5]] * 4)))
+    assert two_targets.result() is None and "not class probabilities" in two_targets.skipped
+
+
+def test_targets_outside_the_classes_are_counted_apart():
+    collector = ConfusionCollector(torch.device("cpu"))
+    target = torch.tensor([0, -100, 1])  # cross_entropy's ignore_index
+    collector(None, Step(torch.tensor(0.0), torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]), target))
+    report = collector.result()
+    assert report.matrix == [[1, 0], [0, 1]] and report.ignored == 1 and report.names == ["0", "1"]
+
+
+def _two_processes(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        collector = ConfusionCollector(torch.device("cpu"))
+        feed(collector, range(0, 5) if rank == 0 else range(5, 6))  # unequal shares
+        report = collector.result()
+        queue.put((rank, report.matrix))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_counts_are_exact_over_two_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_two_processes, args=(port, queue), nprocs=2, start_method="spawn")
+    assert sorted([queue.get(), queue.get()]) == [(0, MATRIX), (1, MATRIX)]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A 2-epoch digits run with TensorBoard on (shared by the tests below)."""
+    save_dir = tmp_path_factory.mktemp("report") / "saved"
+    assert train.main(fast_args(save_dir, "trainer.tensorboard=true", "--run-id", "r")) == 0
+    return save_dir
+
+
+def test_test_py_writes_the_report_of_the_digits(digits_run, capsys):
+    run = digits_run / "models" / "digits_cnn" / "r"
+    assert test_script.main(["--resume", str(run / "model_best.pth")]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(re.search(r"^  accuracy\s+([\d.]+)$", out, re.M).group(1))
+    folder = run / "report-model_best-test"
+    report = json.loads((folder / "report.json").read_text())
+    matrix = report["classification"]["confusion_matrix"]
+    total, correct = sum(map(sum, matrix)), sum(matrix[i][i] for i in range(10))
+    assert total == report["samples"] == report["classification"]["samples"] == 360
+    assert f"{correct / total:.6f}" == f"{accuracy:.6f}" and report["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert report["classification"]["accuracy"] == correct / total
+    assert report["classification"]["classes"] == [str(i) for i in range(10)]
+    mistakes = report["classification"]["most_confident_mistakes"]
+    assert len(mistakes) == min(16, total - correct)
+    assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
+    assert Image.open(folder / "confusion_matrix.png").size[0] > 300
+    assert Image.open(folder / "mistakes.png").size[1] > 96
+    assert "Confusion matrix (rows: true class, columns: predicted class)" in out
+
+
+def test_tensorboard_has_the_final_models_validation_report(digits_run, tmp_path, capsys):
+    """The end-of-training figures are those of test.py --split val on the final checkpoint."""
+    run = digits_run / "models" / "digits_cnn" / "r"
+    assert test_script.main(["--resume", str(run / "checkpoint-latest.pth"), "--split", "val",
+                             "--output-dir", str(tmp_path / "val")]) == 0
+    per_class = json.loads((tmp_path / "val" / "report.json").read_text())["classification"]["per_class"]
+    events = EventAccumulator(str(digits_run / "log" / "digits_cnn" / "r"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert "confusion_matrix/val" in events.Tags()["images"]
+    for name, row in per_class.items():
+        for key in ("precision", "recall", "f1"):
+            assert events.Scalars(f"class_{key}/{name}")[-1].value == pytest.approx(row[key], abs=1e-6)
+
+
+def test_bad_output_folder_stops_before_anything_is_written(digits_run, tmp_path, capsys):
+    run = digits_run / "models" / "digits_cnn" / "r"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert test_script.main(["--resume", str(run / "model_best.pth"), "--split", "val",
+                             "--output-dir", str(blocker / "report")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{blocker}' is a file" in err and "--output-dir" in err
+    assert not (run / "report-model_best-val").exists()
+
+
+def test_regression_gets_a_report_without_classification(tmp_path, capsys):
+    save_dir = tmp_path / "saved"
+    assert train.main(["-c", str(REPO / "configs" / "diabetes_mlp.yaml"), f"trainer.save_dir={save_dir}",
+                       "trainer.epochs=1", "trainer.tensorboard=true", "--run-id", "r"]) == 0
+    run = save_dir / "models" / "diabetes_mlp" / "r"
+    (run / "report-model_best-test").mkdir()
+    (run / "report-model_best-test" / "confusion_matrix.png").write_bytes(b"stale")  # an earlier report's
+    assert test_script.main(["--resume", str(run / "model_best.pth")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"No classification report: the model's outputs \(shape \(\d+, 1\)\) are not class scores", out)
+    report = json.loads((run / "report-model_best-test" / "report.json").read_text())
+    assert "classification" not in report and set(report["metrics"]) == {"loss", "mae", "rmse", "r2"}
+    assert sorted(p.name for p in (run / "report-model_best-test").iterdir()) == ["report.json"]
