@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from trainer.restore import eval_loader, evaluator, restore
+from trainer.restore import add_ema_argument, eval_loader, evaluator, restore
 from utils.errors import report_errors
 from utils.log import setup_logging
 
@@ -21,17 +21,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="which data to evaluate on")
+    add_ema_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. data_loader.args.batch_size=256")
     return parser.parse_intermixed_args(argv)
 
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:
-    trained = restore(args.resume, args.config, args.overrides, args.device)
+    trained = restore(args.resume, args.config, args.overrides, args.device, ema=args.ema)
     loader = eval_loader(trained, args.split)
     result = evaluator(trained).evaluate(loader, desc=args.split)
     loop = trained.checkpoint["loop"]
     print(f"{trained.path} (epoch {loop['epoch'] - 1 if loop['batch_idx'] == 0 else loop['epoch']}, "
-          f"step {loop['global_step']}) on the {args.split} split: {len(loader.sampler)} samples")
+          f"step {loop['global_step']}, {trained.weights} weights) on the {args.split} split: "
+          f"{len(loader.sampler)} samples")
     width = max(len(name) for name in result)
     for name, value in result.items():
         print(f"  {name:<{width}}  {value:.6f}")

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trainer.checkpoint import LATEST
+from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
 from trainer.monitor import Monitor
 from trainer.progress import Progress
@@ -26,7 +27,7 @@ from trainer.signals import StopRequested, StopSignals
 from trainer.state import TrainingState
 from utils import distributed
 from utils.config import Config
-from utils.device import autocast, to_device
+from utils.device import autocast, maybe_compile, to_device
 from utils.distributed import Dist
 from utils.errors import ConfigError, TrainingError
 from utils.run import RunPaths
@@ -72,16 +73,20 @@ class Trainer(TrainingState):
         self.accumulate = self.cfg["accumulate_grad_batches"]
         self.amp_dtype = AMP_DTYPES[self.cfg["amp"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg["amp"] == "fp16")
-        self.eval_model = torch.compile(self.model, **compile_options(self.cfg["compile"])) \
-            if self.cfg["compile"] else self.model
+        self.eval_model = maybe_compile(self.model, self.cfg["compile"])
         self.train_model = self.eval_model if not dist.enabled else nn.parallel.DistributedDataParallel(
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.cfg["find_unused_parameters"])
+        self.ema = None if train_loader is None else build_ema(  # trainer/ema.py
+            self.cfg, self.model, train_loader.batch_size * self.accumulate * dist.world_size)
         if (isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and config["lr_scheduler"]["interval"] == "step"):
             raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
                               "epoch; set lr_scheduler.interval: epoch.")
-        logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
+        # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
+        self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
+            if val_loader else {}
+        logged = ["loss", *metrics] + [f"val_{n}{suffix}" for suffix in self.validated for n in ["loss", *metrics]]
         self.monitor = Monitor(self.cfg["monitor"] if train_loader is not None else "off", logged, config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
         self.stop = StopSignals()
@@ -182,24 +187,28 @@ class Trainer(TrainingState):
         self.global_step += 1
         if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "step":
             self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.epoch, self.global_step)
 
     def validate(self) -> dict[str, float]:
-        if self.val_loader is None:
-            return {}
-        # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
-        result = self.evaluate(self.val_loader, f"valid {self.epoch}/{self.epochs}",
-                               should_stop=lambda: self.stop.requested is not None and not self.dist.enabled)
-        if result is None:
-            self.stop_now(self.stop.requested)
-        return {f"val_{name}": value for name, value in result.items()}
+        """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
+        values: dict[str, float] = {}
+        for suffix, model in self.validated.items():
+            # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
+            result = self.evaluate(self.val_loader, f"valid{suffix} {self.epoch}/{self.epochs}", model=model,
+                                   should_stop=lambda: self.stop.requested is not None and not self.dist.enabled)
+            if result is None:
+                self.stop_now(self.stop.requested)
+            values.update({f"val_{name}{suffix}": value for name, value in result.items()})
+        return values
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable, desc: str = "valid",
-                 should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
-        """Loss and metrics of `validation_step` over the whole `loader` in eval mode (each process its share
-        under DDP, then the exact totals); None if `should_stop()` interrupted it. Validation and test.py both
-        use it, so both report the same figures for the same weights."""
-        model = self.eval_model
+    def evaluate(self, loader: Iterable, desc: str = "valid", should_stop: Callable[[], bool] = lambda: False,
+                 model: nn.Module | None = None) -> dict[str, float] | None:
+        """Loss and metrics of `validation_step` with `model` (default: the trained model) over the whole
+        `loader` in eval mode (each process its share under DDP, then the exact totals); None if `should_stop()`
+        interrupted it. Validation and test.py both use it, so both report the same figures for the same weights."""
+        model = self.eval_model if model is None else model
         was_training = model.training
         model.eval()
         tracker = MetricTracker(self.metrics, self.device)
@@ -290,8 +299,3 @@ class Trainer(TrainingState):
             return 0
         count = sum(counter.take() for counter in counters if counter is not None)
         return int(distributed.all_reduce(torch.tensor([count], device=self.device)).item())
-
-
-def compile_options(option: Any) -> dict[str, Any]:
-    """`trainer.compile: true` or a mapping of `torch.compile` arguments."""
-    return option if isinstance(option, dict) else {}
