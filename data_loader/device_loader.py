@@ -117,7 +117,9 @@ class DeviceDataLoader:
     def train_loader(self, device: torch.device | None = None) -> DeviceBatches:
         train_indices = self.source.split()[0]
         dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), train_indices)
-        return self._batches(dataset, range(len(train_indices)), device, "training", train=True)
+        batches = self._batches(dataset, range(len(train_indices)), device, "training", train=True)
+        batches.batch_transform = self.source.batch_transform  # the source's MixUp / CutMix, applied by the trainer
+        return batches
 
     def val_loader(self, device: torch.device | None = None) -> DeviceBatches | None:
         val_indices = self.source.split()[1]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from data_loader.batch_transforms import training_batch
 from trainer.checkpoint import LATEST
 from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
@@ -152,7 +153,7 @@ class Trainer(TrainingState):
         loader.sampler.set_epoch(self.epoch)
         loader.sampler.skip(self.batch_idx * loader.batch_size)
         for batch in self.progress.batches(loader, len(loader), self.batch_idx, f"epoch {self.epoch}/{self.epochs}"):
-            self.train_batch(to_device(batch, self.device, self.cfg["channels_last"]))
+            self.train_batch(training_batch(batch, loader, self.batch_idx, self.device, self.cfg["channels_last"]))
         result = self.tracker.result()
         self.check_finite(result["loss"])
         return result

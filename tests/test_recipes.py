@@ -1,0 +1,101 @@
+"""The switches of torchvision's classification reference, from the config (docs/recipes.md): each one does what
+the reference's does, on the bundled digits."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from data_loader.batch_transforms import training_batch
+from data_loader.builtin import CsvImageDataLoader
+from data_loader.device_loader import DeviceDataLoader
+from model.builtin.losses import cross_entropy
+from model.builtin.metrics import accuracy
+from trainer.checkpoint import load_checkpoint
+from utils.errors import ConfigError
+
+from conftest import REPO, fast_args, only_run
+
+EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
+DIGITS = {"data_dir": str(REPO / "data" / "digits"), "batch_size": 32, "num_classes": 10, "eval_transform": EVAL}
+CPU = torch.device("cpu")
+
+
+def first_batch_mixed(number: int, **mix):
+    """The first training batch of epoch 1 of the digits, and the same batch mixed as batch `number`."""
+    loader = CsvImageDataLoader(**DIGITS, transform=EVAL, batch_transform=mix).train_loader()
+    loader.sampler.set_epoch(1)
+    images, labels = next(iter(loader))
+    return images, labels, training_batch((images, labels), loader, number, CPU, False)
+
+
+def test_mixup_targets_are_convex_combinations_whose_weights_sum_to_one():
+    images, labels, (mixed, target) = first_batch_mixed(0, mixup_alpha=0.4)
+    assert target.shape == (32, 10) and (target >= 0).all()
+    assert torch.allclose(target.sum(dim=1), torch.ones(32))
+    # One weight for the batch: each sample with its predecessor (torchvision pairs consecutive samples).
+    first = next(i for i in range(32) if labels[i] != labels[i - 1])
+    lam = target[first, labels[first]].item()
+    assert 0 < lam < 1
+    one_hot = F.one_hot(labels, 10).float()
+    assert torch.allclose(target, lam * one_hot + (1 - lam) * one_hot.roll(1, 0))
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
+    # The loss and the metrics read the probabilities: the loss is the same mixture of the two labels' losses.
+    output = torch.randn(32, 10)
+    assert torch.allclose(cross_entropy(output, target),
+                          lam * cross_entropy(output, labels) + (1 - lam) * cross_entropy(output, labels.roll(1)))
+    assert accuracy(output, target) == accuracy(output, target.argmax(1))
+
+
+def test_cutmix_pastes_a_box_and_weights_the_labels_by_its_area():
+    images, labels, (mixed, target) = first_batch_mixed(0, cutmix_alpha=1.0)
+    assert torch.allclose(target.sum(dim=1), torch.ones(32))
+    first = next(i for i in range(32) if labels[i] != labels[i - 1])
+    lam = target[first, labels[first]].item()
+    one_hot = F.one_hot(labels, 10).float()
+    assert torch.allclose(target, lam * one_hot + (1 - lam) * one_hot.roll(1, 0))
+    rolled = images.roll(1, 0)
+    assert ((mixed == images) | (mixed == rolled)).all()  # every pixel is one of the two images'
+    pasted = (mixed != images).any(dim=(0, 1)).sum().item()  # pixels where some image shows its predecessor's
+    assert 0 < pasted <= round((1 - lam) * 64)
+
+
+def test_mixing_is_seeded_per_batch_and_leaves_the_global_random_state_alone():
+    _, _, (a, target_a) = first_batch_mixed(5, mixup_alpha=0.2, cutmix_alpha=1.0)
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    _, _, (b, target_b) = first_batch_mixed(5, mixup_alpha=0.2, cutmix_alpha=1.0)
+    assert torch.equal(a, b) and torch.equal(target_a, target_b)
+    torch.set_rng_state(state)
+    images, _, _ = first_batch_mixed(0)
+    kinds = set()
+    for number in range(20):  # both alphas: MixUp or CutMix, chosen per batch
+        _, _, (mixed, _) = first_batch_mixed(number, mixup_alpha=0.2, cutmix_alpha=1.0)
+        blended = ~((mixed == images) | (mixed == images.roll(1, 0)))
+        kinds.add("mixup" if blended.any() else "cutmix")
+    assert kinds == {"mixup", "cutmix"}
+    before = torch.get_rng_state()
+    first_batch_mixed(7, mixup_alpha=0.2)
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_mixing_on_the_device_loader(tmp_path):
+    source = {"type": "CsvImageDataLoader", "args": {**DIGITS, "batch_transform": {"cutmix_alpha": 1.0}}}
+    loader = DeviceDataLoader(source).train_loader(CPU)
+    loader.sampler.set_epoch(1)
+    _, target = training_batch(next(iter(loader)), loader, 0, CPU, False)
+    assert target.shape == (32, 10) and torch.allclose(target.sum(dim=1), torch.ones(32))
+    config = ("data_loader={type: DeviceDataLoader, args: {source: {type: CsvImageDataLoader, args: {data_dir: "
+              "data/digits, num_classes: 10, batch_transform: {mixup_alpha: 0.2, cutmix_alpha: 1.0}, eval_transform: "
+              "[{type: ToDtype, args: {dtype: float32, scale: true}}]}}, augment: {crop_padding: 1}}}")
+    assert train.main(fast_args(tmp_path, config, "trainer.epochs=1")) == 0
+    assert 0 < load_checkpoint(only_run(tmp_path) / "checkpoint-latest.pth")["history"][0]["loss"] < 3
+
+
+def test_batch_transform_needs_the_number_of_classes_and_known_keys():
+    digits = {**DIGITS, "num_classes": None}
+    with pytest.raises(ConfigError, match=r"'data_loader.args.batch_transform' needs data_loader.args.num_classes"):
+        CsvImageDataLoader(**digits, batch_transform={"mixup_alpha": 0.2})
+    with pytest.raises(ConfigError, match=r"must be a mapping of mixup_alpha and cutmix_alpha"):
+        CsvImageDataLoader(**DIGITS, batch_transform={"mixup": 0.2})
+    with pytest.raises(ConfigError, match=r"'data_loader.args.batch_transform.cutmix_alpha' must be a number >= 0"):
+        CsvImageDataLoader(**DIGITS, batch_transform={"cutmix_alpha": -1})
