@@ -18,6 +18,7 @@ from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
 from trainer.signals import StopRequested
+from trainer.warmup import build_lr_scheduler
 from utils import distributed
 from utils.config import Config, save_config, unused_keys
 from utils.device import configure_backends, select_device
@@ -85,8 +86,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     criterion = build_criterion(config)
     metrics = build_metrics(config)
     optimizer = build_optimizer(config, model)
-    lr_scheduler = (config.init_obj("lr_scheduler", optimizer=optimizer)
-                    if config["lr_scheduler"] else None)
+    lr_scheduler = build_lr_scheduler(config, optimizer)
     trainer = build_trainer(config, model=model, criterion=criterion, metrics=metrics, optimizer=optimizer,
                             device=device, train_loader=train_loader, val_loader=val_loader, lr_scheduler=lr_scheduler,
                             resume=checkpoint, dist=dist, data_state=data_state(data))

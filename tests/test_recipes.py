@@ -1,5 +1,7 @@
 """The switches of torchvision's classification reference, from the config (docs/recipes.md): each one does what
 the reference's does, on the bundled digits."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,11 @@ from data_loader.builtin import CsvImageDataLoader
 from data_loader.device_loader import DeviceDataLoader
 from model.builtin.losses import cross_entropy
 from model.builtin.metrics import accuracy
+from model.factory import build_model, build_optimizer
 from trainer.checkpoint import load_checkpoint
+from trainer.trainer import Trainer
+from trainer.warmup import build_lr_scheduler
+from utils.config import Config
 from utils.errors import ConfigError
 
 from conftest import REPO, fast_args, only_run
@@ -99,3 +105,47 @@ def test_batch_transform_needs_the_number_of_classes_and_known_keys():
         CsvImageDataLoader(**DIGITS, batch_transform={"mixup": 0.2})
     with pytest.raises(ConfigError, match=r"'data_loader.args.batch_transform.cutmix_alpha' must be a number >= 0"):
         CsvImageDataLoader(**DIGITS, batch_transform={"cutmix_alpha": -1})
+
+
+def cosine_after_warmup(base: float, warmup: int, t_max: int, start: float, linear: bool):
+    """The learning rate of step (or epoch) t: the reference's warmup, then CosineAnnealingLR from its start."""
+    def lr(t: int) -> float:
+        if t < warmup:
+            return base * (start + (1 - start) * t / warmup if linear else start)
+        return base * (1 + math.cos(math.pi * (t - warmup) / t_max)) / 2
+    return lr
+
+
+def test_step_warmup_lr_follows_the_formula_at_every_step(tmp_path, monkeypatch):
+    used = []
+    step = Trainer.optimizer_step
+
+    def recording_step(self):
+        used.append(self.optimizer.param_groups[0]["lr"])  # the rate this step uses
+        step(self)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", recording_step)
+    assert train.main(fast_args(tmp_path, "lr_scheduler.interval=step", "lr_scheduler.args.T_max=32",
+                                "lr_scheduler.warmup={steps: 8, decay: 0.1}")) == 0
+    expected = cosine_after_warmup(3e-3, 8, 32, 0.1, linear=True)
+    assert len(used) == 40
+    for t, lr in enumerate(used):
+        assert lr == pytest.approx(expected(t), rel=1e-9, abs=1e-12), t
+
+
+def test_epoch_warmup_constant_then_the_scheduler():
+    warmup = "lr_scheduler.warmup={epochs: 3, method: constant, decay: 0.25}"
+    config = Config.load(REPO / "configs" / "config.yaml", ["lr_scheduler.args.T_max=7", warmup])
+    optimizer = build_optimizer(config, build_model(config))
+    scheduler = build_lr_scheduler(config, optimizer)
+    expected = cosine_after_warmup(3e-3, 3, 7, 0.25, linear=False)
+    for epoch in range(10):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected(epoch), rel=1e-9), epoch
+        optimizer.step()  # no gradients: changes nothing, but keeps the order torch expects
+        scheduler.step()
+    plateau = Config.load(REPO / "configs" / "config.yaml",
+                          ["lr_scheduler={type: ReduceLROnPlateau, warmup: {epochs: 2}}"])
+    with pytest.raises(ConfigError, match="lr_scheduler.warmup cannot come before ReduceLROnPlateau"):
+        build_lr_scheduler(plateau, optimizer)
+    with pytest.raises(ConfigError, match="'lr_scheduler.warmup.steps' does not fit 'lr_scheduler.interval: epoch'"):
+        Config.load(REPO / "configs" / "config.yaml", ["lr_scheduler.warmup={steps: 100}"])
