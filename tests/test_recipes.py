@@ -149,3 +149,29 @@ def test_epoch_warmup_constant_then_the_scheduler():
         build_lr_scheduler(plateau, optimizer)
     with pytest.raises(ConfigError, match="'lr_scheduler.warmup.steps' does not fit 'lr_scheduler.interval: epoch'"):
         Config.load(REPO / "configs" / "config.yaml", ["lr_scheduler.warmup={steps: 100}"])
+
+
+def decay_of(config_overrides: list[str]) -> dict[str, tuple[float, float]]:
+    """(weight_decay, lr) of each DigitsCNN parameter in the optimizer the config builds."""
+    config = Config.load(REPO / "configs" / "config.yaml", config_overrides)
+    model = build_model(config)
+    optimizer = build_optimizer(config, model)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    return {name: (group_of[id(p)]["weight_decay"], group_of[id(p)]["lr"]) for name, p in model.named_parameters()}
+
+
+def test_no_decay_leaves_norm_layers_and_biases_without_weight_decay():
+    plain = decay_of([])
+    assert {wd for wd, _ in plain.values()} == {1e-4}
+    decays = decay_of(["optimizer.no_decay=true"])
+    norm = {f"features.{i}.{p}" for i in (1, 4, 8) for p in ("weight", "bias")}  # the BatchNorm layers
+    for name, (wd, lr) in decays.items():
+        assert wd == (0.0 if name in norm or name.endswith("bias") else 1e-4), name
+        assert lr == 3e-3
+    # With parameter groups: each group is split, keeping its own settings.
+    grouped = decay_of(["optimizer.no_decay=[bias]", "optimizer.param_groups=[{modules: [classifier], lr: 0.1}]"])
+    assert grouped["classifier.2.weight"] == (1e-4, 0.1) and grouped["classifier.2.bias"] == (0.0, 0.1)
+    assert grouped["features.1.weight"] == (1e-4, 3e-3) and grouped["features.1.bias"] == (0.0, 3e-3)
+    assert decay_of(["optimizer.no_decay=[classifier.2.weight]"])["classifier.2.weight"] == (0.0, 3e-3)
+    with pytest.raises(ConfigError, match=r"names 'clasifier.2.weight', which is neither.*'classifier.2.weight'"):
+        decay_of(["optimizer.no_decay=[clasifier.2.weight]"])
