@@ -48,16 +48,19 @@ class BaseDataLoader:
     validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples.
     `num_classes` bounds the labels and `channels` the images' channel count (both checked when given);
     `skip_bad` leaves unreadable or wrong samples out and counts them instead of stopping.
-    `batch_transform` mixes training batches (MixUp, CutMix: data_loader/batch_transforms.py).
+    `batch_transform` mixes training batches (MixUp, CutMix: data_loader/batch_transforms.py), and
+    `repeated_augmentations` shows each training sample that many times in a row per epoch (ResumableSampler).
     """
 
     def __init__(self, batch_size: int = 64, shuffle: bool = True, validation_split: float | int = 0.1,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
                  target_transform: list | None = None, num_classes: int | None = None, channels: int | None = None,
-                 skip_bad: bool = False, batch_transform: dict | None = None, seed: int = 0):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"data_loader.args.batch_size must be a whole number >= 1, got {batch_size!r}.")
+                 skip_bad: bool = False, batch_transform: dict | None = None, repeated_augmentations: int = 1,
+                 seed: int = 0):
+        for key, value in (("batch_size", batch_size), ("repeated_augmentations", repeated_augmentations)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(f"data_loader.args.{key} must be a whole number >= 1, got {value!r}.")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.validation_split = validation_split
@@ -75,6 +78,7 @@ class BaseDataLoader:
         self.skip_bad = skip_bad
         self.bad_samples = BadSamples() if skip_bad else None
         self.batch_transform = build_batch_transform(batch_transform, num_classes)
+        self.repeated_augmentations = repeated_augmentations
         self._split: tuple[list[int], list[int]] | None = None
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
@@ -101,7 +105,7 @@ class BaseDataLoader:
         Under DDP, each process gets its share of every epoch."""
         with_seeds = self.num_workers > 0
         sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds,
-                                   **process_share(pad=True))
+                                   repeats=self.repeated_augmentations, **process_share(pad=True))
         loader = self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
         loader.batch_transform = self.batch_transform  # applied by the trainer, on the device
         return loader

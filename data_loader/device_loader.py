@@ -109,6 +109,7 @@ class DeviceDataLoader:
     def _batches(self, dataset: Dataset, indices, device, what: str, train: bool) -> DeviceBatches:
         images, targets = self._to_device(dataset, device, what)
         sampler = ResumableSampler(indices, shuffle=train and self.source.shuffle, seed=self.seed,
+                                   repeats=self.source.repeated_augmentations if train else 1,
                                    **process_share(pad=train))
         return DeviceBatches(images, targets, self.source.batch_size, sampler,
                              drop_last=train and self.source.drop_last,

@@ -10,6 +10,7 @@ import train
 from data_loader.batch_transforms import training_batch
 from data_loader.builtin import CsvImageDataLoader
 from data_loader.device_loader import DeviceDataLoader
+from data_loader.sampling import ResumableSampler
 from model.builtin.losses import cross_entropy
 from model.builtin.metrics import accuracy
 from model.factory import build_model, build_optimizer
@@ -17,7 +18,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer
 from trainer.warmup import build_lr_scheduler
 from utils.config import Config
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 
 from conftest import REPO, fast_args, only_run
 
@@ -175,3 +176,47 @@ def test_no_decay_leaves_norm_layers_and_biases_without_weight_decay():
     assert decay_of(["optimizer.no_decay=[classifier.2.weight]"])["classifier.2.weight"] == (0.0, 3e-3)
     with pytest.raises(ConfigError, match=r"names 'clasifier.2.weight', which is neither.*'classifier.2.weight'"):
         decay_of(["optimizer.no_decay=[clasifier.2.weight]"])
+
+
+def test_repeated_augmentation_shows_each_sample_reps_times_per_epoch():
+    digits = {**DIGITS, "validation_split": 0.15, "transform": EVAL}
+    loader = CsvImageDataLoader(**digits, repeated_augmentations=3).train_loader()
+    sampler = loader.sampler
+    assert len(sampler) == 1221 and len(loader) == len(CsvImageDataLoader(**digits).train_loader())  # as many steps
+    seen = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == 1221
+        counts = torch.bincount(torch.tensor(order))
+        assert set(counts[counts > 0].tolist()) == {3} and (counts > 0).sum() == 407
+        assert all(order[i] == order[i + 1] == order[i + 2] for i in range(0, 1221, 3))  # in a row
+        seen.append(set(order))
+    assert seen[0] != seen[1]  # another third of the data each epoch
+    sampler.set_epoch(2)
+    sampler.skip(100)
+    assert list(sampler) == order[100:]  # resumable mid-epoch
+    with pytest.raises(DataError, match="repeated_augmentations must be a whole number >= 1"):
+        CsvImageDataLoader(**DIGITS, repeated_augmentations=0)
+    source = {"type": "CsvImageDataLoader", "args": {**DIGITS, "repeated_augmentations": 2}}
+    assert DeviceDataLoader(source).train_loader(CPU).sampler.repeats == 2
+
+
+def test_repeated_copies_go_to_different_processes_with_their_own_augmentation():
+    def share(rank: int) -> list[tuple[int, int]]:
+        sampler = ResumableSampler(range(60), seed=3, with_seeds=True, num_replicas=3, rank=rank, repeats=3)
+        sampler.set_epoch(1)
+        return list(sampler)
+
+    shares = [share(rank) for rank in range(3)]
+    assert all(len(s) == 20 for s in shares)
+    ranks_of: dict[int, set[int]] = {}
+    for rank, items in enumerate(shares):
+        for index, _ in items:
+            ranks_of.setdefault(index, set()).add(rank)
+    assert len(ranks_of) == 20 and all(ranks == {0, 1, 2} for ranks in ranks_of.values())
+    seeds = {}
+    for items in shares:
+        for index, seed in items:
+            seeds.setdefault(index, set()).add(seed)
+    assert all(len(s) == 3 for s in seeds.values())  # each copy its own augmentation (worker processes)
