@@ -11,6 +11,7 @@ from data_loader.batch_transforms import training_batch
 from data_loader.builtin import CsvImageDataLoader
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.sampling import ResumableSampler
+from data_loader.transforms import build_transforms
 from model.builtin.losses import cross_entropy
 from model.builtin.metrics import accuracy
 from model.factory import build_model, build_optimizer
@@ -220,3 +221,30 @@ def test_repeated_copies_go_to_different_processes_with_their_own_augmentation()
         for index, seed in items:
             seeds.setdefault(index, set()).add(seed)
     assert all(len(s) == 3 for s in seeds.values())  # each copy its own augmentation (worker processes)
+
+
+@pytest.mark.parametrize("step, kind", [
+    ({"type": "AutoAugment", "args": {"policy": "imagenet"}}, "AutoAugment"),
+    ({"type": "AutoAugment", "args": {"policy": "CIFAR10", "interpolation": "bilinear"}}, "AutoAugment"),
+    ({"type": "AutoAugment", "args": {"policy": "svhn"}}, "AutoAugment"),
+    ({"type": "RandAugment", "args": {"num_ops": 2, "magnitude": 9}}, "RandAugment"),  # the reference's ra
+    ({"type": "TrivialAugmentWide", "args": {"interpolation": "bilinear"}}, "TrivialAugmentWide"),  # ta_wide
+    ({"type": "AugMix", "args": {"severity": 3}}, "AugMix"),
+])
+def test_auto_augment_policies_by_name(step, kind):
+    from torchvision.transforms import v2
+
+    transform = build_transforms([step], "data_loader.args.transform")
+    assert type(transform).__name__ == kind
+    if "policy" in step["args"]:
+        assert transform.policy is v2.AutoAugmentPolicy(step["args"]["policy"].lower())
+    if "interpolation" in step["args"]:
+        assert transform.interpolation is v2.InterpolationMode.BILINEAR
+    image = CsvImageDataLoader(**DIGITS).make_dataset(True, transform)[0][0]  # a uint8 digit, augmented
+    assert image.shape == (1, 8, 8) and image.dtype == torch.uint8
+
+
+def test_unknown_policy_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"'data_loader.args.transform\[0\].args.policy' must be one of imagenet, "
+                                          r"cifar10, svhn; got 'imagenet1k'"):
+        build_transforms([{"type": "AutoAugment", "args": {"policy": "imagenet1k"}}], "data_loader.args.transform")
