@@ -1,6 +1,7 @@
 """The switches of torchvision's classification reference, from the config (docs/recipes.md): each one does what
 the reference's does, on the bundled digits."""
 import math
+import signal
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from trainer.warmup import build_lr_scheduler
 from utils.config import Config
 from utils.errors import ConfigError, DataError
 
-from conftest import REPO, fast_args, only_run
+from conftest import REPO, fast_args, only_run, run_script
+from test_exact_resume import assert_same_state, interrupted
 
 EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
 DIGITS = {"data_dir": str(REPO / "data" / "digits"), "batch_size": 32, "num_classes": 10, "eval_transform": EVAL}
@@ -248,3 +250,27 @@ def test_unknown_policy_names_the_key_and_the_choices():
     with pytest.raises(ConfigError, match=r"'data_loader.args.transform\[0\].args.policy' must be one of imagenet, "
                                           r"cifar10, svhn; got 'imagenet1k'"):
         build_transforms([{"type": "AutoAugment", "args": {"policy": "imagenet1k"}}], "data_loader.args.transform")
+
+
+def test_killed_run_with_ema_mixup_and_warmup_resumes_bit_identical(tmp_path):
+    args = fast_args(tmp_path, "trainer.save_every_steps=4", "trainer.monitor=max val_accuracy_ema",
+                     "trainer.ema={decay: 0.999, every_steps: 3, warmup: 1}",
+                     "data_loader.args.batch_transform={mixup_alpha: 0.2, cutmix_alpha: 1.0}",
+                     "lr_scheduler.interval=step", "lr_scheduler.args.T_max=30", "lr_scheduler.warmup={steps: 10}",
+                     "optimizer.no_decay=true", "data_loader.args.repeated_augmentations=2",
+                     "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
+                     "{type: ToDtype, args: {dtype: float32, scale: true}}]")
+    reference = run_script("train.py", *args, "--run-id", "ref")
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "models" / "digits_cnn" / "cut"
+    killed = interrupted("step:7", "KILL", *args, "--run-id", "cut")  # mid-epoch, 3 steps after a checkpoint
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
+    resumed = run_script("train.py", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    ref = tmp_path / "models" / "digits_cnn" / "ref"
+    assert_same_state(ref / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
+    assert_same_state(ref / "model_best.pth", run / "model_best.pth")
+    state = load_checkpoint(run / "checkpoint-latest.pth")
+    assert state["ema"] is not None and state["lr_scheduler"]["_milestones"] == [10]
+
