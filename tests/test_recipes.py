@@ -23,6 +23,8 @@ from utils.config import Config
 from utils.errors import ConfigError, DataError
 
 from conftest import REPO, fast_args, only_run, run_script
+from fake_data import patch_cifar10_sums, write_cifar10
+from test_datasets import train_example
 from test_exact_resume import assert_same_state, interrupted
 
 EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
@@ -274,3 +276,15 @@ def test_killed_run_with_ema_mixup_and_warmup_resumes_bit_identical(tmp_path):
     state = load_checkpoint(run / "checkpoint-latest.pth")
     assert state["ema"] is not None and state["lr_scheduler"]["_milestones"] == [10]
 
+
+def test_recipe_config_trains_with_every_switch(tmp_path, monkeypatch):
+    patch_cifar10_sums(monkeypatch, write_cifar10(tmp_path / "data"))
+    assert train_example("cifar10_resnet18_recipe.yaml", tmp_path, "data_loader.args.batch_size=32",
+                         "data_loader.args.pin_memory=false", "trainer.channels_last=false") == 0
+    state = load_checkpoint(only_run(tmp_path / "saved") / "model_best.pth")
+    assert "val_accuracy_ema" in state["history"][0] and state["ema"] is not None
+    assert state["lr_scheduler"]["_milestones"] == [5]
+    assert {group["weight_decay"] for group in state["optimizer"]["param_groups"]} == {5e-4, 0.0}
+    config = state["config"]
+    assert config["data_loader"]["args"]["repeated_augmentations"] == 4
+    assert config["data_loader"]["args"]["batch_transform"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
