@@ -17,8 +17,8 @@ from model.factory import build_criterion, build_metrics, build_model, build_opt
 from trainer.checkpoint import check_resume_config, find_checkpoint, remove_temp_files
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
+from trainer.scheduler import build_lr_scheduler
 from trainer.signals import StopRequested
-from trainer.warmup import build_lr_scheduler
 from utils import distributed
 from utils.config import Config, save_config, unused_keys
 from utils.device import configure_backends, select_device

@@ -17,8 +17,8 @@ from model.builtin.losses import cross_entropy
 from model.builtin.metrics import accuracy
 from model.factory import build_model, build_optimizer
 from trainer.checkpoint import load_checkpoint
+from trainer.scheduler import build_lr_scheduler
 from trainer.trainer import Trainer
-from trainer.warmup import build_lr_scheduler
 from utils.config import Config
 from utils.errors import ConfigError, DataError
 

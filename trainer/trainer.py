@@ -1,7 +1,8 @@
 """The training loop: epochs of zero_grad / forward / loss / backward / step, with validation, best-model
 monitoring, early stopping and checkpoints. `fit`, `train_epoch` and `train_batch` read top to bottom; the
 bookkeeping sits behind small calls: trainer/state.py (what a checkpoint holds), monitor.py (best value, early
-stop), progress.py (log lines, progress bar, TensorBoard), signals.py (stop signals).
+stop), progress.py (log lines, progress bar, TensorBoard), signals.py (stop signals), ema.py (the EMA of the
+weights), data_loader/batch_transforms.py (MixUp, CutMix).
 
 To change what a step computes, subclass `Trainer`, override `forward`, `compute_loss`, `training_step` or
 `validation_step`, and name the subclass in the config's `trainer.type` (examples: trainer/custom.py).
@@ -30,7 +31,7 @@ from utils import distributed
 from utils.config import Config
 from utils.device import autocast, maybe_compile, to_device
 from utils.distributed import Dist
-from utils.errors import ConfigError, TrainingError
+from utils.errors import TrainingError
 from utils.run import RunPaths
 
 __all__ = ["Step", "Trainer"]
@@ -80,10 +81,6 @@ class Trainer(TrainingState):
             find_unused_parameters=self.cfg["find_unused_parameters"])
         self.ema = None if train_loader is None else build_ema(  # trainer/ema.py
             self.cfg, self.model, train_loader.batch_size * self.accumulate * dist.world_size)
-        if (isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-                and config["lr_scheduler"]["interval"] == "step"):
-            raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
-                              "epoch; set lr_scheduler.interval: epoch.")
         # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
         self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
             if val_loader else {}

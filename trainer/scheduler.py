@@ -1,8 +1,8 @@
-"""Learning-rate warmup (`lr_scheduler.warmup`), as torchvision's classification reference does it
-(`--lr-warmup-epochs`, `--lr-warmup-method`, `--lr-warmup-decay`): for the first `epochs` (or `steps`, with
-`lr_scheduler.interval: step`), the learning rate rises linearly from `decay` times its configured value
-(LinearLR) or stays at that share (ConstantLR); then the configured scheduler runs from its own start
-(SequentialLR). Its state is the scheduler's, saved in every checkpoint."""
+"""The learning-rate scheduler of the config (`lr_scheduler`), with its warmup (`lr_scheduler.warmup`) as
+torchvision's classification reference does it (`--lr-warmup-epochs`, `--lr-warmup-method`, `--lr-warmup-decay`):
+for the first `epochs` (or `steps`, with `lr_scheduler.interval: step`), the learning rate rises linearly from
+`decay` times its configured value (LinearLR) or stays at that share (ConstantLR); then the configured scheduler
+runs from its own start (SequentialLR). Its state is the scheduler's, saved in every checkpoint."""
 from __future__ import annotations
 
 from typing import Any
@@ -20,6 +20,9 @@ def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
     if spec is None:
         return None
     scheduler = config.init_obj("lr_scheduler", optimizer=optimizer)
+    if isinstance(scheduler, ReduceLROnPlateau) and spec["interval"] == "step":
+        raise ConfigError(f"{config.source}: ReduceLROnPlateau needs the monitored value, which exists once per "
+                          "epoch; set lr_scheduler.interval: epoch.")
     warmup = spec["warmup"]
     if warmup is None:
         return scheduler
