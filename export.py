@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.restore import eval_loader, restore
+from trainer.restore import add_ema_argument, eval_loader, restore
 from utils.errors import ExportError, report_errors
 from utils.log import setup_logging
 
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's "
                                                "(the data the check runs on)")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
+    add_ema_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -102,7 +103,7 @@ def max_difference(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module
 def run_export(args: argparse.Namespace) -> float:
     if args.format == "onnx":
         check_onnx_packages()
-    trained = restore(args.resume, args.config, device=args.device)
+    trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
     model, arch = trained.model, trained.config["arch"]["type"]
     inputs = next(iter(eval_loader(trained, "test")))[0].to(trained.device)
     with torch.no_grad():
@@ -124,8 +125,9 @@ def run_export(args: argparse.Namespace) -> float:
     run = load_exported(args.format, path, trained.device)
     differences = [max_difference(run, model, x) for x in (inputs, inputs[:1])]
     difference = torch.tensor(differences).max().item()  # NaN if either is NaN
-    log.info("Wrote %s (%s, %s). Max abs difference to the PyTorch model on a test batch of %d and on one sample: "
-             "%.3g (tolerance %.3g).", path, args.format, arch, len(inputs), difference, tolerance)
+    log.info("Wrote %s (%s, %s, %s weights). Max abs difference to the PyTorch model on a test batch of %d and on "
+             "one sample: %.3g (tolerance %.3g).", path, args.format, arch, trained.weights, len(inputs), difference,
+             tolerance)
     if not difference <= tolerance:  # also catches NaN
         path.unlink()
         if args.format == "onnx":

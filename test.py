@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainer.checkpoint import class_names
 from trainer.report import ConfusionCollector, check_output_dir, format_report, write_report
-from trainer.restore import eval_loader, evaluator, restore
+from trainer.restore import add_ema_argument, eval_loader, evaluator, restore
 from utils.errors import report_errors
 from utils.log import setup_logging
 
@@ -33,12 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-o", "--output-dir", help="folder of the report files (default: report-<checkpoint>-<split> "
                         "next to the checkpoint)")
     parser.add_argument("--no-report", action="store_true", help="print the figures only, write no files")
+    add_ema_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. data_loader.args.batch_size=256")
     return parser.parse_intermixed_args(argv)
 
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:
-    trained = restore(args.resume, args.config, args.overrides, args.device)
+    trained = restore(args.resume, args.config, args.overrides, args.device, ema=args.ema)
     folder = Path(args.output_dir) if args.output_dir else \
         trained.path.parent / f"report-{trained.path.stem}-{args.split}"
     if not args.no_report:
@@ -48,16 +49,16 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     result = evaluator(trained).evaluate(loader, desc=args.split, observe=collector)
     loop = trained.checkpoint["loop"]
     epoch = loop["epoch"] - 1 if loop["batch_idx"] == 0 else loop["epoch"]
-    print(f"{trained.path} (epoch {epoch}, step {loop['global_step']}) on the {args.split} split: "
-          f"{len(loader.sampler)} samples")
+    print(f"{trained.path} (epoch {epoch}, step {loop['global_step']}, {trained.weights} weights) on the "
+          f"{args.split} split: {len(loader.sampler)} samples")
     width = max(len(name) for name in result)
     for name, value in result.items():
         print(f"  {name:<{width}}  {value:.6f}")
     report = collector.result(class_names(trained.checkpoint))
     print(f"\n{format_report(report)}" if report is not None else f"No classification report: {collector.skipped}.")
     if not args.no_report:
-        summary = {"checkpoint": str(trained.path), "epoch": epoch, "step": loop["global_step"], "split": args.split,
-                   "samples": len(loader.sampler), "metrics": result}
+        summary = {"checkpoint": str(trained.path), "epoch": epoch, "step": loop["global_step"],
+                   "weights": trained.weights, "split": args.split, "samples": len(loader.sampler), "metrics": result}
         written = write_report(folder, summary, report)
         print(f"\nReport: {', '.join(str(path) for path in written)}")
     return result

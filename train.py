@@ -20,6 +20,7 @@ from model.factory import build_criterion, build_metrics, build_model, build_opt
 from trainer.checkpoint import check_resume_config, find_resume, remove_temp_files
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
+from trainer.scheduler import build_lr_scheduler
 from trainer.signals import StopRequested
 from trainer.trainer import Trainer
 from utils import distributed
@@ -106,8 +107,7 @@ def build(args: argparse.Namespace) -> Built:
     criterion = build_criterion(config)
     metrics = build_metrics(config)
     optimizer = build_optimizer(config, model)
-    lr_scheduler = (config.init_obj("lr_scheduler", optimizer=optimizer)
-                    if config["lr_scheduler"] else None)
+    lr_scheduler = build_lr_scheduler(config, optimizer)
     trainer = build_trainer(config, model=model, criterion=criterion, metrics=metrics, optimizer=optimizer,
                             device=device, train_loader=train_loader, val_loader=val_loader, lr_scheduler=lr_scheduler,
                             resume=checkpoint, dist=dist, data_state=data_state(data))

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from data_loader.batch_transforms import build_batch_transform
 from data_loader.checks import BadSamples, CheckedDataset, collate, describe
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import build_transforms
@@ -96,15 +97,19 @@ class BaseDataLoader(ClassNames):
     validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples.
     `num_classes` bounds the labels and `channels` the images' channel count (both checked when given);
     `skip_bad` leaves unreadable or wrong samples out and counts them instead of stopping. A subclass whose data
-    names its classes sets `classes` (ClassNames), which checkpoints keep.
+    names its classes sets `classes` (ClassNames), which checkpoints keep. `batch_transform` mixes training
+    batches (MixUp, CutMix: data_loader/batch_transforms.py), and `repeated_augmentations` shows each training
+    sample that many times in a row per epoch (ResumableSampler).
     """
 
     def __init__(self, batch_size: int = 64, shuffle: bool = True, validation_split: float | int = 0.1,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
                  target_transform: list | None = None, num_classes: int | None = None, channels: int | None = None,
-                 skip_bad: bool = False, seed: int = 0):
-        for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+                 skip_bad: bool = False, batch_transform: dict | None = None, repeated_augmentations: int = 1,
+                 seed: int = 0):
+        for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                    ("repeated_augmentations", repeated_augmentations, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise DataError(f"data_loader.args.{key} must be a whole number >= {minimum}, got {value!r}.")
         share = validation_split
@@ -128,6 +133,8 @@ class BaseDataLoader(ClassNames):
         self.channels = channels
         self.skip_bad = skip_bad
         self.bad_samples = BadSamples() if skip_bad else None
+        self.batch_transform = build_batch_transform(batch_transform, num_classes)
+        self.repeated_augmentations = repeated_augmentations
         self._split: tuple[list[int], list[int]] | None = None
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
@@ -154,8 +161,10 @@ class BaseDataLoader(ClassNames):
         Under DDP, each process gets its share of every epoch."""
         with_seeds = self.num_workers > 0
         sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds,
-                                   **process_share(pad=True))
-        return self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
+                                   repeats=self.repeated_augmentations, **process_share(pad=True))
+        loader = self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
+        loader.batch_transform = self.batch_transform  # applied by the trainer, on the device
+        return loader
 
     def val_loader(self, device: torch.device | None = None) -> DataLoader | None:
         val_indices = self.split()[1]

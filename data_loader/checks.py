@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from utils import distributed
 from utils.errors import DataError, plural, reason
 
 log = logging.getLogger(__name__)
@@ -82,3 +83,13 @@ def collate(batch: list[Any]) -> Any:
         raise DataError(f"The samples of a batch do not fit together ({reason(e)}). Make every image "
                         "the same size and channel count: add a Resize or CenterCrop transform, and set "
                         "data_loader.args.image_mode to gray or rgb.") from None
+
+
+def take_bad_samples(loaders: list[Any], device: torch.device) -> int:
+    """Samples the loaders skipped since the last call (with `skip_bad`), summed over all processes (a collective
+    call under DDP when any loader counts)."""
+    counters = [getattr(loader, "bad_samples", None) for loader in loaders]
+    if not any(counters):
+        return 0
+    count = sum(counter.take() for counter in counters if counter is not None)
+    return int(distributed.all_reduce(torch.tensor([count], device=device)).item())

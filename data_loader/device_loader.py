@@ -108,6 +108,7 @@ class DeviceDataLoader:
     def _batches(self, dataset: Dataset, indices, device, what: str, train: bool) -> DeviceBatches:
         images, targets = self._to_device(dataset, device, what)
         sampler = ResumableSampler(indices, shuffle=train and self.source.shuffle, seed=self.seed,
+                                   repeats=self.source.repeated_augmentations if train else 1,
                                    **process_share(pad=train))
         return DeviceBatches(images, targets, self.source.batch_size, sampler,
                              drop_last=train and self.source.drop_last,
@@ -116,7 +117,9 @@ class DeviceDataLoader:
     def train_loader(self, device: torch.device | None = None) -> DeviceBatches:
         train_indices = self.source.split()[0]
         dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), train_indices)
-        return self._batches(dataset, range(len(train_indices)), device, "training", train=True)
+        batches = self._batches(dataset, range(len(train_indices)), device, "training", train=True)
+        batches.batch_transform = self.source.batch_transform  # the source's MixUp / CutMix, applied by the trainer
+        return batches
 
     def val_loader(self, device: torch.device | None = None) -> DeviceBatches | None:
         val_indices = self.source.split()[1]

@@ -21,10 +21,16 @@ class ResumableSampler(Sampler):
     from position `rank`. With `pad` (training), the order is first padded with its own first samples to a
     multiple of `num_replicas`, so every process runs the same number of steps (as DistributedSampler does);
     without it (evaluation), each sample is seen exactly once.
+
+    With `repeats` > 1 (repeated augmentation, the reference's RASampler), each sample of the epoch order is taken
+    `repeats` times in a row and the order is cut back to its usual length: an epoch has as many steps as before
+    and shows 1/`repeats` of the samples, each `repeats` times, with its own augmentation each time; under DDP the
+    copies go to different processes. Unlike the reference (DeiT's sampler), the epoch is not also rounded down to
+    a multiple of 256 samples.
     """
 
     def __init__(self, indices: Sequence[int], shuffle: bool = True, seed: int = 0, with_seeds: bool = False,
-                 num_replicas: int = 1, rank: int = 0, pad: bool = True):
+                 num_replicas: int = 1, rank: int = 0, pad: bool = True, repeats: int = 1):
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
         self.shuffle = shuffle
         self.seed = seed
@@ -32,6 +38,7 @@ class ResumableSampler(Sampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.pad = pad
+        self.repeats = repeats
         self.epoch = 0
         self.start = 0
 
@@ -57,6 +64,8 @@ class ResumableSampler(Sampler):
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.draw_seed())
             order = order[torch.randperm(len(order), generator=generator)]
+        if self.repeats > 1:
+            order = order.repeat_interleave(self.repeats)[:len(order)]
         if self.num_replicas > 1:
             missing = -len(order) % self.num_replicas
             if self.pad and missing:
@@ -65,9 +74,11 @@ class ResumableSampler(Sampler):
         return order[self.start:]
 
     def __iter__(self) -> Iterator:
-        for index in self.order().tolist():
+        for position, index in enumerate(self.order().tolist(), self.start):
             if self.with_seeds:
-                yield index, self.draw_seed(10_000_019, index)
+                # The copy number (repeated augmentation; 0 otherwise) from the sample's place in the epoch order.
+                copy = (position * self.num_replicas + self.rank) % self.repeats
+                yield index, self.draw_seed(10_000_019, index * self.repeats + copy)
             else:
                 yield index
 

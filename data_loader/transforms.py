@@ -1,5 +1,7 @@
 """Transforms built from the config: a list of `{type, args}` steps from this module or
-`torchvision.transforms.v2`, composed in order."""
+`torchvision.transforms.v2`, composed in order. Arguments that torchvision wants as enums or dtypes are given by
+name: `dtype: float32`, `policy: imagenet` (AutoAugment's AutoAugmentPolicy: imagenet, cifar10, svhn) and
+`interpolation: bilinear` (InterpolationMode: nearest, bilinear, bicubic, ...)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -23,6 +25,26 @@ class OneHot:
         return torch.zeros(self.num_classes).scatter_(0, torch.tensor(label), 1.0)
 
 
+# Arguments given by name in a config, and the torchvision enum whose members they name.
+NAMED_ARGS = {"policy": v2.AutoAugmentPolicy, "interpolation": v2.InterpolationMode}
+
+
+def _named(name: str, value: Any, key: str) -> Any:
+    """`value` of the argument `name`, with a dtype or enum name turned into the object torchvision expects."""
+    if not isinstance(value, str) or name not in ("dtype", *NAMED_ARGS):
+        return value
+    if name == "dtype":
+        dtype = getattr(torch, value, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ConfigError(f"'{key}' must name a torch dtype such as float32, got {value!r}.")
+        return dtype
+    enum = NAMED_ARGS[name]
+    try:
+        return enum(value.lower())
+    except ValueError:
+        raise ConfigError(f"'{key}' must be one of {', '.join(m.value for m in enum)}; got {value!r}.") from None
+
+
 def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable | None:
     """`[{type: ToDtype, args: {dtype: float32, scale: true}}, ...]` -> a composed transform (None if empty)."""
     if not steps:
@@ -36,12 +58,7 @@ def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable |
             step = {"type": step}
         if not isinstance(step, dict) or "type" not in step or set(step) - {"type", "args"}:
             raise ConfigError(f"'{where}' must be a mapping with 'type' and optional 'args', got {step!r}.")
-        args = dict(step.get("args") or {})
-        if isinstance(args.get("dtype"), str):
-            dtype = getattr(torch, args["dtype"], None)
-            if not isinstance(dtype, torch.dtype):
-                raise ConfigError(f"'{where}.args.dtype' must name a torch dtype such as float32, got {args['dtype']!r}.")
-            args["dtype"] = dtype
+        args = {name: _named(name, value, f"{where}.args.{name}") for name, value in (step.get("args") or {}).items()}
         factory = lookup(step["type"], "transform", where)
         built.append(call_with_args(factory, args, where, "config"))
     return built[0] if len(built) == 1 else v2.Compose(built)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from model.init import init_weights
+from model.weight_decay import split_groups
 from utils.config import Config, call_with_args
 from utils.errors import ConfigError, blame, suggest
 from utils.registry import lookup
@@ -76,7 +77,8 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     parameter groups: `param_groups: [{modules: [layer4], lr: 1e-4}, ...]` gives the parameters of those
     modules their own settings (`modules: backbone` where the model has `backbone_parameters()`, as
     TorchvisionClassifier does); every other parameter is in the first group, with `optimizer.args`. A
-    parameter listed in two groups stays in the first."""
+    parameter listed in two groups stays in the first. `no_decay` then moves norm layers' parameters and biases
+    (or the names it lists) of each group to a copy of it without weight decay (model/weight_decay.py)."""
     spec = config["optimizer"]
     groups, taken = [], set()
     for i, group in enumerate(spec.get("param_groups") or []):
@@ -103,8 +105,10 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         taken |= {id(p) for p in candidates}
         groups.append({**{k: v for k, v in group.items() if k != "modules"}, "params": params})
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    params = [{"params": rest}, *groups] if groups else rest
-    return config.init_obj("optimizer", params=params)
+    groups = [{"params": rest}, *groups]
+    if spec.get("no_decay"):
+        groups = split_groups(groups, model, spec["no_decay"], config.source)
+    return config.init_obj("optimizer", params=groups if len(groups) > 1 else rest)
 
 
 def build_criterion(config: Config) -> Callable:

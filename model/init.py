@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, blame
 from utils.registry import lookup
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,14 @@ def init_weights(model: nn.Module, spec: dict[str, Any] | str, source: str, keep
     `keep` (ids of loaded tensors) or frozen."""
     spec = {"type": spec} if isinstance(spec, str) else spec
     if not isinstance(spec, dict) or "type" not in spec or set(spec) - {"type", "args"}:
-        raise ConfigError(f"{source}: 'arch.init' must be {{type: kaiming_normal, args: {{...}}}}, got {spec!r}.")
+        raise ConfigError(f"{blame(source, 'arch.init')}: 'arch.init' must be {{type: kaiming_normal, args: {{...}}}}, got {spec!r}.")
     name = spec["type"] if str(spec["type"]).endswith("_") else f"{spec['type']}_"
     fn = lookup(name, "arch.init", "arch.init", source)
     args = spec.get("args") or {}
     try:
         inspect.signature(fn).bind(torch.empty(2, 2), **args)
     except TypeError as e:
-        raise ConfigError(f"{source}: wrong args for arch.init '{name}': {e}.") from None
+        raise ConfigError(f"{blame(source, 'arch.init')}: wrong args for arch.init '{name}': {e}.") from None
     initialised, kept = [], []
     for layer_name, module in model.named_modules():
         if not isinstance(module, _LAYERS):

@@ -35,6 +35,9 @@ def assert_same_state(a_path, b_path):
             assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
     assert a["lr_scheduler"] == b["lr_scheduler"]
     assert a["monitor"] == b["monitor"]
+    assert (a.get("ema") is None) == (b.get("ema") is None)
+    for name, tensor in (a.get("ema") or {"model": {}})["model"].items():
+        assert torch.equal(tensor, b["ema"]["model"][name]), f"ema {name}"
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def test_exported_file_runs_without_project_code_and_matches_the_model(run_folde
     assert export.main(["--resume", str(run_folder), "--format", fmt]) == 0
     out = capsys.readouterr().out
     path = run_folder / ("model_best" + export.SUFFIXES[fmt])
-    assert f"Wrote {path} ({fmt}, DigitsCNN). Max abs difference" in out and "(tolerance " in out, out
+    assert f"Wrote {path} ({fmt}, DigitsCNN, raw weights). Max abs difference" in out and "(tolerance " in out, out
 
     trained = restore(run_folder, device="cpu")
     inputs = next(iter(eval_loader(trained, "test")))[0][:5]  # not the export's batch size

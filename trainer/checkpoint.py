@@ -241,10 +241,9 @@ def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: s
     scheduler type are not, because the saved tensors and states would not fit them.
     """
     for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type"), ("optimizer", "param_groups"),
-                      ("lr_scheduler", "type")):
-        before, now = (saved[key] or {}).get(part), (config[key] or {}).get(part)
-        if key == "arch" and part == "args":
-            before, now = before or {}, now or {}
+                      ("optimizer", "no_decay"), ("lr_scheduler", "type"), ("lr_scheduler", "warmup")):
+        # Unset, empty and false are the same setting (checkpoints older than a key do not have it).
+        before, now = (saved[key] or {}).get(part) or None, (config[key] or {}).get(part) or None
         if before != now:
             raise CheckpointError(f"{source} sets {key}.{part} to {now!r}, but the checkpoint was trained with "
                                   f"{before!r}. Resume with the checkpoint's own settings (leave out -c and that "

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from data_loader.batch_transforms import training_batch
 from trainer.metric_tracker import as_scalar
-from utils.device import autocast, to_device
+from utils.device import autocast
 from utils.errors import ConfigError, TemplateError, reason
 from utils.rng import get_rng_state, set_rng_state
 
@@ -30,7 +31,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     criterion = trainer.criterion
     trainer.criterion = lambda output, target: _checked_loss(criterion, output, target, num_classes)
     try:
-        batch = to_device(first_batch(loader), trainer.device, trainer.cfg["channels_last"])
+        batch = training_batch(first_batch(loader), loader, 0, trainer.device, trainer.cfg["channels_last"])
         model.train()
         try:
             with autocast(trainer.device, trainer.amp_dtype):
@@ -132,6 +133,9 @@ def _hint(message: str) -> str:
         return ("The images' channel count differs from the model's: set arch.args.in_channels (or your model's "
                 "equivalent) to the data's, or convert the images when reading with data_loader.args.image_mode "
                 "(gray: 1 channel, rgb: 3).")
+    if re.search(r"multi-target|target tensor", message):
+        return ("The loss takes class indices, but the targets are class probabilities (data_loader.args."
+                "batch_transform's MixUp and CutMix make them, as OneHot does): use cross_entropy or CrossEntropyLoss.")
     if re.search(r"shapes cannot be multiplied|size mismatch|must match the size", message):
         return ("The data's shape does not fit the model's layer sizes: set the model's input size in arch.args to "
                 "the data's, or resize the data with a transform (data_loader.args.transform, eval_transform).")

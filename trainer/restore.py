@@ -1,10 +1,11 @@
 """Rebuild a trained model from a checkpoint, and the data to evaluate it on.
 
-Shared by `test.py`, `export.py` and `predict.py`, so that they read a checkpoint, its config and its data the
-same way.
+Shared by `test.py`, `export.py` and `predict.py`, so that all read a checkpoint, its config, its weights (the
+EMA of the weights when the checkpoint holds one, trainer/ema.py) and its data the same way.
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +34,28 @@ class Restored:
     config: Config
     device: torch.device
     model: nn.Module
+    weights: str  # "EMA" or "raw": which of the checkpoint's weights the model holds
+
+
+def add_ema_argument(parser: argparse.ArgumentParser) -> None:
+    """`--no-ema` (args.ema false): the raw trained weights instead of their EMA, for the scripts that restore."""
+    parser.add_argument("--no-ema", dest="ema", action="store_false",
+                        help="use the raw trained weights, not the EMA of the weights the checkpoint may hold")
+
+
+def checkpoint_weights(checkpoint: dict[str, Any], ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """The model weights to use from `checkpoint`: its EMA weights (trainer.ema) when it holds them and `ema` is
+    true, else the trained weights; and which ("EMA" or "raw")."""
+    if ema and checkpoint.get("ema") is not None:
+        return checkpoint["ema"]["model"], "EMA"
+    return checkpoint["model"], "raw"
 
 
 def restore(resume: str | Path, config_path: str | None = None, overrides: Sequence[str] = (),
-            device: str | None = None) -> Restored:
+            device: str | None = None, ema: bool = True) -> Restored:
     """The checkpoint `resume` (for a run folder: its model_best.pth, else, with a warning if model_best.pth is
     damaged, its newest intact checkpoint) with its model rebuilt from the saved config, weights loaded, on the
-    device, in eval mode.
+    device, in eval mode: the EMA weights when the checkpoint holds them, unless `ema` is false (`--no-ema`).
 
     `config_path` replaces only the config's `data_loader` section (the same model on other data).
     """
@@ -49,13 +65,14 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
         base = {**base, "data_loader": Config.load(config_path)["data_loader"]}
     config = Config.load(None, overrides, base=base, device=device)
     model = build_model(config, pretrained=False)
+    weights, which = checkpoint_weights(checkpoint, ema)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"'{path}' does not fit the model '{config['arch']['type']}': "
                               f"{reason(e)}") from None
     torch_device = select_device(config["device"])
-    return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval())
+    return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval(), which)
 
 
 def rebuilt_data(trained: Restored, training: bool = True) -> Any:

@@ -1,6 +1,7 @@
 """What a checkpoint holds and how a resume restores it, as a part of the Trainer (`TrainingState`): the model's
-parameters and buffers, optimizer, scheduler, AMP scaler, loop position, monitor, history, data order, the data
-loader's own state (e.g. fitted statistics) and every process's RNG state and running sums."""
+parameters and buffers, their moving average (trainer/ema.py), optimizer, scheduler, AMP scaler, loop position,
+monitor, history, data order, the data loader's own state (e.g. fitted statistics) and every process's RNG state
+and running sums."""
 from __future__ import annotations
 
 import json
@@ -44,6 +45,7 @@ class TrainingState:
             "torch_version": str(torch.__version__),
             "config": self.config.data,
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -65,6 +67,8 @@ class TrainingState:
                 self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             if self.scaler.is_enabled() and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None and state.get("ema") is not None:  # else the EMA starts from these weights
+                self.ema.load_state_dict(state["ema"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"The checkpoint does not fit the model or optimizer built from the config: "
                                   f"{reason(e)}. Resume with the checkpoint's own config (omit -c), "

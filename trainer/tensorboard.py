@@ -1,12 +1,12 @@
 """What a run writes to TensorBoard (`trainer.tensorboard: true`, rank 0 only), in one place.
 
-Tags: `<metric>/train` and `<metric>/val` per epoch, `step/<metric>` every `log_step` steps, `lr/group<i>` per
-parameter group, `speed/samples_per_second` and `speed/data_wait_share`, `inputs/train` (a grid of the first
-training batch of each epoch, for image data), `weights/<name>` and `gradients/<name>` histograms per epoch
-with `trainer.histograms: true`, the activation statistics of trainer/hooks.py, the run's hyperparameters
-with its best and last values in the HParams tab, and for a classifier at the end of training the last
-validation pass's `confusion_matrix/val` image and `class_precision/<class>`, `class_recall/<class>` and
-`class_f1/<class>` (trainer/report.py).
+Tags: `<metric>/train`, `<metric>/val` (and `<metric>/val_ema` with trainer.ema) per epoch, `step/<metric>` every
+`log_step` steps, `lr/group<i>` per parameter group, `speed/samples_per_second` and `speed/data_wait_share`,
+`inputs/train` (a grid of the first training batch of each epoch, for image data), `weights/<name>` and
+`gradients/<name>` histograms per epoch with `trainer.histograms: true`, the activation statistics of
+trainer/hooks.py, the run's hyperparameters with its best and last values in the HParams tab, and for a
+classifier at the end of training the last validation pass's `confusion_matrix/val` image and
+`class_precision/<class>`, `class_recall/<class>` and `class_f1/<class>` (trainer/report.py).
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ class Board:
               step: int) -> None:
         for name, value in epoch_log.items():
             split, metric = ("val", name[4:]) if name.startswith("val_") else ("train", name)
+            if metric.endswith("_ema"):  # the EMA's figures beside the model's: accuracy/val_ema
+                split, metric = "val_ema", metric[:-4]
             self.writer.add_scalar(f"{metric}/{split}", value, step)
         self.scalars("lr/group", dict(enumerate(lrs)), step)
         if throughput is not None:

@@ -1,7 +1,8 @@
 """The training loop: epochs of zero_grad / forward / loss / backward / step, with validation, best-model
 monitoring, early stopping and checkpoints. `fit`, `train_epoch` and `train_batch` read top to bottom; the
 bookkeeping sits behind small calls: trainer/state.py (what a checkpoint holds), monitor.py (best value, early
-stop), progress.py (log lines, progress bar, TensorBoard), signals.py (stop signals).
+stop), progress.py (log lines, progress bar, TensorBoard), signals.py (stop signals), ema.py (the EMA of the
+weights), data_loader/batch_transforms.py (MixUp, CutMix).
 
 To change what a step computes, subclass `Trainer`, override `forward`, `compute_loss`, `training_step` or
 `validation_step`, and name the subclass in the config's `trainer.type` (examples: trainer/custom.py).
@@ -18,7 +19,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from data_loader.batch_transforms import training_batch
+from data_loader.checks import take_bad_samples
 from trainer.checkpoint import LATEST
+from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
 from trainer.monitor import Monitor
 from trainer.progress import Progress
@@ -26,9 +30,9 @@ from trainer.signals import StopRequested, StopSignals
 from trainer.state import TrainingState
 from utils import distributed
 from utils.config import Config
-from utils.device import autocast, to_device
+from utils.device import autocast, maybe_compile, to_device
 from utils.distributed import Dist
-from utils.errors import ConfigError, TrainingError, blame
+from utils.errors import TrainingError
 from utils.run import RunPaths
 
 __all__ = ["Step", "Trainer"]
@@ -72,16 +76,16 @@ class Trainer(TrainingState):
         self.accumulate = self.cfg["accumulate_grad_batches"]
         self.amp_dtype = AMP_DTYPES[self.cfg["amp"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg["amp"] == "fp16")
-        self.eval_model = torch.compile(self.model, **compile_options(self.cfg["compile"])) \
-            if self.cfg["compile"] else self.model
+        self.eval_model = maybe_compile(self.model, self.cfg["compile"])
         self.train_model = self.eval_model if not dist.enabled else nn.parallel.DistributedDataParallel(
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.cfg["find_unused_parameters"])
-        if (isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-                and config["lr_scheduler"]["interval"] == "step"):
-            raise ConfigError(f"{blame(config.source, 'lr_scheduler')}: ReduceLROnPlateau needs the monitored value, which exists once per "
-                              "epoch; set lr_scheduler.interval: epoch.")
-        logged = ["loss", *metrics] + ([f"val_{name}" for name in ["loss", *metrics]] if val_loader else [])
+        self.ema = None if train_loader is None else build_ema(  # trainer/ema.py
+            self.cfg, self.model, train_loader.batch_size * self.accumulate * dist.world_size)
+        # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
+        self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
+            if val_loader else {}
+        logged = ["loss", *metrics] + [f"val_{n}{suffix}" for suffix in self.validated for n in ["loss", *metrics]]
         self.monitor = Monitor(self.cfg["monitor"] if train_loader is not None else "off", logged, config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
         self.stop = StopSignals()
@@ -148,7 +152,7 @@ class Trainer(TrainingState):
         loader.sampler.set_epoch(self.epoch)
         loader.sampler.skip(self.batch_idx * loader.batch_size)
         for batch in self.progress.batches(loader, len(loader), self.batch_idx, f"epoch {self.epoch}/{self.epochs}"):
-            self.train_batch(to_device(batch, self.device, self.cfg["channels_last"]))
+            self.train_batch(training_batch(batch, loader, self.batch_idx, self.device, self.cfg["channels_last"]))
         result = self.tracker.result()
         self.check_finite(result["loss"])
         return result
@@ -183,24 +187,30 @@ class Trainer(TrainingState):
         self.global_step += 1
         if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "step":
             self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.epoch, self.global_step)
 
     def validate(self) -> dict[str, float]:
-        if self.val_loader is None:
-            return {}
-        # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
-        result = self.evaluate(self.val_loader, f"valid {self.epoch}/{self.epochs}",
-                               should_stop=lambda: self.stop.requested is not None and not self.dist.enabled,
-                               observe=self.progress.collector(self.device))
-        if result is None:
-            self.stop_now(self.stop.requested)
-        return {f"val_{name}": value for name, value in result.items()}
+        """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
+        values: dict[str, float] = {}
+        for suffix, model in self.validated.items():
+            # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
+            result = self.evaluate(self.val_loader, f"valid{suffix} {self.epoch}/{self.epochs}", model=model,
+                                   should_stop=lambda: self.stop.requested is not None and not self.dist.enabled,
+                                   observe=self.progress.collector(self.device) if not suffix else None)
+            if result is None:
+                self.stop_now(self.stop.requested)
+            values.update({f"val_{name}{suffix}": value for name, value in result.items()})
+        return values
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable, desc: str = "valid", should_stop: Callable[[], bool] = lambda: False,
-                 observe: Callable[[Any, Step], None] = lambda batch, step: None) -> dict[str, float] | None:
-        """Loss and metrics of `validation_step` over `loader` in eval mode, exact over all processes under DDP;
-        each step also goes to `observe`; None if `should_stop()` cut it short. Validation and test.py share it."""
-        model = self.eval_model
+                 model: nn.Module | None = None, observe: Callable[[Any, Step], None] | None = None
+                 ) -> dict[str, float] | None:
+        """Loss and metrics of `validation_step` with `model` (default: the trained model) over `loader` in eval
+        mode, exact over all processes under DDP; each step also goes to `observe`; None if `should_stop()` cut
+        it short. Validation and test.py share it, so both report the same figures for the same weights."""
+        model = self.eval_model if model is None else model
         was_training = model.training
         model.eval()
         tracker = MetricTracker(self.metrics, self.device)
@@ -213,7 +223,8 @@ class Trainer(TrainingState):
                 with autocast(self.device, self.amp_dtype):
                     step = self.validation_step(model, batch)
                 tracker.update(*step)
-                observe(batch, step)
+                if observe is not None:
+                    observe(batch, step)
         finally:
             model.train(was_training)
         return tracker.result()
@@ -228,7 +239,8 @@ class Trainer(TrainingState):
         improved = self.monitor.update(epoch_log)
         self.progress.epoch(f"epoch {self.epoch}/{self.epochs}", epoch_log,
                             [group["lr"] for group in self.optimizer.param_groups], seconds,
-                            self.monitor.key if improved else None, self._take_bad_samples(), self.model,
+                            self.monitor.key if improved else None,
+                            take_bad_samples([self.train_loader, self.val_loader], self.device), self.model,
                             self.global_step)
         epoch = self.epoch
         self.epoch, self.batch_idx = self.epoch + 1, 0
@@ -284,16 +296,3 @@ class Trainer(TrainingState):
     def _any_rank(self, flag: torch.Tensor) -> bool:
         """Whether `flag` holds on any process (so that all of them skip the same batch)."""
         return bool(distributed.all_reduce(flag.to(torch.int32).reshape(1), op="max").item())
-
-    def _take_bad_samples(self) -> int:
-        """Samples the loaders skipped since the last call (with `skip_bad`), summed over all processes."""
-        counters = [getattr(loader, "bad_samples", None) for loader in (self.train_loader, self.val_loader)]
-        if not any(counters):
-            return 0
-        count = sum(counter.take() for counter in counters if counter is not None)
-        return int(distributed.all_reduce(torch.tensor([count], device=self.device)).item())
-
-
-def compile_options(option: Any) -> dict[str, Any]:
-    """`trainer.compile: true` or a mapping of `torch.compile` arguments."""
-    return option if isinstance(option, dict) else {}

@@ -67,12 +67,21 @@ DEFAULTS: dict[str, Any] = {
         "dist_backend": None,
         "find_unused_parameters": False,
         "sync_batchnorm": False,
+        "ema": None,
     },
 }
 
 # Keys of a `{type, args}` section besides those two.
-_OBJECT_SECTIONS = {"arch": {"init"}, "data_loader": set(), "optimizer": {"param_groups"},
-                    "lr_scheduler": {"interval"}}
+_OBJECT_SECTIONS = {"arch": {"init"}, "data_loader": set(), "optimizer": {"param_groups", "no_decay"},
+                    "lr_scheduler": {"interval", "warmup"}}
+
+
+# Optional sections: null (off), or a mapping whose missing keys take these defaults (`trainer.ema: true` takes
+# them all). Their values are checked in `_check_recipe_sections`.
+OPTIONAL_SECTIONS: dict[str, dict[str, Any]] = {
+    "trainer.ema": {"decay": 0.99998, "every_steps": 32, "warmup": 0},
+    "lr_scheduler.warmup": {"epochs": 0, "steps": 0, "method": "linear", "decay": 0.01},
+}
 
 
 def unused_keys(config: dict[str, Any]) -> list[str]:
@@ -247,11 +256,14 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
             config[key]["args"] = config[key]["args"] or {}
     config["arch"].setdefault("init", None)
     config["optimizer"].setdefault("param_groups", None)
+    config["optimizer"].setdefault("no_decay", False)
     if config["lr_scheduler"] is not None:
         config["lr_scheduler"].setdefault("interval", "epoch")
+        config["lr_scheduler"].setdefault("warmup", None)
         if config["lr_scheduler"]["interval"] not in ("epoch", "step"):
             raise ConfigError(f"{source}: 'lr_scheduler.interval' must be 'epoch' or 'step', "
                               f"got {config['lr_scheduler']['interval']!r}.")
+    _check_recipe_sections(config, source)
     _check_object_spec(config["loss"], "loss", source)
     if not isinstance(config["metrics"], list):
         raise ConfigError(f"{source}: 'metrics' must be a list of names, e.g. [accuracy, top_k_acc].")
@@ -296,6 +308,67 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: 'trainer.monitor' must be 'off' or '<min|max> <metric>', "
                           f"e.g. 'min val_loss' or 'max val_accuracy'; got {monitor!r}.")
     return config
+
+
+def _optional_section(parent: dict[str, Any], key: str, source: str) -> dict[str, Any] | None:
+    """Fill in the defaults of the optional section `key` (see OPTIONAL_SECTIONS); None when it is off."""
+    name, defaults = key.rsplit(".", 1)[1], OPTIONAL_SECTIONS[key]
+    value = parent.get(name)
+    if value is None or value is False:
+        parent[name] = None
+        return None
+    value = {} if value is True else value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: '{key}' must be null or a mapping of {', '.join(defaults)}; got {value!r}.")
+    for k in value:
+        if k not in defaults:
+            raise ConfigError(f"{source}: unknown key '{key}.{k}'.{suggest(str(k), list(defaults))} "
+                              f"Known keys here: {', '.join(defaults)}.")
+    parent[name] = {**defaults, **value}
+    return parent[name]
+
+
+def _require(ok: bool, key: str, what: str, value: Any, source: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: '{key}' must be {what}; got {value!r}.")
+
+
+def _is_number(value: Any, whole: bool = False) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+
+
+def _check_recipe_sections(config: dict[str, Any], source: str) -> None:
+    """trainer.ema, lr_scheduler.warmup and optimizer.no_decay (docs/recipes.md): defaults, ranges, combinations."""
+    ema = _optional_section(config["trainer"], "trainer.ema", source)
+    if ema is not None:
+        decay, every, epochs = ema["decay"], ema["every_steps"], ema["warmup"]
+        _require(_is_number(decay) and 0 <= decay < 1, "trainer.ema.decay", "a number in [0, 1)", decay, source)
+        _require(_is_number(every, True) and every >= 1, "trainer.ema.every_steps", "a whole number >= 1", every,
+                 source)
+        _require(_is_number(epochs, True) and epochs >= 0, "trainer.ema.warmup", "a whole number of epochs >= 0",
+                 epochs, source)
+    scheduler = config["lr_scheduler"]
+    warmup = _optional_section(scheduler, "lr_scheduler.warmup", source) if scheduler is not None else None
+    if warmup is not None:
+        for unit in ("epochs", "steps"):
+            _require(_is_number(warmup[unit], True) and warmup[unit] >= 0, f"lr_scheduler.warmup.{unit}",
+                     "a whole number >= 0", warmup[unit], source)
+        _require(warmup["method"] in ("linear", "constant"), "lr_scheduler.warmup.method", "linear or constant",
+                 warmup["method"], source)
+        _require(_is_number(warmup["decay"]) and 0 < warmup["decay"] <= 1, "lr_scheduler.warmup.decay",
+                 "a number in (0, 1]: the share of the learning rate to start from", warmup["decay"], source)
+        unit = "epochs" if warmup["epochs"] else "steps"
+        if bool(warmup["epochs"]) == bool(warmup["steps"]):
+            raise ConfigError(f"{source}: 'lr_scheduler.warmup' takes a length in epochs or in steps (one of the "
+                              f"two), e.g. warmup: {{epochs: 5}}; got {warmup!r}.")
+        if (unit == "epochs") != (scheduler["interval"] == "epoch"):
+            raise ConfigError(f"{source}: 'lr_scheduler.warmup.{unit}' does not fit 'lr_scheduler.interval: "
+                              f"{scheduler['interval']}': the warmup and the scheduler after it step together, so "
+                              "warm up in epochs with interval: epoch, or in steps with interval: step.")
+    no_decay = config["optimizer"]["no_decay"]
+    _require(isinstance(no_decay, bool) or no_decay is None
+             or (isinstance(no_decay, list) and all(isinstance(item, str) for item in no_decay)),
+             "optimizer.no_decay", "true, false, or a list of norm, bias and parameter names", no_decay, source)
 
 
 def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -85,3 +85,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def maybe_compile(model: torch.nn.Module, option: Any) -> torch.nn.Module:
+    """`model` compiled as `trainer.compile` says (`true`, or a mapping of `torch.compile` arguments), or as it is
+    when that is false; the module itself is left uncompiled, so its state_dict keeps its own names."""
+    if not option:
+        return model
+    return torch.compile(model, **(option if isinstance(option, dict) else {}))

@@ -1,0 +1,85 @@
+"""An exponential moving average (EMA) of the model's weights (`trainer.ema`), as torchvision's classification
+reference keeps one (`--model-ema`): a copy of the model, parameters and buffers, pulled towards the trained
+weights every `every_steps` optimizer steps. It is validated beside the raw model each epoch (`val_*_ema`), saved
+in every checkpoint, and the weights test.py, export.py and predict.py use by default (trainer/restore.py)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from utils import distributed
+from utils.device import maybe_compile
+
+log = logging.getLogger(__name__)
+
+
+def update_decay(decay: float, every_steps: int, samples_per_step: int, epochs: int) -> float:
+    """The decay of one update, from the config's `decay` as the reference adjusts it (after pycls): the share
+    `1 - decay` is scaled by the samples between two updates over the epochs, so that the average spans the same
+    share of the run whatever the batch size, the number of processes and `every_steps`."""
+    return 1.0 - min(1.0, (1.0 - decay) * samples_per_step * every_steps / epochs)
+
+
+def _lerp(decay: float):
+    """AveragedModel's update: `average += (1 - decay) * (weights - average)` for floating tensors; integer
+    buffers (BatchNorm's num_batches_tracked) are copied."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _: Any) -> None:
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        else:
+            torch._foreach_copy_(averaged, current)
+    return update
+
+
+class ModelEMA:
+    """The averaged copy of `model` (an AveragedModel over parameters and buffers), and when to update it.
+
+    During the first `warmup` epochs the copy follows the weights exactly (the reference does so during its
+    learning-rate warmup). Under DDP each process keeps its own copy; the parameters agree by construction, and
+    the buffers (BatchNorm statistics, which differ per process) are taken from rank 0 at each update, so every
+    copy is the same. With `compile`, the copy is compiled for evaluation with the same options.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, every_steps: int, warmup: int, compile: Any = False):
+        self.decay, self.every_steps, self.warmup = decay, every_steps, warmup
+        self.averaged = AveragedModel(model, multi_avg_fn=_lerp(decay), use_buffers=True)
+        self.module = self.averaged.module.requires_grad_(False)
+        self.eval_model = maybe_compile(self.module, compile)
+
+    def update(self, model: nn.Module, epoch: int, global_step: int) -> None:
+        """After optimizer step `global_step` of `epoch`: average every `every_steps` steps."""
+        if global_step % self.every_steps:
+            return
+        self.averaged.update_parameters(model)
+        if epoch <= self.warmup:
+            self.averaged.n_averaged.zero_()  # the next update copies the weights again
+        if distributed.active():
+            for buffer in self.module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights under the model's own names (what trainer/restore.py loads), and the count."""
+        return {"model": self.module.state_dict(), "n_averaged": self.averaged.n_averaged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.averaged.n_averaged.copy_(state["n_averaged"])
+
+
+def build_ema(cfg: dict[str, Any], model: nn.Module, samples_per_step: int) -> ModelEMA | None:
+    """The EMA of the config's `trainer.ema` (None when it is off), its decay adjusted as the reference does."""
+    spec = cfg["ema"]
+    if spec is None:
+        return None
+    decay = update_decay(spec["decay"], spec["every_steps"], samples_per_step, cfg["epochs"])
+    log.info("EMA of the weights every %d optimizer step(s), decay %.6g per update (trainer.ema.decay %g adjusted "
+             "for %d samples per step over %d epochs)%s.", spec["every_steps"], decay, spec["decay"],
+             samples_per_step, cfg["epochs"], f", copying the weights for {spec['warmup']} epoch(s)"
+             if spec["warmup"] else "")
+    return ModelEMA(model, decay, spec["every_steps"], spec["warmup"], cfg["compile"])
