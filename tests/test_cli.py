@@ -34,7 +34,7 @@ BROKEN = {
     "width 0": (None, ["arch.args.width=0"], r"arch\.args\.width must be a whole number >= 1, got 0"),
     "loader arg": (None, ["data_loader.args.bogus=1"], r"command line \(data_loader\.args\.bogus=1\): wrong args for "
                    r"data_loader type 'CsvImageDataLoader': unexpected keyword argument 'bogus'\. It accepts: "
-                   r"data_dir, csv_file, (?!.*seed).*skip_bad\.$"),
+                   r"data_dir, csv_file, (?!.*seed).*skip_bad, batch_transform, repeated_augmentations\.$"),
     "name path": (None, ["name=../../x"], r"command line \(name=\.\./\.\./x\): 'name' must be a folder name"),
     "absolute name": (None, ["name=/tmp/x"], r"'name' must be a folder name"),
     "run id path": (None, ["--run-id", "../../x"], r"--run-id must be a folder name such as run1"),

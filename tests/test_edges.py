@@ -173,7 +173,7 @@ def test_test_py_falls_back_from_a_damaged_model_best_and_says_so(run_copy, caps
     out = capsys.readouterr().out
     assert "model_best.pth' is truncated or corrupt" in out
     assert f"Using 'checkpoint-latest.pth', the newest intact checkpoint in '{run_copy}'." in out
-    assert f"{run_copy / 'checkpoint-latest.pth'} (epoch 1, step 2) on the test split: 20 samples" in out
+    assert f"{run_copy / 'checkpoint-latest.pth'} (epoch 1, step 2, raw weights) on the test split: 20 samples" in out
 
 
 def test_resume_of_a_file_that_is_not_a_checkpoint_says_what_it_is(run_copy, capsys):

@@ -48,11 +48,17 @@ def reference(tmp_path_factory):
     return save_dir / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth"
 
 
-def test_sigkill_at_three_points_then_resume_is_bit_identical(tmp_path, reference):
+def test_sigkill_at_four_points_then_resume_is_bit_identical(tmp_path, reference):
     run = tmp_path / "models" / "digits_cnn" / "killed"
     first = ARGS + [f"trainer.save_dir={tmp_path}", "--run-id", "killed"]
+    # 0. before the first checkpoint: the run folder holds only config.yaml; --resume starts the run again there
+    result = interrupted("step:3", "KILL", *first)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert [p.name for p in run.iterdir() if not p.name.startswith(".")] == ["config.yaml"]
+    same_id = run_script("train.py", *first)
+    assert same_id.returncode == 2 and f"Continue it with --resume {run}" in same_id.stderr
     # 1. inside epoch 1, three steps after the step-4 checkpoint
-    result = interrupted("step:7", "KILL", *first)
+    result = interrupted("step:7", "KILL", "--resume", str(run))
     assert result.returncode == -signal.SIGKILL, result.stderr
     # 2. between epochs, before epoch 2's first batch
     result = interrupted("epoch-start:2", "KILL", "--resume", str(run))
@@ -126,15 +132,3 @@ def test_a_kill_between_the_latest_and_the_best_checkpoint_leaves_no_stale_best(
     assert result.returncode == 0, result.stderr
     assert "model_best.pth does not hold the best val_loss" in result.stdout
     assert_same_state(reference / "model_best.pth", run / "model_best.pth")
-
-
-def test_a_run_killed_before_its_first_checkpoint_starts_again_from_its_folder(tmp_path, reference):
-    run = tmp_path / "models" / "digits_cnn" / "early"
-    result = interrupted("step:3", "KILL", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "early")
-    assert result.returncode == -signal.SIGKILL, result.stderr
-    assert [p.name for p in run.iterdir() if not p.name.startswith(".")] == ["config.yaml"]
-    same_id = run_script("train.py", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "early")
-    assert same_id.returncode == 2 and f"Continue it with --resume {run}" in same_id.stderr
-    result = run_script("train.py", "--resume", str(run))  # what the SLURM requeue script runs
-    assert result.returncode == 0, result.stderr
-    assert_same_state(reference, run / "checkpoint-latest.pth")
