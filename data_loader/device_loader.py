@@ -112,23 +112,32 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor, fil
 class DeviceDataLoader:
     """Wraps another loader of `data_loader/` (`source`), keeping its data on the training device.
 
-    The source's `eval_transform` preprocesses every image once (decode, scale, normalise); random
-    augmentation is `augment: {crop_padding: 4, hflip: true, degrees: 10, translate: [0.1, 0.1]}`, drawn per
-    sample and done per batch on the device. Batch size, shuffling, drop_last and the validation split are the
-    source's. `memory_fraction` is the share of the device's free memory the data may take; more is refused
-    with a clear message.
+    `source` names the loader (`source: CsvImageDataLoader`) and the other args are its args (`data_dir`,
+    `batch_size`, ...), so `--bs` and `data_loader.args.<key>=...` reach it; `source: {type, args}` works too
+    (args given beside it win). The source's `eval_transform` preprocesses every image once (decode, scale,
+    normalise); random augmentation is `augment: {crop_padding: 4, hflip: true, degrees: 10, translate: [0.1,
+    0.1]}`, drawn per sample and done per batch on the device. Batch size, shuffling, drop_last and the
+    validation split are the source's. `memory_fraction` is the share of the device's free memory the data may
+    take; more is refused with a clear message.
     """
 
-    def __init__(self, source: dict[str, Any], augment: dict[str, Any] | None = None, memory_fraction: float = 0.5,
-                 seed: int = 0):
+    def __init__(self, source: dict[str, Any] | str | None = None, augment: dict[str, Any] | None = None,
+                 memory_fraction: float = 0.5, seed: int = 0, **source_args: Any):
         import data_loader as registry
 
+        if isinstance(source, str):
+            source = {"type": source}
         if not isinstance(source, dict) or "type" not in source:
-            raise ConfigError("data_loader.args.source must be {type: <a loader such as CsvImageDataLoader>, "
-                              f"args: {{...}}}}, got {source!r}.")
+            raise ConfigError("data_loader.args.source must name the loader that reads the data, such as "
+                              "CsvImageDataLoader (its args beside it), or be {type: <loader>, args: {...}}; got "
+                              f"{source!r}.")
+        if "transform" in source_args:
+            raise ConfigError("DeviceDataLoader does not use data_loader.args.transform: eval_transform prepares "
+                              "each image once, and random augmentation is data_loader.args.augment (crop_padding, "
+                              "hflip, degrees, translate), done on the device. Move the random steps there.")
         factory = lookup(source["type"], (registry,), "data_loader.args.source", "config")
-        self.source: BaseDataLoader = call_with_args(factory, {**(source.get("args") or {}), "seed": seed},
-                                                     "data_loader.args.source", "config")
+        args = {**(source.get("args") or {}), **source_args, "seed": seed}
+        self.source: BaseDataLoader = call_with_args(factory, args, "data_loader.args.source", "config")
         self.crop_padding, self.hflip, self.degrees, self.translate = _augment_settings(augment)
         self.memory_fraction = memory_fraction
         self.seed = seed

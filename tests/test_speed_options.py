@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import data_loader as module_data
 import train
 from data_loader.data_loaders import CsvImageDataLoader
 from data_loader.device_loader import DeviceBatches, DeviceDataLoader, affine
@@ -99,6 +100,19 @@ def test_affine_turns_and_shifts_as_torchvision_does():
 def test_bad_augment_settings_are_refused_by_name(augment, message):
     with pytest.raises(ConfigError, match=message):
         DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, augment=augment)
+
+
+def test_source_args_beside_it_reach_the_source_so_short_flags_work():
+    flat = DeviceDataLoader(source="CsvImageDataLoader", **SOURCE).train_loader()
+    nested = DeviceDataLoader({"type": "CsvImageDataLoader", "args": {**SOURCE, "batch_size": 7}},
+                              batch_size=SOURCE["batch_size"]).train_loader()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(flat, nested)) and len(flat) == len(nested)
+    flat = Config.load(REPO / "configs" / "config.yaml", [
+        "data_loader={type: DeviceDataLoader, args: {source: CsvImageDataLoader, batch_size: 64}}"])
+    config = Config.load(None, base=flat.data, bs=32)
+    assert config.init_obj("data_loader", module_data).train_loader().batch_size == 32
+    with pytest.raises(ConfigError, match="does not use data_loader.args.transform.*augment"):
+        DeviceDataLoader(source="CsvImageDataLoader", **SOURCE, transform=EVAL)
 
 
 def test_device_loader_refuses_data_that_does_not_fit():
