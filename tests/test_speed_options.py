@@ -107,9 +107,8 @@ def test_source_args_beside_it_reach_the_source_so_short_flags_work():
     nested = DeviceDataLoader({"type": "CsvImageDataLoader", "args": {**SOURCE, "batch_size": 7}},
                               batch_size=SOURCE["batch_size"]).train_loader()
     assert all(torch.equal(a[0], b[0]) for a, b in zip(flat, nested)) and len(flat) == len(nested)
-    flat = Config.load(REPO / "configs" / "config.yaml", [
-        "data_loader={type: DeviceDataLoader, args: {source: CsvImageDataLoader, batch_size: 64}}"])
-    config = Config.load(None, base=flat.data, bs=32)
+    config = Config.load(REPO / "configs" / "config.yaml", bs=32)
+    assert config["data_loader"]["type"] == "DeviceDataLoader"  # the default example
     assert config.init_obj("data_loader", module_data).train_loader().batch_size == 32
     with pytest.raises(ConfigError, match="does not use data_loader.args.transform.*augment"):
         DeviceDataLoader(source="CsvImageDataLoader", **SOURCE, transform=EVAL)
