@@ -9,6 +9,7 @@ report.json, confusion_matrix.png and mistakes.png (trainer/report.py, docs/eval
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -71,4 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The imported modules (torch and its compiler: 3 million objects) live as long as the process: keep them out of
+    # every garbage collection, the one at exit included (half a second on 2 CPU cores).
+    gc.freeze()
     sys.exit(main())

@@ -5,6 +5,7 @@ Continue a run (a checkpoint file or a run folder):  python train.py --resume sa
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import random
 import signal
@@ -193,4 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The imported modules (torch and its compiler: 3 million objects) live as long as the process: keep them out of
+    # every garbage collection, the one at exit included (half a second on 2 CPU cores).
+    gc.freeze()
     sys.exit(main())

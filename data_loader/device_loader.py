@@ -1,5 +1,6 @@
 """The device-resident fast path: the whole decoded, preprocessed data set lives on the training device as
-two tensors, and batches are taken by indexing, with random crop and flip done on the device per batch.
+two tensors, and batches are taken by indexing, with random crop, flip and affine (rotation, translation)
+done on the device per batch, drawn per sample.
 
 For data sets that fit in memory (MNIST, CIFAR-10, the digits), this removes the per-sample Python work and
 the host-to-device copies that bound small models. The data order is the ordinary loader's (same seed, same
@@ -7,7 +8,9 @@ order) and resumes mid-epoch the same way.
 """
 from __future__ import annotations
 
+import math
 import os
+from numbers import Real
 from typing import Any, Iterator
 
 import torch
@@ -24,7 +27,8 @@ class DeviceBatches:
     """Batches of `images`/`targets` (already on the device) in the order of a ResumableSampler."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, sampler: ResumableSampler,
-                 drop_last: bool = False, crop_padding: int = 0, hflip: bool = False):
+                 drop_last: bool = False, crop_padding: int = 0, hflip: bool = False, degrees: float = 0.0,
+                 translate: tuple[float, float] = (0.0, 0.0)):
         self.images, self.targets = images, targets
         self.dataset = TensorDataset(images, targets)
         self.batch_size = batch_size
@@ -32,6 +36,17 @@ class DeviceBatches:
         self.drop_last = drop_last
         self.crop_padding = crop_padding
         self.hflip = hflip
+        self.degrees = float(degrees)
+        self.translate = (float(translate[0]), float(translate[1]))
+        self.affine = bool(self.degrees or any(self.translate))
+        if (crop_padding or hflip or self.affine) and images.dim() != 4:
+            raise DataError(f"data_loader.args.augment works on images (N, C, H, W); this data set's samples have the "
+                            f"shape {tuple(images.shape[1:])}. Remove augment.")
+        if self.affine and not images.is_floating_point():
+            raise DataError("data_loader.args.augment's degrees and translate need float images; end the source's "
+                            "eval_transform with {type: ToDtype, args: {dtype: float32, scale: true}}.")
+        # Uncovered pixels get each channel's smallest value: black, as torchvision's fill=0 before Normalize.
+        self.fill = images.amin(dim=(0, 2, 3)).view(1, -1, 1, 1) if self.affine and len(images) else None
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -44,13 +59,13 @@ class DeviceBatches:
         for number in range(first, len(self)):
             index = order[(number - first) * self.batch_size:(number - first + 1) * self.batch_size]
             images = self.images[index]
-            if self.crop_padding or self.hflip:
+            if self.crop_padding or self.hflip or self.affine:
                 generator = torch.Generator(device=device).manual_seed(self.sampler.draw_seed(100_003, number))
                 images = self._augment(images, generator)
             yield images, self.targets[index]
 
     def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random crop after zero padding, and horizontal flip, drawn per sample."""
+        """Random crop after zero padding, horizontal flip, then rotation and translation, drawn per sample."""
         n, _, height, width = images.shape
         device = images.device
         if self.crop_padding:
@@ -64,30 +79,64 @@ class DeviceBatches:
         if self.hflip:
             flip = torch.rand(n, device=device, generator=generator) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(3), images)
+        if self.affine:
+            images = self._affine(images, generator)
         return images.contiguous()
+
+    def _affine(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, device = len(images), images.device
+        angle = (torch.rand(n, device=device, generator=generator) * 2 - 1) * self.degrees
+        shift = (torch.rand(n, 2, device=device, generator=generator) * 2 - 1) * torch.tensor(self.translate,
+                                                                                            device=device)
+        return affine(images, angle, shift, self.fill)
+
+
+def affine(images: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of `images` (N, C, H, W) about its centre by `degrees[i]` (clockwise on screen, as
+    torchvision's `affine`) and shift it by `shift[i]` = (share of its width to the right, share of its height
+    down); bilinear, with `fill` (per channel) where no input pixel lands."""
+    height, width = images.shape[-2:]
+    angle = torch.deg2rad(degrees)
+    cos, sin = angle.cos(), angle.sin()
+    fx, fy = shift[:, 0], shift[:, 1]
+    # affine_grid maps each output pixel (in -1..1 coordinates) to the input pixel it is read from: the inverse
+    # rotation of the output pixel less the shift, computed in pixels so that non-square images do not shear.
+    theta = torch.stack([
+        torch.stack([cos, sin * height / width, -2 * (cos * fx + sin * fy * height / width)], 1),
+        torch.stack([-sin * width / height, cos, 2 * (sin * fx * width / height - cos * fy)], 1),
+    ], 1).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
 class DeviceDataLoader:
     """Wraps another loader of `data_loader/` (`source`), keeping its data on the training device.
 
-    The source's `eval_transform` preprocesses every image once (decode, scale, normalise); random
-    augmentation is `augment: {crop_padding: 4, hflip: true}`, done per batch on the device. Batch size,
-    shuffling, drop_last and the validation split are the source's. `memory_fraction` is the share of the
-    device's free memory the data may take; more is refused with a clear message.
+    `source` names the loader (`source: CsvImageDataLoader`) and the other args are its args (`data_dir`,
+    `batch_size`, ...), so `--bs` and `data_loader.args.<key>=...` reach it; `source: {type, args}` works too
+    (args given beside it win). The source's `eval_transform` preprocesses every image once (decode, scale,
+    normalise); random augmentation is `augment: {crop_padding: 4, hflip: true, degrees: 10, translate: [0.1,
+    0.1]}`, drawn per sample and done per batch on the device. Batch size, shuffling, drop_last and the
+    validation split are the source's. `memory_fraction` is the share of the device's free memory the data may
+    take; more is refused with a clear message.
     """
 
-    def __init__(self, source: dict[str, Any], augment: dict[str, Any] | None = None, memory_fraction: float = 0.5,
-                 seed: int = 0):
+    def __init__(self, source: dict[str, Any] | str | None = None, augment: dict[str, Any] | None = None,
+                 memory_fraction: float = 0.5, seed: int = 0, **source_args: Any):
+
+        if isinstance(source, str):
+            source = {"type": source}
         if not isinstance(source, dict) or "type" not in source:
-            raise ConfigError("data_loader.args.source must be {type: <a loader such as CsvImageDataLoader>, "
-                              f"args: {{...}}}}, got {source!r}.")
-        self.source: BaseDataLoader = build_data_loader(source, seed, key="data_loader.args.source")
-        augment = dict(augment or {})
-        unknown = set(augment) - {"crop_padding", "hflip"}
-        if unknown:
-            raise ConfigError(f"data_loader.args.augment takes crop_padding and hflip, not {', '.join(sorted(unknown))}.")
-        self.crop_padding = int(augment.get("crop_padding", 0))
-        self.hflip = bool(augment.get("hflip", False))
+            raise ConfigError("data_loader.args.source must name the loader that reads the data, such as "
+                              "CsvImageDataLoader (its args beside it), or be {type: <loader>, args: {...}}; got "
+                              f"{source!r}.")
+        if "transform" in source_args:
+            raise ConfigError("DeviceDataLoader does not use data_loader.args.transform: eval_transform prepares "
+                              "each image once, and random augmentation is data_loader.args.augment (crop_padding, "
+                              "hflip, degrees, translate), done on the device. Move the random steps there.")
+        spec = {"type": source["type"], "args": {**(source.get("args") or {}), **source_args}}
+        self.source: BaseDataLoader = build_data_loader(spec, seed, key="data_loader.args.source")
+        self.crop_padding, self.hflip, self.degrees, self.translate = _augment_settings(augment)
         self.memory_fraction = memory_fraction
         self.seed = seed
 
@@ -110,9 +159,11 @@ class DeviceDataLoader:
         sampler = ResumableSampler(indices, shuffle=train and self.source.shuffle, seed=self.seed,
                                    repeats=self.source.repeated_augmentations if train else 1,
                                    **process_share(pad=train))
-        return DeviceBatches(images, targets, self.source.batch_size, sampler,
-                             drop_last=train and self.source.drop_last,
-                             crop_padding=self.crop_padding if train else 0, hflip=train and self.hflip)
+        if not train:
+            return DeviceBatches(images, targets, self.source.batch_size, sampler)
+        return DeviceBatches(images, targets, self.source.batch_size, sampler, drop_last=self.source.drop_last,
+                             crop_padding=self.crop_padding, hflip=self.hflip, degrees=self.degrees,
+                             translate=self.translate)
 
     def train_loader(self, device: torch.device | None = None) -> DeviceBatches:
         train_indices = self.source.split()[0]
@@ -139,6 +190,38 @@ class DeviceDataLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if callable(getattr(self.source, "load_state_dict", None)):
             self.source.load_state_dict(state)
+
+
+def _augment_settings(augment: Any) -> tuple[int, bool, float, tuple[float, float]]:
+    """`augment` checked: crop_padding, hflip, degrees, translate (each off by default)."""
+    where = "data_loader.args.augment"
+    if augment is None:
+        augment = {}
+    if not isinstance(augment, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{degrees: 10, translate: [0.1, 0.1]}}, got {augment!r}.")
+    unknown = set(augment) - {"crop_padding", "hflip", "degrees", "translate"}
+    if unknown:
+        raise ConfigError(f"{where} takes crop_padding, hflip, degrees and translate, not {', '.join(sorted(unknown))}.")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+    crop_padding = augment.get("crop_padding", 0)
+    if not isinstance(crop_padding, int) or isinstance(crop_padding, bool) or crop_padding < 0:
+        raise ConfigError(f"{where}.crop_padding must be a whole number of pixels >= 0, got {crop_padding!r}.")
+    hflip = augment.get("hflip", False)
+    if not isinstance(hflip, bool):
+        raise ConfigError(f"{where}.hflip must be true or false, got {hflip!r}.")
+    degrees = augment.get("degrees", 0)
+    if not number(degrees) or not 0 <= degrees <= 180:
+        raise ConfigError(f"{where}.degrees must be a number from 0 to 180 (each image is rotated by an angle drawn "
+                          f"from -degrees..degrees), got {degrees!r}.")
+    translate = augment.get("translate", [0, 0])
+    if (not isinstance(translate, (list, tuple)) or len(translate) != 2
+            or not all(number(t) and 0 <= t <= 1 for t in translate)):
+        raise ConfigError(f"{where}.translate must be two fractions from 0 to 1, [width, height]: each image is "
+                          f"shifted by up to that share of its width and height; got {translate!r}.")
+    return crop_padding, hflip, float(degrees), (float(translate[0]), float(translate[1]))
 
 
 def _free_memory(device: torch.device) -> int | None:

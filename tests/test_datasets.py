@@ -16,7 +16,7 @@ from data_loader.base import BaseDataLoader
 from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
 from utils.errors import DataError
 
-from conftest import REPO, only_run
+from conftest import ORDINARY_LOADER, REPO, only_run
 from fake_data import patch_cifar10_sums, write_cifar10, write_mnist
 from test_data import TO_FLOAT, small_copy
 
@@ -126,8 +126,8 @@ def test_image_folder_errors_name_the_folder(tmp_path):
 def test_corrupt_image_stops_with_its_name_even_in_a_worker_process(tmp_path, capfd):
     root = small_copy(tmp_path, rows=60)
     (root / "images" / "0002.png").write_bytes(b"not a png")
-    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", "arch.args.width=8",
-            "trainer.epochs=2", "trainer.tensorboard=false", f"data_loader.args.data_dir={root}",
+    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", ORDINARY_LOADER,
+            "arch.args.width=8", "trainer.epochs=2", "trainer.tensorboard=false", f"data_loader.args.data_dir={root}",
             "data_loader.args.num_workers=2", "data_loader.args.validation_split=0", "data_loader.args.batch_size=8",
             "trainer.monitor=off"]
     assert train.main(args) == 2

@@ -7,20 +7,24 @@ from torch import nn
 
 import train
 from data_loader.builtin import CsvImageDataLoader
-from data_loader.device_loader import DeviceDataLoader
+from data_loader.device_loader import DeviceBatches, DeviceDataLoader, affine
+from data_loader.factory import build_data_loader
+from data_loader.sampling import ResumableSampler
 from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer
 from utils.config import Config
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 from conftest import REPO, fast_args, only_run, run_script
 from test_exact_resume import assert_same_state, interrupted
 
 EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}, {"type": "Normalize", "args": {"mean": [0.3], "std": [0.4]}}]
 SOURCE = {"data_dir": str(REPO / "data" / "digits"), "batch_size": 50, "validation_split": 0.2, "eval_transform": EVAL}
-DEVICE_LOADER = ("data_loader={type: DeviceDataLoader, args: {source: {type: CsvImageDataLoader, args: "
-                 "{data_dir: data/digits, batch_size: 64, validation_split: 0.15, eval_transform: "
-                 "[{type: ToDtype, args: {dtype: float32, scale: true}}]}}, augment: {crop_padding: 1, hflip: true}}}")
+DEVICE_LOADER = ("data_loader={{type: DeviceDataLoader, args: {{source: {{type: CsvImageDataLoader, args: "
+                 "{{data_dir: data/digits, batch_size: 64, validation_split: 0.15, eval_transform: "
+                 "[{{type: ToDtype, args: {{dtype: float32, scale: true}}}}]}}}}, augment: {augment}}}}}")
+AUGMENTS = {"crop+flip": {"crop_padding": 2, "hflip": True}, "affine": {"degrees": 10, "translate": [0.1, 0.1]},
+            "all": {"crop_padding": 1, "hflip": True, "degrees": 15, "translate": [0.2, 0.1]}}
 
 
 def test_device_loader_serves_the_same_batches_as_the_ordinary_loader():
@@ -36,22 +40,78 @@ def test_device_loader_serves_the_same_batches_as_the_ordinary_loader():
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_device_augmentation_is_seeded_per_batch_and_resumes_mid_epoch():
-    loader = DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, augment={"crop_padding": 2, "hflip": True})
-    train_batches = loader.train_loader()
-    train_batches.sampler.set_epoch(1)
-    full = list(train_batches)
-    plain = DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}).train_loader()
-    plain.sampler.set_epoch(1)
-    plain_batches = list(plain)
-    assert full[0][0].shape == plain_batches[0][0].shape
-    assert not torch.equal(full[0][0], plain_batches[0][0])
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(full, plain_batches))
-    train_batches.sampler.set_epoch(1)
-    train_batches.sampler.skip(5 * train_batches.batch_size)
-    resumed = list(train_batches)
+@pytest.mark.parametrize("augment", AUGMENTS.values(), ids=AUGMENTS)
+def test_device_augmentation_is_seeded_per_batch_and_resumes_mid_epoch(augment):
+    def batches(augment, skip=0):
+        loader = DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, augment=augment).train_loader()
+        loader.sampler.set_epoch(1)
+        loader.sampler.skip(skip * loader.batch_size)
+        return list(loader)
+
+    full, plain = batches(augment), batches(None)
+    assert len(full) == len(plain)
+    for (x, y), (x_plain, y_plain) in zip(full, plain):
+        assert x.shape == x_plain.shape and x.dtype == x_plain.dtype == torch.float32
+        assert not torch.equal(x, x_plain)  # every batch is augmented
+        assert torch.equal(y, y_plain)  # the same samples in the same order
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full, batches(augment)))  # the same seed draws the same
+    resumed = batches(augment, skip=5)
     assert len(resumed) == len(full) - 5
     assert all(torch.equal(a[0], b[0]) for a, b in zip(full[5:], resumed))
+
+
+def test_affine_is_drawn_per_sample_and_per_batch_from_the_seed():
+    digit = DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}).train_loader().images[:1]
+    images = digit.repeat(128, 1, 1, 1)  # one image 128 times: any difference comes from the draws
+
+    def batches(seed):
+        sampler = ResumableSampler(range(128), shuffle=False, seed=seed)
+        return [x for x, _ in DeviceBatches(images, torch.zeros(128), 64, sampler, degrees=10, translate=(0.1, 0.1))]
+
+    first, second = batches(0)
+    assert len({tuple(x.flatten().tolist()) for x in first}) == 64  # each sample its own draw
+    assert not torch.equal(first, second)  # each batch its own seed
+    assert torch.equal(first, batches(0)[0]) and not torch.equal(first, batches(1)[0])
+    assert torch.isclose(first[:, 0, 0, 0], digit.min()).float().mean() > 0.5  # corners filled with black
+
+
+def test_affine_turns_and_shifts_as_torchvision_does():
+    from torchvision.transforms.v2 import functional as TF
+
+    images = torch.rand(2, 3, 12, 16, generator=torch.Generator().manual_seed(0))
+    degrees, shift = torch.tensor([10.0, -30.0]), torch.tensor([[2 / 16, 0.0], [-1 / 16, 3 / 12]])
+    ours = affine(images, degrees, shift, torch.zeros(1, 3, 1, 1))
+    for i, (dx, dy) in enumerate([(2, 0), (-1, 3)]):
+        theirs = TF.affine(images[i], angle=float(degrees[i]), translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
+                           interpolation=TF.InterpolationMode.BILINEAR)
+        assert torch.allclose(ours[i], theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("augment, message", [
+    ({"degree": 10}, "augment takes crop_padding, hflip, degrees and translate, not degree"),
+    ({"degrees": -5}, "augment.degrees must be a number from 0 to 180"),
+    ({"degrees": "10"}, "augment.degrees must be a number"),
+    ({"translate": 0.1}, r"augment.translate must be two fractions from 0 to 1, \[width, height\]"),
+    ({"translate": [0.1, 1.5]}, "augment.translate must be two fractions"),
+    ({"crop_padding": 1.5}, "augment.crop_padding must be a whole number"),
+    ({"hflip": "yes"}, "augment.hflip must be true or false"),
+    ([10], "augment must be a mapping"),
+])
+def test_bad_augment_settings_are_refused_by_name(augment, message):
+    with pytest.raises(ConfigError, match=message):
+        DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, augment=augment)
+
+
+def test_source_args_beside_it_reach_the_source_so_short_flags_work():
+    flat = DeviceDataLoader(source="CsvImageDataLoader", **SOURCE).train_loader()
+    nested = DeviceDataLoader({"type": "CsvImageDataLoader", "args": {**SOURCE, "batch_size": 7}},
+                              batch_size=SOURCE["batch_size"]).train_loader()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(flat, nested)) and len(flat) == len(nested)
+    config = Config.load(REPO / "configs" / "config.yaml", bs=32)
+    assert config["data_loader"]["type"] == "DeviceDataLoader"  # the default example
+    assert build_data_loader(config["data_loader"], config["seed"]).train_loader().batch_size == 32
+    with pytest.raises(ConfigError, match="does not use data_loader.args.transform.*augment"):
+        DeviceDataLoader(source="CsvImageDataLoader", **SOURCE, transform=EVAL)
 
 
 def test_device_loader_refuses_data_that_does_not_fit():
@@ -60,8 +120,10 @@ def test_device_loader_refuses_data_that_does_not_fit():
         loader.train_loader(torch.device("cpu"))
 
 
-def test_training_on_the_device_loader_resumes_exactly(tmp_path):
-    args = fast_args(tmp_path, DEVICE_LOADER, "trainer.save_every_steps=5")
+@pytest.mark.parametrize("augment", ["{crop_padding: 1, hflip: true}", "{degrees: 10, translate: [0.1, 0.1]}"],
+                         ids=["crop+flip", "affine"])
+def test_training_on_the_device_loader_resumes_exactly(tmp_path, augment):
+    args = fast_args(tmp_path, DEVICE_LOADER.format(augment=augment), "trainer.save_every_steps=5")
     reference = run_script("train.py", *args, "--run-id", "ref")
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "models" / "digits_cnn" / "cut"
