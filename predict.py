@@ -27,7 +27,7 @@ from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
 from trainer.checkpoint import atomic_write, class_names
-from trainer.restore import Restored, rebuilt_data, restore
+from trainer.restore import Restored, add_ema_argument, rebuilt_data, restore
 from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors
@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's")
     parser.add_argument("--strict", action="store_true", help="stop at an unreadable input instead of skipping it")
+    add_ema_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -146,7 +147,7 @@ def summary(header: list[str], rows: list[list[Any]], outputs: torch.Tensor) -> 
 
 def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     output = check_args(args)
-    trained = restore(args.resume, args.config, device=args.device)
+    trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
     data = rebuilt_data(trained, training=False)
     source = data.source if isinstance(data, DeviceDataLoader) else data
     inputs = make_inputs(source, args.paths)
@@ -164,7 +165,7 @@ def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     except OSError as e:
         raise ConfigError(f"Could not write --output '{output}': {e.strerror or e}. Free disk space, or give a file "
                           "in a folder you can write to.") from None
-    print(f"{trained.path}: {len(rows)} predictions written to {output}"
+    print(f"{trained.path} ({trained.weights} weights): {len(rows)} predictions written to {output}"
           + (f"; {skipped} unreadable input(s) skipped" if skipped else ""))
     print("\n".join(summary(header, rows, outputs)))
     return rows

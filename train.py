@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from data_loader.factory import build_data_loader, data_state, load_data_state
+from data_loader.factory import build_data_loader, check_training_loader, data_state, load_data_state
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer.checkpoint import check_resume_config, find_resume, remove_temp_files
 from trainer.factory import build_trainer
@@ -89,14 +89,26 @@ def build(args: argparse.Namespace) -> Built:
     if config["seed"] is None:
         config.data["seed"] = distributed.broadcast(random.SystemRandom().randrange(2**31))
     seed_everything(config["seed"])
+    # Every process builds and checks its part; a failure on any stops all of them before anything is written.
+    parts, num_classes = distributed.agree(lambda: build_parts(config, checkpoint, dist))
+    trainer = build_trainer(config, resume=checkpoint, dist=dist, **parts)  # DDP's wrapper syncs the processes
+    distributed.agree(lambda: check_one_batch(trainer, num_classes))  # the last check before anything is written
+    return Built(config, trainer, checkpoint_path, checkpoint, saved)
 
-    # Build everything from the config before anything is written to disk: a wrong key fails here.
+
+def build_parts(config: Config, checkpoint: dict[str, Any] | None,
+                dist: distributed.Dist) -> tuple[dict[str, Any], int | None]:
+    """Everything the Trainer takes, from the config, before anything is written to disk, so that a wrong key fails
+    here: the data, the model, the loss, the metrics, the optimizer and the scheduler; and the data's number of
+    classes when it knows it."""
+    trainer_cfg = config["trainer"]
     device = select_device(config["device"], config["n_gpu"], dist.local_rank if dist.enabled else None)
     configure_backends(trainer_cfg["cudnn_benchmark"], trainer_cfg["deterministic"], trainer_cfg["matmul_precision"])
     data = build_data_loader(config["data_loader"], config["seed"], source=config.source)
     if checkpoint is not None:
         load_data_state(data, checkpoint)
     train_loader, val_loader = data.train_loader(device), data.val_loader(device)
+    check_training_loader(train_loader, config["data_loader"]["type"])
     model = build_model(config, pretrained=checkpoint is None)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
         if device.type != "cuda":
@@ -109,11 +121,10 @@ def build(args: argparse.Namespace) -> Built:
     metrics = build_metrics(config)
     optimizer = build_optimizer(config, model)
     lr_scheduler = build_lr_scheduler(config, optimizer)
-    trainer = build_trainer(config, model=model, criterion=criterion, metrics=metrics, optimizer=optimizer,
-                            device=device, train_loader=train_loader, val_loader=val_loader, lr_scheduler=lr_scheduler,
-                            resume=checkpoint, dist=dist, data_state=data_state(data))
-    check_one_batch(trainer, getattr(data, "num_classes", None))  # the last check before anything is written
-    return Built(config, trainer, checkpoint_path, checkpoint, saved)
+    parts = {"model": model, "criterion": criterion, "metrics": metrics, "optimizer": optimizer, "device": device,
+             "train_loader": train_loader, "val_loader": val_loader, "lr_scheduler": lr_scheduler,
+             "data_state": data_state(data)}
+    return parts, getattr(data, "num_classes", None)
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:

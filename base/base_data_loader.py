@@ -34,15 +34,15 @@ class BaseDataLoader(ClassNames, DataLoader):
         sampler = ResumableSampler(train, shuffle=shuffle, seed=self.seed, with_seeds=with_seeds,
                                    **process_share(pad=True))
         self.init_kwargs = {"dataset": dataset, "batch_size": batch_size, "num_workers": num_workers,
-                            "collate": None if collate_fn is default_collate else collate_fn}
+                            "collate_fn": None if collate_fn is default_collate else collate_fn}
         super().__init__(**self._args(sampler, with_seeds))
 
     def _args(self, sampler: ResumableSampler, with_seeds: bool) -> dict[str, Any]:
         kw = self.init_kwargs
         args = loader_args(kw["dataset"], kw["batch_size"], sampler, with_seeds, self.seed,
                            num_workers=kw["num_workers"])
-        if kw["collate"] is not None:
-            args["collate_fn"] = kw["collate"]
+        if kw["collate_fn"] is not None:
+            args["collate_fn"] = kw["collate_fn"]
         return args
 
     def split_validation(self) -> DataLoader | None:

@@ -37,7 +37,7 @@ class BatchMix:
             raise ConfigError("data_loader.args.batch_transform (MixUp, CutMix) takes batches of (images, labels); "
                               "this loader's batches are not such pairs.")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sampler.draw_seed(BATCH_SEEDS, number))
+            torch.default_generator.manual_seed(sampler.draw_seed(BATCH_SEEDS, number))  # not the devices' ones
             data, target = self.transform(*batch)
         return data, target
 

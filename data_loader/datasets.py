@@ -40,6 +40,18 @@ def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED, 
         raise DataError(f"Cannot read image '{path}': {reason(e)}{hint}") from None
 
 
+def read_csv(path: Path) -> csv.DictReader:
+    """The rows of a CSV file with a header, read as UTF-8 with or without the byte-order mark Excel writes (which
+    would otherwise become part of the first column's name); another encoding stops with the file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{not_utf8(path, raw, e)}, as in a file saved as Latin-1 or Windows-1252 (Excel's plain "
+                        "'CSV' format). Save it as UTF-8 (Excel: 'CSV UTF-8').") from None
+    return csv.DictReader(io.StringIO(text, newline=""))
+
+
 def _is_whole_number(label: str) -> bool:
     try:
         int(label)
@@ -102,13 +114,7 @@ class CsvImageDataset(Dataset):
         value), the class names when the labels are names, and the number of rows in the file. Names are
         numbered in sorted order over the whole file, so that every split numbers them alike; a file mixing names
         and numbers has its odd rows (the fewer kind) described."""
-        raw = csv_path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")  # Excel starts its "CSV UTF-8" files with a byte-order mark
-        except UnicodeDecodeError as e:
-            raise DataError(f"{not_utf8(csv_path, raw, e)}, as in a file saved as Latin-1 or Windows-1252 (Excel's "
-                            "plain 'CSV' format). Save it as UTF-8 (Excel: 'CSV UTF-8').") from None
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader = read_csv(csv_path)
         missing = {"file", "label"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"'{csv_path}' lacks the column(s) {', '.join(sorted(missing))}; its header must be "

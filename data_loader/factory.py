@@ -38,3 +38,16 @@ def load_data_state(data: Any, checkpoint: dict[str, Any]) -> None:
     state = checkpoint.get("data_loader") or {}
     if state and callable(getattr(data, "load_state_dict", None)):
         data.load_state_dict(state)
+
+
+def check_training_loader(loader: Any, name: str) -> None:
+    """The trainer resumes mid-epoch through its loader's sampler: refuse, before anything is written, a training
+    loader without a `batch_size` or whose sampler lacks `set_epoch`, `skip` and `state_dict` (ResumableSampler's)."""
+    sampler = getattr(loader, "sampler", None)
+    missing = [m for m in ("set_epoch", "skip", "state_dict") if not callable(getattr(sampler, m, None))]
+    if missing or not isinstance(getattr(loader, "batch_size", None), int):
+        raise ConfigError(f"data_loader.type '{name}': its train_loader() gives a {type(loader).__name__} with a "
+                          f"{type(sampler).__name__} sampler, which cannot resume mid-epoch (no "
+                          f"{', '.join(missing) or 'batch_size'}). Subclass BaseDataLoader (data_loader/base.py; "
+                          "base.BaseDataLoader for a classic loader) and let it build the DataLoader, with its "
+                          "ResumableSampler (data_loader/sampling.py).")

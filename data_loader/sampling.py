@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -105,4 +106,5 @@ class SeededDataset(Dataset):
         index, seed = item
         torch.manual_seed(seed)
         random.seed(seed)
+        np.random.seed(seed % 2**32)
         return self.dataset[index]

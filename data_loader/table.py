@@ -2,7 +2,6 @@
 and the per-feature standardisation that TableDataLoader fits on the training rows."""
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
+from data_loader.datasets import read_csv
 from utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,13 @@ def read_features(path: Path, features: list[str]) -> list[tuple[int, list[float
     if not path.is_file():
         raise DataError(f"Table file '{path}' not found. Give a CSV file with a header and the feature columns "
                         f"{', '.join(features)}.")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in features if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"'{path}' lacks the feature column(s) {', '.join(missing)} that the model was trained on "
-                            f"(its columns: {', '.join(reader.fieldnames or []) or 'none'}). Give a CSV with a header "
-                            f"and the columns {', '.join(features)}.")
-        return [(line, numbers(row, features, path, line)) for line, row in enumerate(reader, start=2)]
+    reader = read_csv(path)
+    missing = [c for c in features if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"'{path}' lacks the feature column(s) {', '.join(missing)} that the model was trained on "
+                        f"(its columns: {', '.join(reader.fieldnames or []) or 'none'}). Give a CSV with a header "
+                        f"and the columns {', '.join(features)}.")
+    return [(line, numbers(row, features, path, line)) for line, row in enumerate(reader, start=2)]
 
 
 def read_table(path: Path, target: str, features: list[str] | None,
@@ -67,30 +66,29 @@ def read_table(path: Path, target: str, features: list[str] | None,
         raise DataError(f"Table file '{path}' not found (data_loader.args.csv_file). Run from the project's top "
                         "folder, or set csv_file to your CSV file (a header, numeric columns, a target column and "
                         "an optional split column of train/test).")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        chosen = features if features is not None else [c for c in columns if c not in (target, "split")]
-        missing = [c for c in [target, *chosen] if c not in columns]
-        if missing:
-            raise DataError(f"'{path}' lacks the column(s) {', '.join(missing)} named by data_loader.args.target or "
-                            f"features (its columns: {', '.join(columns) or 'none'}). Name columns of the file there.")
-        if target in chosen or not chosen:
-            raise DataError(f"data_loader.args.features must name at least one column of '{path}' other than the "
-                            f"target '{target}'; got {chosen}.")
-        has_split = "split" in columns
-        rows: dict[str, list[tuple[list[float], float, int]]] = {split: [] for split in SPLITS}
-        bad = []
-        for line, row in enumerate(reader, start=2):
-            split = row["split"] if has_split else "train"
-            if split not in SPLITS:
-                bad.append(f"'{path}', line {line}, column 'split': {split!r} is neither train nor test")
-                continue
-            values = numbers(row, [*chosen, target], path, line)
-            if isinstance(values, str):
-                bad.append(values)
-            else:
-                rows[split].append((values[:-1], values[-1], line))
+    reader = read_csv(path)
+    columns = list(reader.fieldnames or [])
+    chosen = features if features is not None else [c for c in columns if c not in (target, "split")]
+    missing = [c for c in [target, *chosen] if c not in columns]
+    if missing:
+        raise DataError(f"'{path}' lacks the column(s) {', '.join(missing)} named by data_loader.args.target or "
+                        f"features (its columns: {', '.join(columns) or 'none'}). Name columns of the file there.")
+    if target in chosen or not chosen:
+        raise DataError(f"data_loader.args.features must name at least one column of '{path}' other than the "
+                        f"target '{target}'; got {chosen}.")
+    has_split = "split" in columns
+    rows: dict[str, list[tuple[list[float], float, int]]] = {split: [] for split in SPLITS}
+    bad = []
+    for line, row in enumerate(reader, start=2):
+        split = (row["split"] or "").strip().lower() if has_split else "train"  # as in labels.csv: `Train ` is train
+        if split not in SPLITS:
+            bad.append(f"'{path}', line {line}, column 'split': {split!r} is neither train nor test")
+            continue
+        values = numbers(row, [*chosen, target], path, line)
+        if isinstance(values, str):
+            bad.append(values)
+        else:
+            rows[split].append((values[:-1], values[-1], line))
     if bad and not skip_bad:
         hint = "" if features is not None else (" To leave a non-numeric column out, list the feature columns in "
                                                 "data_loader.args.features (default: every column but the target "

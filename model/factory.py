@@ -141,5 +141,5 @@ def _bind(fn: Callable, args: dict, key: str, source: str) -> Callable:
     try:
         inspect.signature(fn).bind(None, None, **args)
     except TypeError as e:
-        raise ConfigError(f"{source}: wrong args for {key} '{fn.__name__}': {e}.") from None
+        raise ConfigError(f"{blame(source, key)}: wrong args for {key} '{fn.__name__}': {e}.") from None
     return functools.partial(fn, **args) if args else fn

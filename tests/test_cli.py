@@ -38,6 +38,13 @@ BROKEN = {
     "name path": (None, ["name=../../x"], r"command line \(name=\.\./\.\./x\): 'name' must be a folder name"),
     "absolute name": (None, ["name=/tmp/x"], r"'name' must be a folder name"),
     "run id path": (None, ["--run-id", "../../x"], r"--run-id must be a folder name such as run1"),
+    "bool as text": (None, ["trainer.tensorboard=off"], r"command line \(trainer\.tensorboard=off\): "
+                     r"'trainer\.tensorboard' must be true or false; got 'off' \(YAML reads off/on/no/yes as text"),
+    "arg bool as text": (None, ["data_loader.args.shuffle=no"], r"command line \(data_loader\.args\.shuffle=no\): "
+                         r"'data_loader\.args\.shuffle' must be true or false; got 'no'"),
+    "top k bool": (None, ["trainer.save_top_k=true"], r"'trainer\.save_top_k' must be -1 \(keep all\)"),
+    "compile": (None, ["trainer.compile={mode: nonsense}"], r"trainer\.compile: torch\.compile refused "
+                r"\{'mode': 'nonsense'\}"),
 }
 
 

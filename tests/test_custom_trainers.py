@@ -15,7 +15,7 @@ from trainer.factory import build_trainer
 from utils.config import Config
 from utils.errors import ConfigError
 
-from conftest import FAST, REPO, run_script
+from conftest import FAST, REPO, fast_args, run_script
 from test_exact_resume import ARGS, assert_same_state
 
 REGULARIZED = ["trainer.type=RegularizedTrainer", "trainer.args={l1: 1.0e-4, l2: 1.0e-3}"]
@@ -140,3 +140,52 @@ def test_subclasses_train_under_two_process_ddp(project, tmp_path, subclass):
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(next((tmp_path / "models" / "digits_cnn").iterdir()) / "checkpoint-latest.pth")
     assert state["world_size"] == 2 and state["config"]["trainer"]["type"] == extra[-2].split("=")[1]
+
+
+def test_a_subclass_keeps_its_own_state_across_a_resume(tmp_path, monkeypatch):
+    import train
+    import trainer.custom
+    from trainer.trainer import Trainer
+
+    class CountingTrainer(Trainer):
+        """Counts the training steps it ran, in its own checkpoint state."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.steps_seen = 0
+
+        def training_step(self, model, batch):
+            self.steps_seen += not self.checking  # the check before writing runs one step too
+            return super().training_step(model, batch)
+
+        def state_dict(self):
+            return {**super().state_dict(), "steps_seen": self.steps_seen}
+
+        def load_state_dict(self, state):
+            super().load_state_dict(state)
+            self.steps_seen = state["steps_seen"]
+
+    CountingTrainer.__module__ = "trainer.custom"
+    monkeypatch.setattr(trainer.custom, "CountingTrainer", CountingTrainer, raising=False)
+    args = ["trainer.type=CountingTrainer", "trainer.epochs=1", "--run-id", "r"]
+    assert train.main(fast_args(tmp_path, *args)) == 0
+    run = tmp_path / "models" / "digits_cnn" / "r"
+    first = load_checkpoint(run / "checkpoint-latest.pth")["steps_seen"]
+    assert train.main(["--resume", str(run), "trainer.epochs=2"]) == 0
+    assert load_checkpoint(run / "checkpoint-latest.pth")["steps_seen"] == 2 * first
+
+
+def test_a_classic_train_epoch_override_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    import train
+    import trainer.custom
+    from base import BaseTrainer
+
+    class ClassicTrainer(BaseTrainer):
+        def _train_epoch(self, epoch):
+            return {}
+
+    ClassicTrainer.__module__ = "trainer.custom"
+    monkeypatch.setattr(trainer.custom, "ClassicTrainer", ClassicTrainer, raising=False)
+    assert train.main(fast_args(tmp_path, "trainer.type=ClassicTrainer")) == 2
+    assert "overrides _train_epoch, the classic template's BaseTrainer method" in capsys.readouterr().err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

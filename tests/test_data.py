@@ -1,3 +1,4 @@
+import random
 import shutil
 
 import pytest
@@ -133,6 +134,23 @@ def test_per_sample_seeds_make_augmentation_independent_of_order():
     assert all(torch.equal(a, b) for a, b in zip(forward, backward))
     assert len({float(x) for x in forward}) == 10
     assert dataset[items[0]][0] == items[0][0]
+
+
+def test_per_sample_seeds_cover_numpy_too():
+    # A dataset drawing its augmentation from NumPy, loaded by worker processes, replays it after a resume.
+    import numpy as np
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return np.random.randn(), random.random(), torch.rand(1).item()
+
+    seeded = SeededDataset(Noisy())
+    first = seeded[(2, 12345)]
+    np.random.seed(0), random.seed(0), torch.manual_seed(0)  # whatever state the worker had before
+    assert seeded[(2, 12345)] == first and seeded[(2, 54321)] != first
 
 
 def test_distributed_shares_cover_every_sample_and_have_equal_length():

@@ -99,3 +99,26 @@ def test_a_failure_on_rank_0_alone_stops_the_other_process_too(tmp_path):
     assert "already exists and is not empty" in output
     assert "error: [rank 1] Stopped because rank 0 failed" in output
     assert (taken / "checkpoint-latest.pth").read_bytes() == b"an earlier run"
+
+
+def test_a_check_failing_on_one_process_stops_every_process_before_anything_is_written(tmp_path):
+    from data_loader.base import split_indices
+    from data_loader.datasets import CsvImageDataset
+    from data_loader.sampling import ResumableSampler
+
+    from test_edges import tiny_digits, train_args
+
+    # A label outside the model's 10 classes in rank 1's first batch only: the check fails there alone.
+    data = tiny_digits(tmp_path / "digits")
+    train, _ = split_indices(60, 20, 0)
+    first_of_rank1 = ResumableSampler(train, seed=0, num_replicas=2, rank=1).order()[0].item()
+    name = CsvImageDataset(data, split="train").samples[first_of_rank1][0]
+    lines = (data / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text("\n".join(f"{name},10,train" if line.startswith(f"{name},") else line
+                                               for line in lines) + "\n")
+    result = torchrun(*train_args(tmp_path / "saved", data, "data_loader.args.num_classes=null"))
+    assert result.returncode != 0
+    assert "[rank 1] A batch holds label 10, but the model gives 10 outputs" in result.stderr
+    assert "[rank 0] Stopped because rank 1 failed; its message comes first in the output." in result.stderr
+    assert "Connection closed by peer" not in result.stderr  # rank 0 did not go on and lose its partner
+    assert not (tmp_path / "saved").exists()

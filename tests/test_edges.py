@@ -15,6 +15,8 @@ import test as test_script
 import train
 import tune
 from data_loader.checks import CheckedDataset
+from data_loader.datasets import CsvImageDataset
+from data_loader.transforms import build_transforms
 from model.builtin import metrics
 from model.builtin.metrics import top_k_acc
 from utils import run as run_module
@@ -239,3 +241,48 @@ def test_a_corrupt_image_found_in_the_first_epoch_removes_the_new_run(tmp_path, 
     assert f"Cannot read image '{victim}'" in err
     assert not list((tmp_path / "saved" / "models" / "digits_cnn").iterdir())
     assert not list((tmp_path / "saved" / "log" / "digits_cnn").iterdir())
+
+
+@pytest.mark.parametrize("override, key", [("--lr", "optimizer.args"), ("lr_scheduler.args.T_max=99", "lr_scheduler.args"),
+                                           ("trainer.monitor=min val_loss", "trainer.monitor")])
+def test_resuming_with_another_optimizer_scheduler_or_monitor_setting_is_refused(run_copy, capsys, override, key):
+    extra = ["--lr", "0.5"] if override == "--lr" else [override]
+    assert train.main(["--resume", str(run_copy), *extra]) == 2
+    assert f"sets {key}" in one_error(capsys)
+
+
+def test_a_training_loader_that_cannot_resume_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    import data_loader.data_loaders
+
+    class PlainLoader:
+        """Builds a torch DataLoader itself, with a shuffling sampler that cannot resume mid-epoch."""
+
+        def __init__(self, data_dir):
+            self.data = CsvImageDataset(data_dir, split="train", transform=build_transforms(
+                [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}], "t"))
+
+        def train_loader(self, device=None):
+            return torch.utils.data.DataLoader(self.data, batch_size=20, shuffle=True)
+
+        def val_loader(self, device=None):
+            return None
+
+    PlainLoader.__module__ = "data_loader.data_loaders"
+    monkeypatch.setattr(data_loader.data_loaders, "PlainLoader", PlainLoader, raising=False)
+    data = tiny_digits(tmp_path / "digits")
+    code = train.main(train_args(tmp_path / "saved", data, f"data_loader={{type: PlainLoader, args: {{data_dir: {data}}}}}",
+                                 "trainer.monitor=off"))
+    assert code == 2 and "its train_loader() gives a DataLoader with a RandomSampler sampler" in one_error(capsys)
+    assert not (tmp_path / "saved").exists()
+
+
+def test_test_py_takes_the_data_loader_of_a_data_only_config(run_copy, tmp_path, capsys):
+    data = tiny_digits(tmp_path / "other")
+    (tmp_path / "data.yaml").write_text(f"data_loader:\n  type: CsvImageDataLoader\n  args: {{data_dir: {data}, "
+                                        "validation_split: 20, eval_transform: [{type: ToDtype, args: {dtype: float32, "
+                                        "scale: true}}]}\n")
+    assert test_script.main(["--resume", str(run_copy), "-c", str(tmp_path / "data.yaml"), "--no-report"]) == 0
+    assert "on the test split: 20 samples" in capsys.readouterr().out
+    (tmp_path / "model.yaml").write_text("arch: {type: DigitsCNN}\n")
+    assert test_script.main(["--resume", str(run_copy), "-c", str(tmp_path / "model.yaml")]) == 2
+    assert "model.yaml has no 'data_loader' section" in one_error(capsys)

@@ -141,3 +141,13 @@ def test_ema_switches_are_checked():
                               ("trainer.ema={decy: 0.9}", "unknown key 'trainer.ema.decy'. Did you mean 'decay'?")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             Config.load(REPO / "configs" / "config.yaml", [override])
+
+
+def test_an_average_never_updated_is_the_trained_weights_and_test_py_says_so(tmp_path, capsys):
+    assert train.main(fast_args(tmp_path, "trainer.epochs=1", "trainer.ema={every_steps: 1000}")) == 0
+    out = capsys.readouterr().out
+    assert "trainer.ema.every_steps is 1000, but the run takes 20 optimizer steps" in out
+    history = load_checkpoint(only_run(tmp_path) / "checkpoint-latest.pth")["history"][0]
+    assert history["val_accuracy_ema"] == history["val_accuracy"] and history["val_loss_ema"] == history["val_loss"]
+    assert test_script.main(["--resume", str(only_run(tmp_path))]) == 0
+    assert "raw weights) on the test split" in capsys.readouterr().out

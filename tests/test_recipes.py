@@ -90,6 +90,15 @@ def test_mixing_is_seeded_per_batch_and_leaves_the_global_random_state_alone():
     assert torch.equal(before, torch.get_rng_state())
 
 
+def test_mixing_reseeds_no_device_generator(monkeypatch):
+    # CUDA's and MPS's generators (dropout on the GPU, seeded per process) are not the mix's to touch.
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: seeded.append(seed))
+    first_batch_mixed(3, mixup_alpha=0.2, cutmix_alpha=1.0)
+    assert seeded == []
+
+
 def test_mixing_on_the_device_loader(tmp_path):
     source = {"type": "CsvImageDataLoader", "args": {**DIGITS, "batch_transform": {"cutmix_alpha": 1.0}}}
     loader = DeviceDataLoader(source).train_loader(CPU)

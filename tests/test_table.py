@@ -203,3 +203,16 @@ def test_diabetes_config_trains_and_writes_a_checkpoint(save_dir):
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["val_loss"] < history[0]["val_loss"]
     assert all(h["val_rmse"] == pytest.approx(math.sqrt(h["val_loss"])) for h in history)
     assert train.main(["-c", config, f"trainer.save_dir={save_dir}", "data_loader.args.target=progression"]) == 2
+
+
+def test_excels_byte_order_mark_is_read_and_latin1_is_named(tmp_path):
+    text = (REPO / "data" / "diabetes" / "diabetes.csv").read_text()
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeff".encode() + text.encode())  # Excel's "CSV UTF-8"
+    loader = TableDataLoader(csv_file=str(bom), target="target")
+    assert loader.state_dict()["features"][0] == "age"  # not "\ufeffage"
+    latin = tmp_path / "latin.csv"
+    lines = text.splitlines()
+    latin.write_bytes("\n".join([lines[0], lines[1].replace("train", "tr\xe9in"), *lines[2:]]).encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.csv' is not UTF-8 text: line 2 holds the byte 0xe9"):
+        TableDataLoader(csv_file=str(latin), target="target")

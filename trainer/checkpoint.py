@@ -235,13 +235,17 @@ def keep_top_k(kept: list[list], value: float, name: str, k: int, mode: str) -> 
 
 
 def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: str) -> None:
-    """Refuse to resume a checkpoint with a config that builds a different model or optimizer.
+    """Refuse to resume a checkpoint with a config that builds a different model, optimizer or scheduler.
 
-    Changing `epochs`, the data path or logging options is fine; the architecture, the optimizer type and the
-    scheduler type are not, because the saved tensors and states would not fit them.
+    Changing `epochs`, the data path or logging options is fine; the architecture, the optimizer and the scheduler
+    are not: the saved tensors would not fit them, and the saved optimizer and scheduler states (learning rate
+    included) would silently replace their new arguments. Nor is the monitored value: the best so far and the
+    kept epoch checkpoints were chosen by the old one.
     """
-    for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type"), ("optimizer", "param_groups"),
-                      ("optimizer", "no_decay"), ("lr_scheduler", "type"), ("lr_scheduler", "warmup")):
+    for key, part in (("arch", "type"), ("arch", "args"), ("optimizer", "type"), ("optimizer", "args"),
+                      ("optimizer", "param_groups"), ("optimizer", "no_decay"), ("lr_scheduler", "type"),
+                      ("lr_scheduler", "args"), ("lr_scheduler", "interval"), ("lr_scheduler", "warmup"),
+                      ("trainer", "monitor")):
         # Unset, empty and false are the same setting (checkpoints older than a key do not have it).
         before, now = (saved[key] or {}).get(part) or None, (config[key] or {}).get(part) or None
         if before != now:

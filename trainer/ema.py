@@ -51,32 +51,51 @@ class ModelEMA:
         self.averaged = AveragedModel(model, multi_avg_fn=_lerp(decay), use_buffers=True)
         self.module = self.averaged.module.requires_grad_(False)
         self.eval_model = maybe_compile(self.module, compile)
+        self.started = False  # whether an update has averaged the weights yet
 
     def update(self, model: nn.Module, epoch: int, global_step: int) -> None:
         """After optimizer step `global_step` of `epoch`: average every `every_steps` steps."""
         if global_step % self.every_steps:
             return
         self.averaged.update_parameters(model)
+        self.started = True
         if epoch <= self.warmup:
             self.averaged.n_averaged.zero_()  # the next update copies the weights again
         if distributed.active():
             for buffer in self.module.buffers():
                 dist.broadcast(buffer, src=0)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The averaged weights under the model's own names (what trainer/restore.py loads), and the count."""
-        return {"model": self.module.state_dict(), "n_averaged": self.averaged.n_averaged}
+    def follow(self, model: nn.Module) -> None:
+        """Before its first update, the average is the weights themselves: copy them (before validating it)."""
+        if not self.started:
+            self.module.load_state_dict(model.state_dict())
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights under the model's own names (what trainer/restore.py loads), the count, and
+        whether an update has averaged them yet (else test.py and the others use the trained weights)."""
+        return {"model": self.module.state_dict(), "n_averaged": self.averaged.n_averaged, "started": self.started}
+
+    def load_state_dict(self, state: dict[str, Any] | None, model: nn.Module) -> None:
+        """The saved average; without one (`trainer.ema` added on resume), a fresh start from `model`'s weights."""
+        if state is None:
+            self.module.load_state_dict(model.state_dict())
+            self.averaged.n_averaged.zero_()
+            self.started = False
+            return
         self.module.load_state_dict(state["model"])
         self.averaged.n_averaged.copy_(state["n_averaged"])
+        self.started = bool(state.get("started", int(state["n_averaged"]) > 0))
 
 
-def build_ema(cfg: dict[str, Any], model: nn.Module, samples_per_step: int) -> ModelEMA | None:
+def build_ema(cfg: dict[str, Any], model: nn.Module, samples_per_step: int, steps_per_epoch: int) -> ModelEMA | None:
     """The EMA of the config's `trainer.ema` (None when it is off), its decay adjusted as the reference does."""
     spec = cfg["ema"]
     if spec is None:
         return None
+    if spec["every_steps"] > steps_per_epoch * cfg["epochs"]:
+        log.warning("trainer.ema.every_steps is %d, but the run takes %d optimizer steps: the average is never "
+                    "updated, and the *_ema figures are those of the trained weights. Lower every_steps.",
+                    spec["every_steps"], steps_per_epoch * cfg["epochs"])
     decay = update_decay(spec["decay"], spec["every_steps"], samples_per_step, cfg["epochs"])
     log.info("EMA of the weights every %d optimizer step(s), decay %.6g per update (trainer.ema.decay %g adjusted "
              "for %d samples per step over %d epochs)%s.", spec["every_steps"], decay, spec["decay"],

@@ -10,11 +10,23 @@ from utils.errors import ConfigError, blame
 from utils.registry import lookup
 
 
-def build_trainer(config: Config, **parts: Any) -> Trainer:
-    """`trainer.type` built with `trainer.args` and the run's `parts` (model, criterion, loaders, ...)."""
+def build_trainer(config: Config, resume: dict[str, Any] | None = None, **parts: Any) -> Trainer:
+    """`trainer.type` built with `trainer.args` and the run's `parts` (model, criterion, loaders, ...), then
+    given the state of the checkpoint `resume`: after the subclass's own `__init__`, so that a subclass that
+    keeps state of its own (its `state_dict` and `load_state_dict`) gets it back too."""
     name = config["trainer"]["type"]
     cls = lookup(name, "trainer", "trainer.type", config.source)
     if not (inspect.isclass(cls) and issubclass(cls, Trainer)):
-        raise ConfigError(f"{blame(config.source, 'trainer.type')}: trainer.type '{name}' is not a subclass of Trainer. Name Trainer or "
-                          "a subclass of it, such as those in trainer/custom.py.")
-    return config.init_obj("trainer", config=config, **parts)
+        raise ConfigError(f"{blame(config.source, 'trainer.type')}: trainer.type '{name}' is not a subclass of "
+                          "Trainer. Name Trainer or a subclass of it, such as those in trainer/custom.py.")
+    classic = [m for c in cls.__mro__ if c is not Trainer and issubclass(c, Trainer)
+               for m in ("_train_epoch", "_valid_epoch") if m in vars(c)]
+    if classic:
+        raise ConfigError(f"{blame(config.source, 'trainer.type')}: trainer.type '{name}' overrides {classic[0]}, "
+                          "the classic template's BaseTrainer method, which this template's loop never calls: it "
+                          "would be silently ignored. Move that logic to training_step / validation_step "
+                          "(docs/training_step.md, docs/classic.md).")
+    trainer = config.init_obj("trainer", config=config, **parts)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    return trainer

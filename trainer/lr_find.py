@@ -14,8 +14,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_loader.batch_transforms import training_batch
 from trainer.trainer import Trainer
-from utils.device import autocast, to_device
+from utils.device import autocast
 
 DIVERGED = 4.0  # stop once the loss, averaged over the last steps, exceeds this many times its lowest average
 WINDOW = 0.25  # the smoothed loss of a step averages the steps within this many decades of rate either side
@@ -74,7 +75,8 @@ def range_test(trainer: Trainer, lrs: list[float]) -> RangeTest:
         optimizer.zero_grad(set_to_none=True)
         loss = 0.0
         for _ in range(trainer.accumulate):
-            batch = to_device(next(batches), trainer.device, trainer.cfg["channels_last"])
+            batch = training_batch(next(batches), trainer.train_loader, len(losses), trainer.device,
+                                   trainer.cfg["channels_last"])
             with autocast(trainer.device, trainer.amp_dtype):
                 step = trainer.training_step(trainer.train_model, batch)
             trainer.scaler.scale(step.loss / trainer.accumulate).backward()

@@ -30,6 +30,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     grads, was_training = [(p, p.grad) for p in model.parameters()], model.training
     criterion = trainer.criterion
     trainer.criterion = lambda output, target: _checked_loss(criterion, output, target, num_classes)
+    trainer.checking = True  # for a subclass whose training_step keeps state of its own
     try:
         batch = training_batch(first_batch(loader), loader, 0, trainer.device, trainer.cfg["channels_last"])
         model.train()
@@ -55,7 +56,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                                   "the config's metrics.") from None
         step.loss.backward()
     finally:
-        trainer.criterion = criterion
+        trainer.criterion, trainer.checking = criterion, False
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)

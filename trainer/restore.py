@@ -21,9 +21,9 @@ from model.factory import build_criterion, build_metrics, build_model
 from trainer.checkpoint import BEST, find_checkpoint
 from trainer.factory import build_trainer
 from trainer.trainer import Trainer
-from utils.config import Config
+from utils.config import Config, read_config_file
 from utils.device import select_device
-from utils.errors import CheckpointError, reason
+from utils.errors import CheckpointError, ConfigError, reason
 from utils.rng import seed_everything
 
 
@@ -46,8 +46,9 @@ def add_ema_argument(parser: argparse.ArgumentParser) -> None:
 def checkpoint_weights(checkpoint: dict[str, Any], ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
     """The model weights to use from `checkpoint`: its EMA weights (trainer.ema) when it holds them and `ema` is
     true, else the trained weights; and which ("EMA" or "raw")."""
-    if ema and checkpoint.get("ema") is not None:
-        return checkpoint["ema"]["model"], "EMA"
+    average = checkpoint.get("ema")
+    if ema and average is not None and average.get("started", int(average["n_averaged"]) > 0):
+        return average["model"], "EMA"
     return checkpoint["model"], "raw"
 
 
@@ -62,7 +63,12 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     path, checkpoint = find_checkpoint(resume, first=BEST)
     base = checkpoint["config"]
     if config_path is not None:
-        base = {**base, "data_loader": Config.load(config_path)["data_loader"]}
+        other = read_config_file(config_path)
+        if "data_loader" not in other:
+            raise ConfigError(f"{config_path} has no 'data_loader' section; -c here gives the data to evaluate on "
+                              "(only its data_loader is used), e.g. a copy of the training config with another "
+                              "data_dir.")
+        base = {**base, "data_loader": other["data_loader"]}
     config = Config.load(None, overrides, base=base, device=device)
     model = build_model(config, pretrained=False)
     weights, which = checkpoint_weights(checkpoint, ema)

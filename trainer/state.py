@@ -67,8 +67,8 @@ class TrainingState:
                 self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             if self.scaler.is_enabled() and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
-            if self.ema is not None and state.get("ema") is not None:  # else the EMA starts from these weights
-                self.ema.load_state_dict(state["ema"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state.get("ema"), self.model)
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"The checkpoint does not fit the model or optimizer built from the config: "
                                   f"{reason(e)}. Resume with the checkpoint's own config (omit -c), "

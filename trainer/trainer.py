@@ -54,7 +54,8 @@ class Step(NamedTuple):
 class Trainer(TrainingState):
     """Trains `model` on `train_loader` as the config's `trainer` section says.
 
-    Pass the state of a checkpoint as `resume` to continue exactly where it was saved, mid-epoch included.
+    `load_state_dict` of a checkpoint's state (trainer/factory.py's build_trainer does it for `--resume`)
+    continues exactly where it was saved, mid-epoch included.
     Under DDP (`dist`), every process runs this same loop on its share of the data; rank 0 alone writes.
     Built with `optimizer=None` and `train_loader=None`, it only evaluates (test.py), with the same
     `validation_step`. `data_state` is the data loader's own state, kept in checkpoints (fitted statistics).
@@ -63,7 +64,7 @@ class Trainer(TrainingState):
     def __init__(self, model: nn.Module, criterion: Callable, metrics: dict[str, Callable],
                  optimizer: torch.optim.Optimizer | None, config: Config, device: torch.device,
                  train_loader: Iterable | None = None, val_loader: Iterable | None = None, lr_scheduler: Any = None,
-                 resume: dict[str, Any] | None = None, dist: Dist = Dist(), data_state: dict | None = None):
+                 dist: Dist = Dist(), data_state: dict | None = None):
         self.config, self.cfg, self.device, self.dist = config, config["trainer"], device, dist
         self.model = model.to(device)
         if self.cfg["channels_last"]:
@@ -81,15 +82,15 @@ class Trainer(TrainingState):
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.cfg["find_unused_parameters"])
         self.ema = None if train_loader is None else build_ema(  # trainer/ema.py
-            self.cfg, self.model, train_loader.batch_size * self.accumulate * dist.world_size)
+            self.cfg, self.model, train_loader.batch_size * self.accumulate * dist.world_size,
+            -(-len(train_loader) // self.accumulate))
         # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
         self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
             if val_loader else {}
         logged = ["loss", *metrics] + [f"val_{n}{suffix}" for suffix in self.validated for n in ["loss", *metrics]]
         self.monitor = Monitor(self.cfg["monitor"] if train_loader is not None else "off", logged, config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
-        self.stop = StopSignals()
-        self.run: RunPaths | None = None
+        self.stop, self.run, self.checking = StopSignals(), None, False  # checking: see trainer/preflight.py
 
         # Loop state: everything below goes into checkpoints (trainer/state.py).
         self.epoch, self.batch_idx, self.global_step = 1, 0, 0
@@ -97,8 +98,6 @@ class Trainer(TrainingState):
         self.tracker = MetricTracker(metrics, device)
         self.window_has_grad = False
         self.last_save_time = time.monotonic()
-        if resume is not None:
-            self.load_state_dict(resume)
 
     # ------------------------------------------------------------------ override points
     def forward(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
@@ -192,6 +191,8 @@ class Trainer(TrainingState):
 
     def validate(self) -> dict[str, float]:
         """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
+        if self.ema is not None:
+            self.ema.follow(self.model)
         values: dict[str, float] = {}
         for suffix, model in self.validated.items():
             # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.

@@ -229,10 +229,6 @@ def _check_object_spec(spec: Any, key: str, source: str, extra: set[str] = froze
         raise ConfigError(f"{source}: '{key}.args' must be a mapping of argument names to values, got {spec['args']!r}.")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
     """Validate section shapes and classic-template spellings once the defaults are in."""
     for key, default in DEFAULTS.items():
@@ -290,6 +286,14 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
             trainer[key] = 0
         elif isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{source}: 'trainer.{key}' must be a whole number >= {minimum}; got {value!r}.")
+    for key in ("tensorboard", "histograms", "hparams", "channels_last", "cudnn_benchmark", "deterministic",
+                "find_unused_parameters", "sync_batchnorm"):
+        if not isinstance(trainer[key], bool):
+            raise ConfigError(f"{source}: 'trainer.{key}' must be true or false; got {trainer[key]!r}"
+                              f"{' (YAML reads off/on/no/yes as text here)' if isinstance(trainer[key], str) else ''}.")
+    if not isinstance(trainer["compile"], (bool, dict)):
+        raise ConfigError(f"{source}: 'trainer.compile' must be true, false or a mapping of torch.compile's "
+                          f"arguments such as {{mode: max-autotune}}; got {trainer['compile']!r}.")
     minutes, clip = trainer["save_every_minutes"], trainer["grad_clip_norm"]
     if not _is_number(minutes) or not minutes >= 0:
         raise ConfigError(f"{source}: 'trainer.save_every_minutes' must be a number >= 0 (0: off); got {minutes!r}.")
@@ -299,7 +303,7 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(trainer["save_dir"], str) or not trainer["save_dir"].strip():
         raise ConfigError(f"{source}: 'trainer.save_dir' must be a folder path such as saved/; got "
                           f"{trainer['save_dir']!r}.")
-    if not isinstance(trainer["save_top_k"], int) or trainer["save_top_k"] < -1:
+    if not _is_number(trainer["save_top_k"], whole=True) or trainer["save_top_k"] < -1:
         raise ConfigError(f"{source}: 'trainer.save_top_k' must be -1 (keep all), 0 or a positive number; "
                           f"got {trainer['save_top_k']!r}.")
     monitor = trainer["monitor"]
@@ -453,22 +457,39 @@ class Config:
         return call_with_args(factory, {**args, **kwargs}, key, self.source, supplied=kwargs)
 
 
-def accepted_args(factory: Any) -> list[str] | None:
-    """The keyword arguments `factory` takes, following `**kwargs` up a class's constructors (a loader that passes
-    them on to BaseDataLoader); None when it takes any keyword at all."""
+def _parameters(factory: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The named parameters `factory` takes, following `**kwargs` up a class's constructors (a loader that passes
+    them on to BaseDataLoader), and whether it takes any keyword at all in the end."""
     constructors = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)] \
         if inspect.isclass(factory) else [factory]
-    names: list[str] = []
+    found: dict[str, inspect.Parameter] = {}
     for function in constructors:
         try:
             params = list(inspect.signature(function).parameters.values())
         except (TypeError, ValueError):
-            return None
-        names += [p.name for p in params if p.name != "self" and p.name not in names
-                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            return found, True
+        for p in params:
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                found.setdefault(p.name, p)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names
-    return None
+            return found, False
+    return found, True
+
+
+def accepted_args(factory: Any) -> list[str] | None:
+    """The keyword arguments `factory` takes (see `_parameters`); None when it takes any keyword at all."""
+    params, any_keyword = _parameters(factory)
+    return None if any_keyword else list(params)
+
+
+def _check_booleans(factory: Any, kwargs: dict[str, Any], key: str, source: str) -> None:
+    """An argument annotated `bool` must get true or false: YAML reads `off`, `no` as text here (for `amp: off`),
+    and a non-empty text would silently count as true."""
+    params, _ = _parameters(factory)
+    for name, value in kwargs.items():
+        if name in params and params[name].annotation in (bool, "bool") and not isinstance(value, bool):
+            raise ConfigError(f"{blame(source, f'{key}.args.{name}')}: '{key}.args.{name}' must be true or false; "
+                              f"got {value!r}.")
 
 
 def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str,
@@ -482,6 +503,7 @@ def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str,
     try:
         if unknown:
             raise TypeError(f"unexpected keyword argument '{unknown[0]}'")
+        _check_booleans(factory, kwargs, key, source)
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
         takes = ", ".join(a for a in accepted or [] if a not in supplied) or "no arguments"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, reason
 
 log = logging.getLogger(__name__)
 
@@ -92,4 +92,8 @@ def maybe_compile(model: torch.nn.Module, option: Any) -> torch.nn.Module:
     when that is false; the module itself is left uncompiled, so its state_dict keeps its own names."""
     if not option:
         return model
-    return torch.compile(model, **(option if isinstance(option, dict) else {}))
+    try:
+        return torch.compile(model, **(option if isinstance(option, dict) else {}))
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(f"trainer.compile: torch.compile refused {option!r}: {reason(e)}. Use true, or a mapping "
+                          "of torch.compile's arguments such as {mode: max-autotune, dynamic: false}.") from None

@@ -106,3 +106,23 @@ def on_main(fn: Callable[..., Any], *args: Any) -> Any:
     if outcome[0] == "failed":
         raise errors.PeerFailed(outcome[1])
     return outcome[1]
+
+
+def agree(work: Callable[[], Any]) -> Any:
+    """`work()` run by every process, each on its own part (building the run, checking its first batch); if it
+    fails on any process, every process fails at once: that one with its own error, the others with `PeerFailed`
+    naming it, instead of some going on to write the run folder and waiting for the others."""
+    if not active():
+        return work()
+    result, failure = None, None
+    try:
+        result = work()
+    except BaseException as e:
+        failure = e
+    codes = gather(None if failure is None else getattr(failure, "exit_code", 1))
+    if failure is not None:
+        raise failure
+    failed = [rank for rank, code in enumerate(codes) if code is not None]
+    if failed:
+        raise errors.PeerFailed(codes[failed[0]], failed[0])
+    return result

@@ -47,10 +47,11 @@ class TrainingError(TemplateError):
 
 
 class PeerFailed(TemplateError):
-    """Under DDP, rank 0 failed in work only it does (writing a file); its own message says what to fix."""
+    """Under DDP, another process failed (in work only rank 0 does, or in building the run); its own message
+    says what to fix."""
 
-    def __init__(self, exit_code: int):
-        super().__init__("Stopped because rank 0 failed; its message comes first in the output.")
+    def __init__(self, exit_code: int, rank: int = 0):
+        super().__init__(f"Stopped because rank {rank} failed; its message comes first in the output.")
         self.exit_code = exit_code
 
 
