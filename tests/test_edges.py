@@ -113,7 +113,8 @@ def test_a_tampered_checkpoint_name_cannot_choose_where_logs_go(run_copy, tmp_pa
     before = sorted(tmp_path.rglob("*"))
     assert train.main(["--resume", str(path)]) == 2
     assert "'name' must be a folder name" in one_error(capsys)
-    assert train.main(["--resume", str(path), "-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8"]) == 2
+    assert train.main(["--resume", str(path), "-c", str(REPO / "configs" / "config.yaml"), "arch.args.width=8",
+                       "trainer.monitor=max val_accuracy"]) == 2
     assert "The experiment name saved in" in one_error(capsys) and sorted(tmp_path.rglob("*")) == before
 
 
