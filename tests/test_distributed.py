@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import test as test_script
+import train
 from trainer.checkpoint import load_checkpoint
 
-from conftest import REPO, fast_args, only_run, run_script
+from conftest import REPO, fast_args, only_run
 from test_exact_resume import assert_same_state
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -31,8 +32,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ca
     two = torchrun(*fast_args(tmp_path / "two", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=32",
                               "trainer.monitor=min val_loss"))
     assert two.returncode == 0, two.stderr
-    one = run_script("train.py", *fast_args(tmp_path / "one", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=64"))
-    assert one.returncode == 0, one.stderr
+    assert train.main(fast_args(tmp_path / "one", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=64")) == 0
     run = only_run(tmp_path / "two")  # one checkpoint set, written by rank 0
     a = load_checkpoint(run / "checkpoint-latest.pth")
     b = load_checkpoint(only_run(tmp_path / "one") / "checkpoint-latest.pth")
@@ -50,7 +50,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ca
         assert f"{printed:.4f}" == re.search(rf"  val_{key} ([\d.]+)", logged).group(1)
 
 
-def test_two_processes_killed_and_resumed_end_identical(tmp_path):
+def test_two_processes_killed_and_resumed_end_identical(tmp_path, capsys):
     args = fast_args(tmp_path, "trainer.save_every_steps=4",
                      "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
                      "{type: ToDtype, args: {dtype: float32, scale: true}}]")
@@ -63,9 +63,10 @@ def test_two_processes_killed_and_resumed_end_identical(tmp_path):
     # Resuming the 2-process checkpoint in one process re-derives the data position and says so.
     single = tmp_path / "single" / "models" / "digits_cnn" / "ddp"
     shutil.copytree(run, single)
-    alone = run_script("train.py", "--resume", str(single), "--epochs", "1")
-    assert alone.returncode == 0, alone.stderr
-    assert "written by 2 process(es) with batch size 64, this run has 1 with 64" in alone.stdout and "(batch 8)" in alone.stdout
+    capsys.readouterr()
+    assert train.main(["--resume", str(single), "--epochs", "1"]) == 0
+    alone = capsys.readouterr().out
+    assert "written by 2 process(es) with batch size 64, this run has 1 with 64" in alone and "(batch 8)" in alone
     resumed = torchrun("--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")

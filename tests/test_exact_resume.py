@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
+import train
 from trainer.checkpoint import load_checkpoint
 
-from conftest import ORDINARY_LOADER, REPO, run_script
+from conftest import ORDINARY_LOADER, REPO
 
 # Three epochs of 20 steps, with random augmentation (RandomAffine) and dropout, so the data order and
 # every random draw have to be replayed exactly.
@@ -42,21 +43,21 @@ def assert_same_state(a_path, b_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The run left alone. Uninterrupted runs and resumes run in this process (a torch import less each); only the
+    runs that get killed or signalled need a process of their own."""
     save_dir = tmp_path_factory.mktemp("reference")
-    result = run_script("train.py", *ARGS, f"trainer.save_dir={save_dir}", "--run-id", "ref")
-    assert result.returncode == 0, result.stderr
+    assert train.main([*ARGS, f"trainer.save_dir={save_dir}", "--run-id", "ref"]) == 0
     return save_dir / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth"
 
 
-def test_sigkill_at_four_points_then_resume_is_bit_identical(tmp_path, reference):
+def test_sigkill_at_four_points_then_resume_is_bit_identical(tmp_path, reference, capsys):
     run = tmp_path / "models" / "digits_cnn" / "killed"
     first = ARGS + [f"trainer.save_dir={tmp_path}", "--run-id", "killed"]
     # 0. before the first checkpoint: the run folder holds only config.yaml; --resume starts the run again there
     result = interrupted("step:3", "KILL", *first)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert [p.name for p in run.iterdir() if not p.name.startswith(".")] == ["config.yaml"]
-    same_id = run_script("train.py", *first)
-    assert same_id.returncode == 2 and f"Continue it with --resume {run}" in same_id.stderr
+    assert train.main(first) == 2 and f"Continue it with --resume {run}" in capsys.readouterr().err
     # 1. inside epoch 1, three steps after the step-4 checkpoint
     result = interrupted("step:7", "KILL", "--resume", str(run))
     assert result.returncode == -signal.SIGKILL, result.stderr
@@ -68,67 +69,64 @@ def test_sigkill_at_four_points_then_resume_is_bit_identical(tmp_path, reference
     result = interrupted("save:3", "KILL", "--resume", str(run))
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert list(run.glob(".*.tmp-*")), "the kill should leave a half-finished save behind"
-    result = run_script("train.py", "--resume", str(run))
-    assert result.returncode == 0, result.stderr
+    assert train.main(["--resume", str(run)]) == 0
     assert not list(run.glob(".*.tmp-*"))
     assert_same_state(reference, run / "checkpoint-latest.pth")
     assert_same_state(reference.with_name("model_best.pth"), run / "model_best.pth")
 
 
-@pytest.mark.parametrize("sig, at", [("TERM", "step:23"), ("INT", "validation:2"), ("USR1", "step:9")])
-def test_stop_signals_save_and_exit_then_resume_is_bit_identical(tmp_path, reference, sig, at):
+def test_stop_signals_save_and_exit_then_resume_is_bit_identical(tmp_path, reference):
+    # One run stopped three times, each resumed: SIGUSR1 mid-epoch, SIGTERM in the next epoch, SIGINT (Ctrl+C) as
+    # epoch 2's validation starts.
     run = tmp_path / "models" / "digits_cnn" / "stopped"
-    result = interrupted(at, sig, *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "stopped")
-    assert result.returncode == 128 + getattr(signal, f"SIG{sig}"), result.stderr
-    assert f"python train.py --resume {run}" in result.stdout
-    state = load_checkpoint(run / "checkpoint-latest.pth")
-    expected = {"step:23": (2, 3), "validation:2": (2, 20), "step:9": (1, 9)}[at]
-    assert (state["loop"]["epoch"], state["loop"]["batch_idx"]) == expected
-    result = run_script("train.py", "--resume", str(run))
-    assert result.returncode == 0, result.stderr
+    command = [*ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "stopped"]
+    for sig, at, position in [("USR1", "step:9", (1, 9)), ("TERM", "step:23", (2, 3)), ("INT", "validation:2", (2, 20))]:
+        result = interrupted(at, sig, *command)
+        assert result.returncode == 128 + getattr(signal, f"SIG{sig}"), result.stderr
+        assert f"python train.py --resume {run}" in result.stdout
+        state = load_checkpoint(run / "checkpoint-latest.pth")
+        assert (state["loop"]["epoch"], state["loop"]["batch_idx"]) == position, sig
+        command = ["--resume", str(run)]
+    assert train.main(command) == 0
     assert_same_state(reference, run / "checkpoint-latest.pth")
 
 
 def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp_path):
     # The workers get the SIGTERM too (a terminal's kill, a job scheduler, Kubernetes); they leave it to the trainer.
-    args = ARGS + ["data_loader.args.num_workers=2", "trainer.epochs=2"]
-    ref = run_script("train.py", *args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a")
-    assert ref.returncode == 0, ref.stderr
+    args = ARGS + ["data_loader.args.num_workers=2", "trainer.epochs=1"]
+    assert train.main([*args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a"]) == 0
     run = tmp_path / "b" / "models" / "digits_cnn" / "b"
     result = interrupted("step:10", "TERM", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b", group=True)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert "Traceback" not in result.stderr and "Stopped by SIGTERM" in result.stdout
-    assert run_script("train.py", "--resume", str(run)).returncode == 0
+    assert train.main(["--resume", str(run)]) == 0
     assert_same_state(tmp_path / "a" / "models" / "digits_cnn" / "a" / "checkpoint-latest.pth",
                       run / "checkpoint-latest.pth")
 
 
-def test_resume_refuses_another_seed_and_rederives_the_position_for_another_batch_size(tmp_path):
+def test_resume_refuses_another_seed_and_rederives_the_position_for_another_batch_size(tmp_path, capsys):
     run = tmp_path / "models" / "digits_cnn" / "mid"
     result = interrupted("step:6", "TERM", *ARGS, f"trainer.save_dir={tmp_path}", "--run-id", "mid")
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
-    reseeded = run_script("train.py", "--resume", str(run), "--seed", "5")
-    assert reseeded.returncode == 2 and "trained with seed 0; seed 5 would pick another validation split" in reseeded.stderr
-    smaller = run_script("train.py", "--resume", str(run), "--bs", "32", "--epochs", "1")
-    assert smaller.returncode == 0, smaller.stderr
+    assert train.main(["--resume", str(run), "--seed", "5"]) == 2
+    assert "trained with seed 0; seed 5 would pick another validation split" in capsys.readouterr().err
+    assert train.main(["--resume", str(run), "--bs", "32", "--epochs", "1"]) == 0
     # 6 batches of 64 seen: the run goes on from sample 384, batch 12 of 32.
-    assert "with batch size 64, this run has 1 with 32" in smaller.stdout and "(batch 12)" in smaller.stdout
+    out = capsys.readouterr().out
+    assert "with batch size 64, this run has 1 with 32" in out and "(batch 12)" in out
 
 
-def test_a_kill_between_the_latest_and_the_best_checkpoint_leaves_no_stale_best(tmp_path):
+def test_a_kill_between_the_latest_and_the_best_checkpoint_leaves_no_stale_best(tmp_path, capsys):
     # The issue's repro. Epoch 2 improves val_loss: its end writes checkpoint-latest.pth (the 12th checkpoint file
     # written: 4 step saves per epoch, and latest, best, epoch file at the end of epoch 1), then model_best.pth
-    # (the 13th), where the kill hits.
+    # (the 13th), where the kill hits. Both files hold the same state when nothing goes wrong.
     args = [*ARGS, "trainer.epochs=2", "lr_scheduler.args.T_max=2", "trainer.save_every_steps=5"]
-    ref = run_script("train.py", *args, f"trainer.save_dir={tmp_path / 'a'}", "--run-id", "a")
-    assert ref.returncode == 0, ref.stderr
-    reference = tmp_path / "a" / "models" / "digits_cnn" / "a"
-    assert load_checkpoint(reference / "model_best.pth")["loop"]["epoch"] == 3  # the best is epoch 2's end
-    run = tmp_path / "b" / "models" / "digits_cnn" / "b"
-    result = interrupted("save:13", "KILL", *args, f"trainer.save_dir={tmp_path / 'b'}", "--run-id", "b")
+    run = tmp_path / "models" / "digits_cnn" / "b"
+    result = interrupted("save:13", "KILL", *args, f"trainer.save_dir={tmp_path}", "--run-id", "b")
     assert result.returncode == -signal.SIGKILL, result.stderr
+    latest = load_checkpoint(run / "checkpoint-latest.pth")
+    assert latest["loop"]["epoch"] == 3 and latest["monitor"]["best"] == latest["history"][-1]["val_loss"]
     assert load_checkpoint(run / "model_best.pth")["loop"]["epoch"] == 2, "the kill should leave an older best"
-    result = run_script("train.py", "--resume", str(run))
-    assert result.returncode == 0, result.stderr
-    assert "model_best.pth does not hold the best val_loss" in result.stdout
-    assert_same_state(reference / "model_best.pth", run / "model_best.pth")
+    assert train.main(["--resume", str(run)]) == 0
+    assert "model_best.pth does not hold the best val_loss" in capsys.readouterr().out
+    assert_same_state(run / "checkpoint-latest.pth", run / "model_best.pth")

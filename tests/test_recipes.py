@@ -22,7 +22,7 @@ from trainer.trainer import Trainer
 from utils.config import Config
 from utils.errors import ConfigError, DataError
 
-from conftest import REPO, fast_args, only_run, run_script
+from conftest import REPO, fast_args, only_run
 from fake_data import patch_cifar10_sums, write_cifar10
 from test_datasets import train_example
 from test_exact_resume import assert_same_state, interrupted
@@ -271,14 +271,12 @@ def test_killed_run_with_ema_mixup_and_warmup_resumes_bit_identical(tmp_path):
                      "optimizer.no_decay=true", "data_loader.args.repeated_augmentations=2",
                      "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
                      "{type: ToDtype, args: {dtype: float32, scale: true}}]")
-    reference = run_script("train.py", *args, "--run-id", "ref")
-    assert reference.returncode == 0, reference.stderr
+    assert train.main([*args, "--run-id", "ref"]) == 0  # in this process: only the killed run needs its own
     run = tmp_path / "models" / "digits_cnn" / "cut"
     killed = interrupted("step:7", "KILL", *args, "--run-id", "cut")  # mid-epoch, 3 steps after a checkpoint
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
-    resumed = run_script("train.py", "--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr
+    assert train.main(["--resume", str(run)]) == 0
     ref = tmp_path / "models" / "digits_cnn" / "ref"
     assert_same_state(ref / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
     assert_same_state(ref / "model_best.pth", run / "model_best.pth")

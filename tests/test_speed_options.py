@@ -15,7 +15,7 @@ from trainer.trainer import Trainer
 from utils.config import Config
 from utils.errors import ConfigError, DataError
 
-from conftest import REPO, fast_args, only_run, run_script
+from conftest import REPO, fast_args, only_run
 from test_exact_resume import assert_same_state, interrupted
 
 EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}, {"type": "Normalize", "args": {"mean": [0.3], "std": [0.4]}}]
@@ -124,12 +124,11 @@ def test_device_loader_refuses_data_that_does_not_fit():
                          ids=["crop+flip", "affine"])
 def test_training_on_the_device_loader_resumes_exactly(tmp_path, augment):
     args = fast_args(tmp_path, DEVICE_LOADER.format(augment=augment), "trainer.save_every_steps=5")
-    reference = run_script("train.py", *args, "--run-id", "ref")
-    assert reference.returncode == 0, reference.stderr
+    assert train.main([*args, "--run-id", "ref"]) == 0  # in this process: only the killed run needs its own
     run = tmp_path / "models" / "digits_cnn" / "cut"
     result = interrupted("step:12", "KILL", *args, "--run-id", "cut")
     assert result.returncode == -signal.SIGKILL
-    assert run_script("train.py", "--resume", str(run)).returncode == 0
+    assert train.main(["--resume", str(run)]) == 0
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
 
 

@@ -54,12 +54,13 @@ def select_device(requested: str, n_gpu: int | None = None, local_rank: int | No
 
 
 def configure_backends(cudnn_benchmark: bool, deterministic: bool, matmul_precision: str) -> None:
-    """Apply the trainer's speed/reproducibility switches before any model or data is built."""
+    """Apply the trainer's speed/reproducibility switches before any model or data is built (each one set either
+    way, so that a run in a process where another ran before, e.g. tune.py's LR range test, gets its own)."""
     torch.set_float32_matmul_precision(matmul_precision)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         cudnn_benchmark = False
+    torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cudnn.deterministic = deterministic
 
