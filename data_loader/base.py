@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import torch
@@ -44,6 +45,16 @@ def loader_args(dataset: Dataset, batch_size: int, sampler: Any, with_seeds: boo
     return {"dataset": SeededDataset(dataset) if with_seeds else dataset, "batch_size": batch_size,
             "sampler": sampler, "collate_fn": collate, "generator": torch.Generator().manual_seed(seed),
             "worker_init_fn": leave_stop_signals_to_the_trainer if workers else None, **options}
+
+
+def batches_of(loader: Iterable) -> Iterator[Any]:
+    """The batches of `loader`, whose worker processes end as soon as an error in loading stops the loop (in a
+    notebook or a test process, the error's traceback would otherwise keep them alive long after)."""
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        getattr(iterator, "_shutdown_workers", lambda: None)()
 
 
 def leave_stop_signals_to_the_trainer(worker_id: int) -> None:

@@ -1,6 +1,7 @@
 """Shared helpers: run train.py / test.py on the bundled digits with small, fast settings."""
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -8,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import train  # noqa: F401  (torch, torchvision and the project, imported once for the whole session)
+
 REPO = Path(__file__).resolve().parents[1]
+
+# As the entry points do: the millions of objects these imports made stay out of every garbage collection, which
+# would otherwise walk them again and again during the runs the tests make in this process.
+gc.freeze()
 
 TO_FLOAT = "{type: ToDtype, args: {dtype: float32, scale: true}}"
 NORMALIZE = "{type: Normalize, args: {mean: [0.3], std: [0.4]}}"

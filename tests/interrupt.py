@@ -9,6 +9,7 @@ With `--group` the signal goes to the whole process group (DataLoader workers in
 `kill`, a job scheduler or Kubernetes send it; start the script in a session of its own.
 """
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -91,4 +92,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as train.py does: the imported modules stay out of every garbage collection
     sys.exit(main())

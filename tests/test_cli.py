@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+import test as test_script
 import train
 from utils.errors import reason
 
@@ -62,44 +63,44 @@ def test_broken_configs_give_one_message_exit_2_and_write_nothing(tmp_path, case
     assert [p.name for p in tmp_path.iterdir()] == (["broken.yaml"] if text is not None else [])
 
 
-def test_train_resume_and_test_as_subprocesses(tmp_path):
+def test_train_resume_and_test_as_subprocesses(tmp_path, capsys):
+    # The entry points as a user runs them: a process each (tests/test_classic_project.py runs them so too).
     save_dir = tmp_path / "saved"
     first = run_script("train.py", *fast_args(save_dir, "trainer.epochs=1", "--run-id", "cli"))
     assert first.returncode == 0, first.stderr
     assert "Evaluate with: python test.py --resume" in first.stdout
     assert "total" in first.stdout and "buffers" in first.stdout
     run = only_run(save_dir)
-    resumed = run_script("train.py", "--resume", str(run), "--epochs", "2")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "epoch 2/2" in resumed.stdout and "epoch 1/" not in resumed.stdout
+    assert train.main(["--resume", str(run), "--epochs", "2"]) == 0
+    resumed = capsys.readouterr().out
+    assert "epoch 2/2" in resumed and "epoch 1/" not in resumed
     tested = run_script("test.py", "--resume", str(run / "checkpoint-latest.pth"), "--device", "cpu")
     assert tested.returncode == 0, tested.stderr
     assert "on the test split: 360 samples" in tested.stdout
     broken = tmp_path / "broken.pth"
     broken.write_bytes((run / "checkpoint-latest.pth").read_bytes()[:1000])
-    failed = run_script("test.py", "--resume", str(broken))
-    assert failed.returncode == 2 and "broken.pth' is truncated or corrupt" in failed.stderr
-    assert "Traceback" not in failed.stderr
+    assert test_script.main(["--resume", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.pth' is truncated or corrupt" in err and "Traceback" not in err
 
 
-def test_classic_template_config_json_trains_without_edits(tmp_path):
+def test_classic_template_config_json_trains_without_edits(tmp_path, monkeypatch, capsys):
     write_mnist(tmp_path / "data")
     (tmp_path / "config.json").write_text(json.dumps(CLASSIC, indent=4))
-    result = run_script("train.py", "-c", "config.json", "trainer.epochs=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "Read the classic key n_gpu=1 as device: auto" in result.stdout
+    monkeypatch.chdir(tmp_path)  # the config's paths (data/, saved/) are relative, as a user runs it
+    assert train.main(["-c", "config.json", "trainer.epochs=2"]) == 0
+    assert "Read the classic key n_gpu=1 as device: auto" in capsys.readouterr().out
     run = only_run(tmp_path / "saved")
     assert (run / "model_best.pth").is_file() and list((tmp_path / "saved" / "log").glob("*/*/events.out.*"))
-    tested = run_script("test.py", "--resume", str(run / "model_best.pth"), cwd=tmp_path)
-    assert tested.returncode == 0, tested.stderr
-    assert "on the test split: 64 samples" in tested.stdout
+    assert test_script.main(["--resume", str(run / "model_best.pth"), "--no-report"]) == 0
+    assert "on the test split: 64 samples" in capsys.readouterr().out
 
 
-def test_missing_mnist_without_download_is_explained(tmp_path):
+def test_missing_mnist_without_download_is_explained(tmp_path, monkeypatch, capsys):
     (tmp_path / "config.json").write_text(json.dumps(CLASSIC))
-    result = run_script("train.py", "-c", "config.json", "data_loader.args.download=false", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "MNIST not found (or incomplete) under 'data/MNIST/raw' and download is off" in result.stderr
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["-c", "config.json", "data_loader.args.download=false"]) == 2
+    assert "MNIST not found (or incomplete) under 'data/MNIST/raw' and download is off" in capsys.readouterr().err
     assert not (tmp_path / "saved").exists()
 
 

@@ -12,11 +12,11 @@ from trainer.checkpoint import load_checkpoint
 
 from conftest import ORDINARY_LOADER, REPO
 
-# Three epochs of 20 steps, with random augmentation (RandomAffine) and dropout, so the data order and
+# Two epochs of 20 steps, with random augmentation (RandomAffine) and dropout, so the data order and
 # every random draw have to be replayed exactly.
 ARGS = ["-c", str(REPO / "configs" / "config.yaml"), ORDINARY_LOADER, "arch.args.width=8", "trainer.tensorboard=false",
-        "trainer.epochs=3", "trainer.save_every_steps=4", "trainer.monitor=min val_loss",
-        "data_loader.args.batch_size=64", "lr_scheduler.args.T_max=3"]
+        "trainer.epochs=2", "trainer.save_every_steps=4", "trainer.monitor=min val_loss",
+        "data_loader.args.batch_size=64", "lr_scheduler.args.T_max=2"]
 
 
 def interrupted(at: str, sig: str, *train_args: str, group: bool = False) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from data_loader.base import batches_of
 from trainer.checkpoint import class_names
 from trainer.hooks import ActivationStats
 from trainer.metric_tracker import batch_size
@@ -65,7 +66,7 @@ class Progress:
         wait = busy = 0.0
         samples = 0
         fetched = time.perf_counter()
-        for batch in loader:
+        for batch in batches_of(loader):
             started = time.perf_counter()
             wait += started - fetched
             yield batch

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from data_loader.base import batches_of
 from data_loader.batch_transforms import training_batch
 from data_loader.checks import take_bad_samples
 from trainer.checkpoint import LATEST
@@ -216,8 +217,8 @@ class Trainer(TrainingState):
         model.eval()
         tracker = MetricTracker(self.metrics, self.device)
         try:
-            for batch in tqdm(loader, desc=desc, leave=False, disable=None if self.dist.is_main else True,
-                              dynamic_ncols=True):
+            for batch in tqdm(batches_of(loader), total=len(loader), desc=desc, leave=False,
+                              disable=None if self.dist.is_main else True, dynamic_ncols=True):
                 if should_stop():
                     return None
                 batch = to_device(batch, self.device, self.cfg["channels_last"])
