@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,40 @@ def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 300, en
     fresh interpreter; `env` adds environment variables."""
     return subprocess.run([sys.executable, str(script_dir / script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def torchrun(capfd: pytest.CaptureFixture, *args: str, script: str = "train.py", cwd: Path = REPO,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 <script> <args>`, with torchrun's own launcher running in this process
+    (one torch import less than its command line): it starts the two worker processes as the command does, and stops
+    them after `timeout` seconds. What the launcher changes here (signal handlers, OMP_NUM_THREADS, the working folder)
+    is put back afterwards; the workers' output is read back through `capfd`."""
+    from torch.distributed import run as launcher
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    def too_long(signum, frame):
+        raise TimeoutError(f"torchrun {script} ran over {timeout} s")
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM)
+    handlers, environ, folder = {s: signal.getsignal(s) for s in handled}, dict(os.environ), os.getcwd()
+    capfd.readouterr()
+    signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(timeout)
+    try:
+        os.chdir(cwd)
+        launcher.main(["--standalone", "--nproc_per_node=2", str(cwd / script), *args])
+        code = 0
+    except ChildFailedError:
+        code = 1
+    finally:
+        signal.alarm(0)
+        os.chdir(folder)
+        os.environ.clear()
+        os.environ.update(environ)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["torchrun", script, *args], code, out, err)
 
 
 def only_run(save_dir: Path) -> Path:

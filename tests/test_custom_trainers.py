@@ -16,7 +16,7 @@ from trainer.factory import build_trainer
 from utils.config import Config
 from utils.errors import ConfigError
 
-from conftest import FAST, REPO, fast_args, run_script
+from conftest import FAST, REPO, fast_args, run_script, torchrun
 from test_exact_resume import ARGS, assert_same_state
 
 REGULARIZED = ["trainer.type=RegularizedTrainer", "trainer.args={l1: 1.0e-4, l2: 1.0e-3}"]
@@ -139,12 +139,10 @@ def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, tmp_p
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 @pytest.mark.parametrize("subclass", ["regularized", "dict"])
-def test_subclasses_train_under_two_process_ddp(project, tmp_path, subclass):
+def test_subclasses_train_under_two_process_ddp(project, tmp_path, subclass, capfd):
     extra = REGULARIZED if subclass == "regularized" else DICT_BATCHES
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(project / "train.py"), "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}",
-               *FAST, "trainer.epochs=1", *extra]
-    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
+    result = torchrun(capfd, "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}", *FAST,
+                      "trainer.epochs=1", *extra, cwd=project)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(next((tmp_path / "models" / "digits_cnn").iterdir()) / "checkpoint-latest.pth")
     assert state["world_size"] == 2 and state["config"]["trainer"]["type"] == extra[-2].split("=")[1]

@@ -1,8 +1,6 @@
 """DDP on the CPU: two processes under torchrun with gloo, on the bundled digits."""
 import re
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +10,7 @@ import test as test_script
 import train
 from trainer.checkpoint import load_checkpoint
 
-from conftest import REPO, fast_args, only_run
+from conftest import fast_args, only_run, torchrun
 from test_exact_resume import assert_same_state
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -23,13 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 SAME_GLOBAL_BATCH = ["data_loader.args.validation_split=221", "arch.args.dropout=0", "arch.args.batch_norm=false"]
 
 
-def torchrun(*args: str, script: str = "train.py", timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / script)]
-    return subprocess.run([*command, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, capsys):
-    two = torchrun(*fast_args(tmp_path / "two", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=32",
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, capfd):
+    two = torchrun(capfd, *fast_args(tmp_path / "two", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=32",
                               "trainer.monitor=min val_loss"))
     assert two.returncode == 0, two.stderr
     assert train.main(fast_args(tmp_path / "one", *SAME_GLOBAL_BATCH, "data_loader.args.batch_size=64")) == 0
@@ -44,57 +37,57 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ca
     # The 2-process checkpoint loads in a single process and reproduces the logged validation figures.
     logged = [line for line in two.stdout.splitlines() if line.startswith("epoch 2/2")][0]
     assert test_script.main(["--resume", str(run / "model_best.pth"), "--split", "val"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     for key in ("loss", "accuracy", "top_k_acc"):
         printed = float(re.search(rf"^  {key}\s+([\d.]+)$", out, re.M).group(1))
         assert f"{printed:.4f}" == re.search(rf"  val_{key} ([\d.]+)", logged).group(1)
 
 
-def test_two_processes_killed_and_resumed_end_identical(tmp_path, capsys):
+def test_two_processes_killed_and_resumed_end_identical(tmp_path, capfd):
     args = fast_args(tmp_path, "trainer.save_every_steps=4",
                      "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
                      "{type: ToDtype, args: {dtype: float32, scale: true}}]")
-    reference = torchrun(*args, "--run-id", "ref")
+    reference = torchrun(capfd, *args, "--run-id", "ref")
     assert reference.returncode == 0, reference.stderr
-    killed = torchrun("--at", "step:6", "--send", "KILL", "--", *args, "--run-id", "ddp", script="tests/interrupt.py")
+    killed = torchrun(capfd, "--at", "step:6", "--send", "KILL", "--", *args, "--run-id", "ddp", script="tests/interrupt.py")
     assert killed.returncode != 0
     run = tmp_path / "models" / "digits_cnn" / "ddp"
     assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
     # Resuming the 2-process checkpoint in one process re-derives the data position and says so.
     single = tmp_path / "single" / "models" / "digits_cnn" / "ddp"
     shutil.copytree(run, single)
-    capsys.readouterr()
+    capfd.readouterr()
     assert train.main(["--resume", str(single), "--epochs", "1"]) == 0
-    alone = capsys.readouterr().out
+    alone = capfd.readouterr().out
     assert "written by 2 process(es) with batch size 64, this run has 1 with 64" in alone and "(batch 8)" in alone
-    resumed = torchrun("--resume", str(run))
+    resumed = torchrun(capfd, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
 
 
-def test_a_failing_process_brings_the_run_down_with_its_message(tmp_path):
+def test_a_failing_process_brings_the_run_down_with_its_message(tmp_path, capfd):
     started = time.monotonic()
-    result = torchrun("--at", "fail-rank1:3", "--", *fast_args(tmp_path), script="tests/interrupt.py")
+    result = torchrun(capfd, "--at", "fail-rank1:3", "--", *fast_args(tmp_path), script="tests/interrupt.py")
     assert result.returncode != 0
     assert "error: [rank 1] Cannot read image 'images/0042.png'" in result.stdout + result.stderr
     assert time.monotonic() - started < 120
 
 
-def test_sigterm_stops_all_processes_with_a_checkpoint(tmp_path):
+def test_sigterm_stops_all_processes_with_a_checkpoint(tmp_path, capfd):
     args = fast_args(tmp_path, "--run-id", "stop", "trainer.log_step=2")
-    result = torchrun("--at", "step:5", "--send", "TERM", "--", *args, script="tests/interrupt.py")
+    result = torchrun(capfd, "--at", "step:5", "--send", "TERM", "--", *args, script="tests/interrupt.py")
     output = result.stdout + result.stderr
     assert "continue it with" in output, output
     state = load_checkpoint(tmp_path / "models" / "digits_cnn" / "stop" / "checkpoint-latest.pth")
     assert state["loop"]["global_step"] == 6  # the processes agree at the next logging step
-    assert torchrun("--resume", str(tmp_path / "models" / "digits_cnn" / "stop")).returncode == 0
+    assert torchrun(capfd, "--resume", str(tmp_path / "models" / "digits_cnn" / "stop")).returncode == 0
 
 
-def test_a_failure_on_rank_0_alone_stops_the_other_process_too(tmp_path):
+def test_a_failure_on_rank_0_alone_stops_the_other_process_too(tmp_path, capfd):
     taken = tmp_path / "models" / "digits_cnn" / "taken"
     taken.mkdir(parents=True)
     (taken / "checkpoint-latest.pth").write_bytes(b"an earlier run")
-    result = torchrun(*fast_args(tmp_path, "--run-id", "taken"), timeout=120)
+    result = torchrun(capfd, *fast_args(tmp_path, "--run-id", "taken"), timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "already exists and is not empty" in output
@@ -102,7 +95,7 @@ def test_a_failure_on_rank_0_alone_stops_the_other_process_too(tmp_path):
     assert (taken / "checkpoint-latest.pth").read_bytes() == b"an earlier run"
 
 
-def test_a_check_failing_on_one_process_stops_every_process_before_anything_is_written(tmp_path):
+def test_a_check_failing_on_one_process_stops_every_process_before_anything_is_written(tmp_path, capfd):
     from data_loader.base import split_indices
     from data_loader.datasets import CsvImageDataset
     from data_loader.sampling import ResumableSampler
@@ -117,7 +110,7 @@ def test_a_check_failing_on_one_process_stops_every_process_before_anything_is_w
     lines = (data / "labels.csv").read_text().splitlines()
     (data / "labels.csv").write_text("\n".join(f"{name},10,train" if line.startswith(f"{name},") else line
                                                for line in lines) + "\n")
-    result = torchrun(*train_args(tmp_path / "saved", data, "data_loader.args.num_classes=null"))
+    result = torchrun(capfd, *train_args(tmp_path / "saved", data, "data_loader.args.num_classes=null"))
     assert result.returncode != 0
     assert "[rank 1] A batch holds label 10, but the model gives 10 outputs" in result.stderr
     assert "[rank 0] Stopped because rank 1 failed; its message comes first in the output." in result.stderr

@@ -14,8 +14,7 @@ from trainer.ema import ModelEMA
 from trainer.restore import restore
 from trainer.trainer import Trainer
 
-from conftest import REPO, fast_args, only_run
-from test_distributed import torchrun
+from conftest import REPO, fast_args, only_run, torchrun
 
 EMA = "trainer.ema={decay: 0.999, every_steps: 3, warmup: 1}"
 
@@ -116,10 +115,10 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
-def test_ema_is_the_same_copy_in_every_ddp_process(tmp_path):
+def test_ema_is_the_same_copy_in_every_ddp_process(tmp_path, capfd):
     script = tmp_path / "keep_ema.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
-    result = torchrun(*fast_args(tmp_path, "trainer.epochs=1", "trainer.ema={decay: 0.9, every_steps: 2}"),
+    result = torchrun(capfd, *fast_args(tmp_path, "trainer.epochs=1", "trainer.ema={decay: 0.9, every_steps: 2}"),
                       script=str(script))
     assert result.returncode == 0, result.stderr
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
