@@ -1,4 +1,7 @@
 """export.py: each format loads in a fresh Python process without the project's code and gives the model's outputs."""
+import contextlib
+import importlib.util
+import io
 import subprocess
 import sys
 
@@ -17,17 +20,25 @@ LOADERS = {
     "exported": "run = torch.export.load(path).module()",
     "onnx": "import onnxruntime\n"
             "session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])\n"
-            "run = lambda x: torch.from_numpy(session.run(None, {'input': x.numpy()})[0])",
+            "run = lambda x, session=session: torch.from_numpy(session.run(None, {'input': x.numpy()})[0])",
 }
 
+# One fresh process loads every exported file (one torch import for all of them); each format's failure is its own.
 FRESH_PROCESS = """
-import importlib.util, sys
+import importlib.util, sys, traceback
 import torch
 assert importlib.util.find_spec("trainer") is None and importlib.util.find_spec("data_loader") is None, sys.path
-path = sys.argv[1]
-{loader}
-torch.save(run(torch.load("input.pt")), "output.pt")
+for fmt, path, loader in {files!r}:
+    try:
+        exec(loader)
+        torch.save(run(torch.load("input.pt")), f"output-{{fmt}}.pt")
+    except Exception:
+        open(f"error-{{fmt}}.txt", "w").write(traceback.format_exc())
 """
+
+
+def onnx_packages_missing() -> list[str]:
+    return [package for package in export.ONNX_PACKAGES if importlib.util.find_spec(package) is None]
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +48,41 @@ def run_folder(tmp_path_factory):
     return only_run(save_dir)
 
 
-@pytest.mark.parametrize("fmt", LOADERS)
-def test_exported_file_runs_without_project_code_and_matches_the_model(run_folder, tmp_path, fmt, capsys):
-    if fmt == "onnx":
-        for package in export.ONNX_PACKAGES:
-            pytest.importorskip(package)
-    assert export.main(["--resume", str(run_folder), "--format", fmt]) == 0
-    out = capsys.readouterr().out
-    path = run_folder / ("model_best" + export.SUFFIXES[fmt])
-    assert f"Wrote {path} ({fmt}, DigitsCNN, raw weights). Max abs difference" in out and "(tolerance " in out, out
-
+@pytest.fixture(scope="module")
+def exported(run_folder, tmp_path_factory):
+    """Every format that can be written here, exported by export.py, then loaded in a fresh Python process without
+    the project's code: what export.py printed and its exit code, per format, and the folder of the outputs."""
+    printed, files = {}, []
+    for fmt in LOADERS:
+        if fmt == "onnx" and onnx_packages_missing():
+            continue
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            printed[fmt] = export.main(["--resume", str(run_folder), "--format", fmt]), out.getvalue()
+        files.append((fmt, str(run_folder / ("model_best" + export.SUFFIXES[fmt])), LOADERS[fmt]))
+    folder = tmp_path_factory.mktemp("fresh")
     trained = restore(run_folder, device="cpu")
     inputs = next(iter(eval_loader(trained, "test")))[0][:5]  # not the export's batch size
     with torch.no_grad():
-        expected = trained.model(inputs)
-    torch.save(inputs, tmp_path / "input.pt")
-    fresh = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS.format(loader=LOADERS[fmt]), str(path)],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        torch.save(trained.model(inputs), folder / "expected.pt")
+    torch.save(inputs, folder / "input.pt")
+    fresh = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS.format(files=files)], cwd=folder,
+                           capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 0, fresh.stderr
-    torch.testing.assert_close(torch.load(tmp_path / "output.pt"), expected, rtol=1e-4, atol=1e-5)
+    return printed, folder
+
+
+@pytest.mark.parametrize("fmt", LOADERS)
+def test_exported_file_runs_without_project_code_and_matches_the_model(run_folder, exported, fmt):
+    if fmt == "onnx" and onnx_packages_missing():
+        pytest.skip(f"{', '.join(onnx_packages_missing())} not installed")
+    printed, folder = exported
+    code, out = printed[fmt]
+    path = run_folder / ("model_best" + export.SUFFIXES[fmt])
+    assert code == 0 and f"Wrote {path} ({fmt}, DigitsCNN, raw weights). Max abs difference" in out, out
+    assert "(tolerance " in out, out
+    assert not (folder / f"error-{fmt}.txt").exists(), (folder / f"error-{fmt}.txt").read_text()
+    torch.testing.assert_close(torch.load(folder / f"output-{fmt}.pt"), torch.load(folder / "expected.pt"),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_outputs_that_differ_fail_the_export_and_remove_the_file(run_folder, tmp_path, monkeypatch, capsys):
