@@ -99,33 +99,39 @@ def test_the_weight_penalty_is_added_to_the_training_loss_only():
         small_trainer("trainer.type=RegularizedTrainer", "trainer.args={l3: 1}")
 
 
-def test_dict_batches_name_the_missing_key(project, tmp_path):
-    result = run_script("train.py", "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}",
-                        *FAST, *DICT_BATCHES, "trainer.args.target=digit", cwd=project, script_dir=project)
-    assert result.returncode == 2 and not tmp_path.joinpath("models").exists()
-    assert "DictBatchTrainer: the batch has no 'digit' (it holds image, brightness, label)" in result.stderr
+@pytest.fixture
+def user_code(monkeypatch):
+    """The project copy's user code in this process too (one torch import less than a train.py process): its classes
+    set into this repository's data_loader/data_loaders.py and model/model.py modules as if defined there."""
+    import data_loader.data_loaders
+    import model.model
+
+    for module, text in ((data_loader.data_loaders, DATA_LOADERS), (model.model, MODEL)):
+        namespace = {"__name__": module.__name__}
+        exec(textwrap.dedent(text), namespace)
+        for name, obj in namespace.items():
+            if getattr(obj, "__module__", None) == module.__name__:
+                monkeypatch.setattr(module, name, obj, raising=False)
+
+
+def test_dict_batches_name_the_missing_key(user_code, tmp_path, capsys):
+    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}", *FAST, *DICT_BATCHES]
+    assert train.main([*args, "trainer.args.target=digit"]) == 2 and not tmp_path.joinpath("models").exists()
+    assert "DictBatchTrainer: the batch has no 'digit' (it holds image, brightness, label)" in capsys.readouterr().err
 
 
 def killed_and_resumed(folder, tmp_path, *extra):
     """Train uninterrupted, then again with a SIGKILL at step 7 of the epoch's 20 and a resume; the two final
-    checkpoints. In this repository the uninterrupted run and the resume run in this process (a torch import less
-    each); a project copy's own code needs processes of its own."""
+    checkpoints. The killed run is a process of its own, started in `folder` (this repository or a project copied
+    from it); the uninterrupted run and the resume run in this process."""
     args = [*ARGS, "trainer.epochs=1", "lr_scheduler.args.T_max=1", *extra]
-
-    def train_py(*train_args):
-        if folder == REPO:
-            assert train.main(list(train_args)) == 0
-        else:
-            result = run_script("train.py", *train_args, cwd=folder, script_dir=folder)
-            assert result.returncode == 0, result.stderr
-
-    train_py(*args, f"trainer.save_dir={tmp_path}", "--run-id", "ref")
+    assert train.main([*args, f"trainer.save_dir={tmp_path}", "--run-id", "ref"]) == 0
     killed = subprocess.run([sys.executable, str(folder / "tests" / "interrupt.py"), "--at", "step:7", "--send", "KILL",
                              "--", *args, f"trainer.save_dir={tmp_path}", "--run-id", "killed"], cwd=folder,
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     runs = tmp_path / "models" / "digits_cnn"
-    train_py("--resume", str(runs / "killed"))
+    assert train.main(["--resume", str(runs / "killed")]) == 0
     return runs / "ref" / "checkpoint-latest.pth", runs / "killed" / "checkpoint-latest.pth"
 
 
@@ -133,7 +139,7 @@ def test_regularized_trainer_resumes_bit_identically_after_sigkill(tmp_path):
     assert_same_state(*killed_and_resumed(REPO, tmp_path, *REGULARIZED))
 
 
-def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, tmp_path):
+def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, user_code, tmp_path):
     assert_same_state(*killed_and_resumed(project, tmp_path, *DICT_BATCHES))
 
 
