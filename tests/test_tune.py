@@ -20,7 +20,7 @@ from utils.search import random_trials, split_items
 
 from conftest import REPO, fast_args
 
-GRID = ["--grid", "optimizer.args.lr=1e-3,1e-2", "--search-id", "s"]
+GRID = ["--grid", "optimizer.args.lr=1e-3,3e-3,1e-2", "--search-id", "s"]
 
 
 def search_folder(save_dir):
@@ -34,7 +34,7 @@ def started_trials(stdout: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """A grid search of two trials killed during its second trial, then continued. One search serves both tests
+    """A grid search of three trials killed during its second trial, then continued. One search serves both tests
     below: each trial is a train.py process, and a test suite on two CPU cores cannot afford many."""
     save_dir = tmp_path_factory.mktemp("tune") / "saved"
     folder = search_folder(save_dir)
@@ -62,14 +62,14 @@ def grid(tmp_path_factory):
 def test_grid_search_writes_a_run_per_combination_and_ranks_them(grid):
     save_dir, _, _, resumed = grid
     folder = search_folder(save_dir)
-    trials = ["trial-000", "trial-001"]
+    trials = ["trial-000", "trial-001", "trial-002"]
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == trials
     with open(folder / "results.csv") as f:
         rows = list(csv.DictReader(f))
     best = {t: load_checkpoint(folder / t / "checkpoint-latest.pth")["monitor"]["best"] for t in trials}
     assert [float(row["val_accuracy"]) for row in rows] == [best[row["trial"]] for row in rows]
     assert [best[row["trial"]] for row in rows] == sorted(best.values(), reverse=True)
-    assert {float(row["optimizer.args.lr"]) for row in rows} == {1e-3, 1e-2}
+    assert {float(row["optimizer.args.lr"]) for row in rows} == {1e-3, 3e-3, 1e-2}
     assert all(row["status"] == "done" and row["epochs"] == "2" for row in rows)
     printed = re.findall(r"^\d+\s+(trial-\d{3})\s+done", resumed, re.M)
     assert printed == [row["trial"] for row in rows]
@@ -77,7 +77,7 @@ def test_grid_search_writes_a_run_per_combination_and_ranks_them(grid):
     # Each trial is an ordinary run with its values; its log folder holds its history and HParams summary.
     config = yaml.safe_load((folder / "trial-001" / "config.yaml").read_text())
     assert config["name"] == "digits_cnn_tune/s"
-    assert config["optimizer"]["args"]["lr"] == 1e-2
+    assert config["optimizer"]["args"]["lr"] == 3e-3
     for trial in trials:
         log_dir = save_dir / "log" / "digits_cnn_tune" / "s" / trial
         history = [json.loads(line) for line in (log_dir / "history.jsonl").read_text().splitlines()]
@@ -89,13 +89,13 @@ def test_grid_search_writes_a_run_per_combination_and_ranks_them(grid):
 def test_search_killed_after_a_trial_runs_only_the_rest(grid, capsys):
     save_dir, killed, finished, resumed = grid
     folder = search_folder(save_dir)
-    assert [t["status"] for t in killed["trials"]] == ["done", "running"]
-    assert started_trials(resumed) == ["trial-001"]
-    assert "trial-001  optimizer.args.lr=0.01  (continued from its checkpoint)" in resumed
+    assert [t["status"] for t in killed["trials"]] == ["done", "running", "pending"]
+    assert started_trials(resumed) == ["trial-001", "trial-002"]
+    assert "trial-001  optimizer.args.lr=0.003  (continued from its checkpoint)" in resumed
     assert "Resuming trial-001" in (save_dir / "log" / "digits_cnn_tune" / "s" / "trial-001" / "train.log").read_text()
     assert {t: (folder / t / "checkpoint-latest.pth").stat().st_mtime_ns for t in finished} == finished
     state = json.loads((folder / "search.json").read_text())
-    assert [(t["status"], t["epochs"]) for t in state["trials"]] == [("done", 2)] * 2
+    assert [(t["status"], t["epochs"]) for t in state["trials"]] == [("done", 2)] * 3
     assert tune.main(["--resume", str(folder)]) == 0
     assert started_trials(capsys.readouterr().out) == []
 
