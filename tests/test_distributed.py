@@ -10,7 +10,7 @@ import test as test_script
 import train
 from trainer.checkpoint import load_checkpoint
 
-from conftest import fast_args, only_run, torchrun
+from conftest import REPO, fast_args, only_run, torchrun
 from test_exact_resume import assert_same_state
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -116,3 +116,73 @@ def test_a_check_failing_on_one_process_stops_every_process_before_anything_is_w
     assert "[rank 0] Stopped because rank 1 failed; its message comes first in the output." in result.stderr
     assert "Connection closed by peer" not in result.stderr  # rank 0 did not go on and lose its partner
     assert not (tmp_path / "saved").exists()
+
+
+ACCUMULATION_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+import torch, train
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from trainer.trainer import Trainer
+
+init, train_batch, training_step, fit = Trainer.__init__, Trainer.train_batch, Trainer.training_step, Trainer.fit
+average = Trainer._average_gradients
+reductions, after, averaged = [0], [], {{}}
+
+def count(state, bucket):  # DDP's own all-reduce of a gradient bucket, counted
+    reductions[0] += 1
+    return allreduce_hook(state, bucket)
+
+def init_with_hook(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.train_model.register_comm_hook(None, count)
+
+def counted_batch(self, batch):
+    after.append(reductions[0]) if not after else None
+    train_batch(self, batch)
+    after.append(reductions[0])
+
+def poisoned_step(self, model, batch):  # a NaN loss on the last batch of the second window, in every process
+    step = training_step(self, model, batch)
+    return step._replace(loss=step.loss * float("nan")) if not self.checking and self.batch_idx == 3 else step
+
+def kept_average(self):
+    averaged["local"] = {{n: p.grad.clone() for n, p in self.model.named_parameters()}}
+    average(self)
+    averaged["mean"] = {{n: p.grad.clone() for n, p in self.model.named_parameters()}}
+
+def fit_and_keep(self, run):
+    result = fit(self, run)
+    params = {{name: p.detach().clone() for name, p in self.model.named_parameters()}}
+    torch.save({{"after": after, "params": params, **averaged}}, f"{out}/rank{{self.dist.rank}}.pt")
+    return result
+
+Trainer.__init__, Trainer.train_batch, Trainer.training_step, Trainer.fit = (
+    init_with_hook, counted_batch, poisoned_step, fit_and_keep)
+Trainer._average_gradients = kept_average
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_accumulation_averages_gradients_across_processes_once_per_window(tmp_path, capfd):
+    script = tmp_path / "count_reductions.py"
+    script.write_text(ACCUMULATION_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
+    result = torchrun(capfd, *fast_args(tmp_path, "trainer.epochs=1", "trainer.accumulate_grad_batches=2",
+                                        "trainer.on_nan=skip_batch"), script=str(script))
+    assert result.returncode == 0, result.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    after = ranks[0]["after"]
+    steps = [b - a for a, b in zip(after, after[1:])]  # all-reduces in each batch's backward
+    per_sync = steps[1]
+    # Only the last batch of each window of 2 synchronises. Batch 4 is left out: DDP still expects the backward that
+    # batch 3's forward prepared, so it may average batch 4's gradients at once (the same result: an average is linear).
+    expected = [per_sync if i % 2 == 1 or i == len(steps) - 1 else 0 for i in range(len(steps))]
+    expected[3] = 0
+    assert per_sync > 0 and len(steps) > 6 and steps[:4] + steps[5:] == expected[:4] + expected[5:], steps
+    # Batch 3 was skipped in every process, so batch 2's gradients, kept local, are averaged as DDP would.
+    for name, local in ranks[0]["local"].items():
+        mean = (local + ranks[1]["local"][name]) / 2
+        for rank in ranks:
+            torch.testing.assert_close(rank["mean"][name], mean)
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name

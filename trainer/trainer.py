@@ -9,6 +9,7 @@ To change what a step computes, subclass `Trainer`, override `forward`, `compute
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -161,14 +162,19 @@ class Trainer(TrainingState):
         """Forward, loss and backward of one batch; an optimizer step once the accumulation window is full."""
         window_start = self.batch_idx - self.batch_idx % self.accumulate
         window = min(self.accumulate, len(self.train_loader) - window_start)
+        last = self.batch_idx - window_start == window - 1
         if self.batch_idx == window_start:
             self.optimizer.zero_grad(set_to_none=True)
             self.window_has_grad = False
-        with self.progress.watch(batch, self.epoch, self.global_step, self.batch_idx == window_start):
+        # Under DDP the processes average their gradients once per window, in the backward of its last batch.
+        local = self.train_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+        with self.progress.watch(batch, self.epoch, self.global_step, self.batch_idx == window_start), local:
             with autocast(self.device, self.amp_dtype):
                 step = self.training_step(self.train_model, batch)
             if self.cfg["on_nan"] == "skip_batch" and self._any_rank(~torch.isfinite(step.loss)):
                 self.progress.skipped_batches += 1
+                if last and self.window_has_grad and self.dist.enabled:
+                    self._average_gradients()  # the window's earlier batches kept theirs local
             else:
                 self.scaler.scale(step.loss / window if window > 1 else step.loss).backward()
                 self.tracker.update(*step)
@@ -294,6 +300,12 @@ class Trainer(TrainingState):
         both = distributed.all_reduce(torch.tensor([signum or 0, int(flag)], device=self.device), op="max")
         signum, flag = both.tolist()
         return signum or None, bool(flag)
+
+    def _average_gradients(self) -> None:
+        """What DDP's backward does: every gradient becomes its mean over the processes."""
+        for param in self.model.parameters():
+            if param.grad is not None:
+                distributed.all_reduce(param.grad).div_(self.dist.world_size)
 
     def _any_rank(self, flag: torch.Tensor) -> bool:
         """Whether `flag` holds on any process (so that all of them skip the same batch)."""
