@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.restore import add_ema_argument, eval_loader, restore
+from trainer.restore import add_ema_argument, check_one_input, eval_loader, restore
 from utils.errors import ExportError, report_errors
 from utils.log import setup_logging
 
@@ -105,6 +105,7 @@ def run_export(args: argparse.Namespace) -> float:
     if args.format == "onnx":
         check_onnx_packages()
     trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
+    check_one_input(trained, "export.py")
     model, arch = trained.model, trained.config["arch"]["type"]
     inputs = next(iter(eval_loader(trained, "test")))[0].to(trained.device)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
 from trainer.checkpoint import atomic_write, class_names
-from trainer.restore import Restored, add_ema_argument, rebuilt_data, restore
+from trainer.restore import Restored, add_ema_argument, check_one_input, rebuilt_data, restore
 from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors
@@ -149,6 +149,7 @@ def summary(header: list[str], rows: list[list[Any]], outputs: torch.Tensor) -> 
 def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     output = check_args(args)
     trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
+    check_one_input(trained, "predict.py")
     data = rebuilt_data(trained, training=False)
     source = data.source if isinstance(data, DeviceDataLoader) else data
     inputs = make_inputs(source, args.paths)

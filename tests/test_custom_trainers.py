@@ -199,3 +199,29 @@ def test_a_classic_train_epoch_override_is_refused_not_ignored(tmp_path, monkeyp
     assert train.main(fast_args(tmp_path, "trainer.type=ClassicTrainer")) == 2
     assert "overrides _train_epoch, the classic template's BaseTrainer method" in capsys.readouterr().err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_predict_and_export_refuse_a_model_fed_another_way(user_code, tmp_path, capsys):
+    import export
+    import predict
+    from model.model import TwoInputNet
+    from trainer.restore import Restored, check_one_input
+
+    run = tmp_path / "models" / "digits_cnn" / "d"
+    assert train.main(fast_args(tmp_path, *DICT_BATCHES, "trainer.epochs=1", "--run-id", "d")) == 0
+    files = sorted(p.name for p in run.iterdir())
+    image = str(REPO / "data" / "digits" / "images" / "0001.png")
+    capsys.readouterr()
+    assert predict.main(["--resume", str(run), image, "--output", str(tmp_path / "predictions.csv")]) == 2
+    assert export.main(["--resume", str(run), "--format", "exported"]) == 2
+    err = capsys.readouterr().err
+    for script in ("predict.py", "export.py"):
+        assert f"error: {script} gives the model one input tensor per batch, model(x), but its trainer " \
+               "DictBatchTrainer overrides forward" in err, err
+    assert "Traceback" not in err and sorted(p.name for p in run.iterdir()) == files
+    assert not (tmp_path / "predictions.csv").exists()
+    # The template's own Trainer, with a model that takes two inputs.
+    config = Config.load(REPO / "configs" / "config.yaml", ["arch.type=TwoInputNet"])
+    restored = Restored(run / "model_best.pth", {}, config, torch.device("cpu"), TwoInputNet(), "raw")
+    with pytest.raises(ConfigError, match=r"but its model TwoInputNet takes 2 inputs \(image, brightness\)"):
+        check_one_input(restored, "predict.py")

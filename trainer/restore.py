@@ -6,6 +6,7 @@ EMA of the weights when the checkpoint holds one, trainer/ema.py) and its data t
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from trainer.trainer import Trainer
 from utils.config import Config, read_config_file
 from utils.device import select_device
 from utils.errors import CheckpointError, ConfigError, reason
+from utils.registry import lookup
 from utils.rng import seed_everything
 
 
@@ -79,6 +81,24 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
                               f"{reason(e)}") from None
     torch_device = select_device(config["device"])
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval(), which)
+
+
+def check_one_input(trained: Restored, script: str) -> None:
+    """predict.py and export.py give the model one tensor, `model(x)`, as the template's `Trainer.forward` does
+    with `(input, target)` batches; refuse, before anything runs, a run whose model is fed another way."""
+    name, arch = trained.config["trainer"]["type"], trained.config["arch"]["type"]
+    if lookup(name, "trainer", "trainer.type", trained.config.source).forward is not Trainer.forward:
+        how = f"its trainer {name} overrides forward (its batches are not (input, target))"
+    else:
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        needed = [p.name for p in inspect.signature(trained.model.forward).parameters.values()
+                  if p.kind in kinds and p.default is inspect.Parameter.empty]
+        if len(needed) <= 1:
+            return
+        how = f"its model {arch} takes {len(needed)} inputs ({', '.join(needed)})"
+    raise ConfigError(f"{script} gives the model one input tensor per batch, model(x), but {how}. Load the model "
+                      f"with trainer.restore.restore('{trained.path}') (its .model is ready, in eval mode) and feed "
+                      "it as your trainer's forward does.")
 
 
 def rebuilt_data(trained: Restored, training: bool = True) -> Any:
