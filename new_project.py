@@ -3,20 +3,21 @@
 Copies the template without run outputs, caches, virtual environments or git history, and refuses to write
 into a folder that is not empty.
 """
+import argparse
 import shutil
 import sys
 from pathlib import Path
 
 IGNORE = shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv",
                                 "*.pyc", "*.egg-info", "MNIST", "FashionMNIST", "KMNIST", "cifar-10-batches-py",
-                                "cifar-100-python", "*.tar.gz")
+                                "cifar-100-python", "*.tar.gz", "predictions.csv")
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python new_project.py <new project folder>", file=sys.stderr)
-        return 2
-    source, target = Path(__file__).resolve().parent, Path(argv[0]).resolve()
+    parser = argparse.ArgumentParser(description="Start a new project: a clean copy of this template.")
+    parser.add_argument("folder", help="the new project's folder (new, or empty), outside this template")
+    args = parser.parse_args(argv)  # -h prints the usage; an unknown option exits 2, as a folder is never made of it
+    source, target = Path(__file__).resolve().parent, Path(args.folder).resolve()
     if target.exists() and any(target.iterdir()):
         print(f"error: '{target}' exists and is not empty; choose a new folder.", file=sys.stderr)
         return 2

@@ -115,6 +115,11 @@ def test_new_project_copies_a_clean_template(tmp_path):
         assert not list(target.rglob(name)), name
     again = run_script("new_project.py", str(target))
     assert again.returncode == 2 and "not empty" in again.stderr
+    # An option is never taken for the new folder's name, even outside the template.
+    helped = run_script("new_project.py", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "usage: new_project.py [-h] folder" in helped.stdout
+    assert run_script("new_project.py", "--folder", "x", cwd=tmp_path).returncode == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_project"]
 
 
 def test_reason_keeps_one_readable_line_of_any_exception():
