@@ -1,6 +1,9 @@
 """Check before writing: one batch goes through the model, the loss, the metrics and backward before the run
 folder exists, so mismatches stop with one message, exit code 2 and nothing written; and the check leaves no
 trace in the run."""
+import copy
+
+import pytest
 import torch
 
 import train
@@ -101,3 +104,32 @@ def test_the_check_puts_back_buffers_gradients_and_random_state():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(rng, torch.get_rng_state()) and model.training
+
+
+def test_a_scheduler_that_cannot_step_is_refused_before_writing(save_dir, capsys):
+    err = refused(save_dir, capsys, "lr_scheduler.args.T_max=abc")
+    assert "command line's lr_scheduler.args.T_max=abc: lr_scheduler 'CosineAnnealingLR' fails on its first step" in err
+
+
+@pytest.mark.parametrize("scheduler", [
+    "lr_scheduler={type: CosineAnnealingLR, args: {T_max: 3}, warmup: {epochs: 2}}",
+    "lr_scheduler={type: ReduceLROnPlateau, args: {factor: 0.5, patience: 0}}",
+    "lr_scheduler={type: OneCycleLR, args: {max_lr: 0.01, total_steps: 40}, interval: step}",
+])
+def test_the_scheduler_step_of_the_check_is_put_back(scheduler):
+    from trainer.scheduler import build_lr_scheduler
+
+    config = Config.load(REPO / "configs" / "config.yaml", [*FAST, scheduler])
+    data = build_data_loader(config["data_loader"], config["seed"])
+    model = build_model(config)
+    optimizer = build_optimizer(config, model)
+    lr_scheduler = build_lr_scheduler(config, optimizer)
+    trainer = build_trainer(config, model=model, criterion=build_criterion(config), metrics=build_metrics(config),
+                            optimizer=optimizer, device=torch.device("cpu"), train_loader=data.train_loader(),
+                            val_loader=data.val_loader(), lr_scheduler=lr_scheduler)
+    state, lrs = copy.deepcopy(lr_scheduler.state_dict()), [group["lr"] for group in optimizer.param_groups]
+    preflight.check_one_batch(trainer, 10)
+    assert lr_scheduler.state_dict() == state and [group["lr"] for group in optimizer.param_groups] == lrs
+    if "Plateau" not in scheduler:  # PyTorch warns at a schedule's first step only: the check's step left no count
+        with pytest.warns(UserWarning, match=r"lr_scheduler.step\(\)` before `optimizer.step\(\)"):
+            lr_scheduler.step()

@@ -1,24 +1,27 @@
 """Check before writing: one batch of the training data goes through the training step (model and loss), the
-metrics and backward before the run folder is created, so that a model that does not fit its data, a label
-outside the model's classes, or a metric of the wrong kind stops with one message and writes nothing.
+metrics and backward, and the LR scheduler takes one step, before the run folder is created, so that a model that
+does not fit its data, a label outside the model's classes, a metric of the wrong kind or a scheduler that cannot
+step stops with one message and writes nothing.
 
-The check leaves no trace: the random state, BatchNorm statistics, gradients and the data order are as they were,
-so a run with it is bit-identical to one without it.
+The check leaves no trace: the random state, BatchNorm statistics, gradients, learning rates and the data order are
+as they were, so a run with it is bit-identical to one without it.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 import warnings
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from data_loader.batch_transforms import training_batch
 from trainer.metric_tracker import as_scalar
 from utils.device import autocast
-from utils.errors import ConfigError, TemplateError, reason
+from utils.errors import ConfigError, TemplateError, blame, reason
 from utils.rng import get_rng_state, set_rng_state
 
 
@@ -55,6 +58,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                                   f"target {describe(step.target)}: {reason(e)}. Fix the function or remove it from "
                                   "the config's metrics.") from None
         step.loss.backward()
+        check_scheduler(trainer)
     finally:
         trainer.criterion, trainer.checking = criterion, False
         with torch.no_grad():
@@ -66,6 +70,29 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
         set_rng_state(rng)
         if getattr(loader, "bad_samples", None) is not None:
             loader.bad_samples.take()  # samples the check skipped are counted again in the epoch
+
+
+def check_scheduler(trainer: Any) -> None:
+    """One step of the LR scheduler, then its state and the learning rates put back: args its constructor takes
+    but cannot use (`T_max: abc`) fail here, not at the end of the first epoch."""
+    scheduler, optimizer = trainer.lr_scheduler, trainer.optimizer
+    if scheduler is None:
+        return
+    state = copy.deepcopy(scheduler.state_dict())
+    groups = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": this step is a trial
+            scheduler.step(0.0) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
+    except Exception as e:
+        name = trainer.config["lr_scheduler"]["type"]
+        raise ConfigError(f"{blame(trainer.config.source, 'lr_scheduler.args')}: lr_scheduler '{name}' fails on its "
+                          f"first step: {reason(e)}. Check lr_scheduler.args (the scheduler's numbers must be "
+                          "numbers). Nothing was written.") from None
+    finally:
+        scheduler.load_state_dict(state)
+        for group, saved in zip(optimizer.param_groups, groups):
+            group.update(saved)
 
 
 def first_batch(loader: Any) -> Any:
