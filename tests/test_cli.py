@@ -17,7 +17,7 @@ BROKEN = {
     "yaml syntax": ("arch:\n  type: DigitsCNN\n   args: {}\n", [], r"line 3, column \d+: invalid YAML"),
     "unknown type": (None, ["arch.type=ResNet9000"], "unknown arch type 'ResNet9000'"),
     "wrong args": (None, ["optimizer.args.momentum_typo=0.9"], "wrong args for optimizer type 'AdamW'"),
-    "unknown key": (None, ["trainer.epoch=3"], "unknown key 'trainer.epoch'.*Did you mean 'epochs'"),
+    "unknown key": (None, ["trainer.epoch=3"], "unknown key 'trainer.epoch'.*Did you mean 'trainer.epochs'"),
     "missing data": (None, ["data_loader.args.data_dir=no/such/folder"], "Data folder 'no/such/folder' not found"),
     "unlogged monitor": (None, ["trainer.monitor=max val_f1"],
                          r"command line \(trainer.monitor=max val_f1\): trainer.monitor names 'val_f1', which is not logged"),

@@ -59,14 +59,15 @@ def test_short_flags_set_their_keys(tmp_path):
 
 
 def test_unknown_override_key_is_refused_with_a_suggestion(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.epoch'.*Did you mean 'epochs'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.epoch'.*Did you mean 'trainer\.epochs'"):
         Config.load(write(tmp_path, MINIMAL), ["trainer.epoch=5"])
     with pytest.raises(ConfigError, match="key.path=value"):
         Config.load(write(tmp_path, MINIMAL), ["trainer.epochs"])
 
 
 def test_unknown_key_in_file_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.early_stopping'.*'early_stop'"):
+    # The suggestion is the whole key, as it would be typed.
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer\.early_stopping'\. Did you mean 'trainer\.early_stop'\?"):
         Config.load(write(tmp_path, MINIMAL + "trainer: {early_stopping: 3}\n"))
 
 
@@ -104,6 +105,10 @@ def test_wrong_args_name_the_key_and_the_accepted_arguments(tmp_path):
         config.init_obj("arch")
     config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.lr=-1"])
     with pytest.raises(ConfigError, match=r"optimizer type 'Adam' refused its arguments: Invalid learning rate"):
+        config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
+    config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.lr=abc"])
+    with pytest.raises(ConfigError, match=r"refused its arguments: .*\. optimizer\.args\.lr is 'abc': text where a "
+                                          r"number is expected\. Check optimizer\.args\."):
         config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
 
 

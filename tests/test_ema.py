@@ -137,7 +137,7 @@ def test_ema_switches_are_checked():
     assert config["trainer"]["ema"] == {"decay": 0.99998, "every_steps": 32, "warmup": 0}
     for override, message in (("trainer.ema={decay: 1.5}", "'trainer.ema.decay' must be a number in [0, 1)"),
                               ("trainer.ema={every_steps: 0}", "'trainer.ema.every_steps' must be a whole number >= 1"),
-                              ("trainer.ema={decy: 0.9}", "unknown key 'trainer.ema.decy'. Did you mean 'decay'?")):
+                              ("trainer.ema={decy: 0.9}", "unknown key 'trainer.ema.decy'. Did you mean 'trainer.ema.decay'?")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             Config.load(REPO / "configs" / "config.yaml", [override])
 

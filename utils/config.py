@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Collection, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -197,7 +197,7 @@ def _merge_defaults(user: dict[str, Any], defaults: dict[str, Any], where: str, 
     for k in user:
         close = difflib.get_close_matches(str(k), list(defaults), n=1, cutoff=0.8)
         if k not in defaults and (where or close):
-            raise ConfigError(f"{source}: unknown key '{where}{k}'.{suggest(str(k), list(defaults))} "
+            raise ConfigError(f"{source}: unknown key '{where}{k}'.{suggest(str(k), list(defaults), where)} "
                               f"Known keys here: {', '.join(defaults)}.")
     merged = {}
     for key, default in defaults.items():
@@ -326,7 +326,7 @@ def _optional_section(parent: dict[str, Any], key: str, source: str) -> dict[str
         raise ConfigError(f"{source}: '{key}' must be null or a mapping of {', '.join(defaults)}; got {value!r}.")
     for k in value:
         if k not in defaults:
-            raise ConfigError(f"{source}: unknown key '{key}.{k}'.{suggest(str(k), list(defaults))} "
+            raise ConfigError(f"{source}: unknown key '{key}.{k}'.{suggest(str(k), list(defaults), key + '.')} "
                               f"Known keys here: {', '.join(defaults)}.")
     parent[name] = {**defaults, **value}
     return parent[name]
@@ -387,7 +387,7 @@ def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str
             raise ConfigError(f"{source}: cannot set '{dotted}': '{'.'.join(parts[:depth])}' is not a mapping.")
         elif part not in node and not (last and parts[depth - 1:depth] == ["args"]):
             raise ConfigError(f"{source}: unknown key '{here}' in the override '{dotted}=...'."
-                              f"{suggest(part, [str(k) for k in node])} "
+                              f"{suggest(part, [str(k) for k in node], here[:len(here) - len(part)])} "
                               "Only keys under an 'args' mapping may be added; see docs/config.md (config reference).")
         if last:
             node[part] = value
@@ -514,8 +514,20 @@ def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str,
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {reason(e)}. "
-                          f"Check {key}.args.") from None
+        raise ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {reason(e)}."
+                          f"{_text_for_numbers(factory, kwargs, key)} Check {key}.args.") from None
+
+
+def _text_for_numbers(factory: Callable[..., Any], kwargs: dict[str, Any], key: str) -> str:
+    """A sentence naming each arg given as text whose default is a number (`optimizer.args.lr is 'abc'`): the usual
+    cause of a constructor's TypeError, whose own message names Python types rather than the key."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return ""
+    texts = [f"{key}.args.{arg} is {value!r}: text where a number is expected" for arg, value in kwargs.items()
+             if isinstance(value, str) and arg in params and type(params[arg].default) in (int, float)]
+    return f" {'; '.join(texts)}." if texts else ""
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:

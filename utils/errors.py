@@ -140,7 +140,8 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def suggest(name: str, choices: list[str]) -> str:
-    """' Did you mean ...?' for the close matches of `name` among `choices` (empty if none)."""
+def suggest(name: str, choices: list[str], prefix: str = "") -> str:
+    """' Did you mean ...?' for the close matches of `name` among `choices` (empty if none), each written after
+    `prefix` (the dotted path of a config key's section, so that the suggestion can be typed as it is)."""
     close = difflib.get_close_matches(name, choices, n=3)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
