@@ -27,7 +27,7 @@ from trainer.trainer import Trainer
 from utils import distributed
 from utils.config import Config, save_config, unused_keys
 from utils.device import configure_backends, select_device
-from utils.errors import NETWORK_ERRORS, ConfigError, TemplateError, network_error, reason
+from utils.errors import ConfigError, TemplateError, reason, report_errors
 from utils.log import setup_logging
 from utils.rng import seed_everything
 from utils.run import RunPaths, folder_name, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
@@ -179,13 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
-        train(args)
-    except TemplateError as e:
-        log.error("%s%s", distributed.rank_prefix(), e)
-        return e.exit_code
-    except NETWORK_ERRORS as e:
-        log.error("%s%s", distributed.rank_prefix(), network_error(e))
-        return TemplateError.exit_code
+        return report_errors(lambda: train(args), log, prefix=distributed.rank_prefix)
     except StopRequested as e:
         if distributed.is_main():
             log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",
@@ -201,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         release_runs()
         distributed.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

@@ -88,16 +88,17 @@ def network_error(e: BaseException) -> TemplateError:
                          "to their data_dir), or point the config at local copies.")
 
 
-def report_errors(work: Callable[[], Any], log: logging.Logger) -> int:
+def report_errors(work: Callable[[], Any], log: logging.Logger, prefix: Callable[[], str] = str) -> int:
     """Run an entry point's `work`: 0 when it succeeds, or a TemplateError's exit code after logging its message
-    (one paragraph, no traceback); a failed download is reported the same way."""
+    (one paragraph, no traceback, after `prefix()`: train.py's `[rank N] `); a failed download is reported the
+    same way."""
     try:
         work()
     except NETWORK_ERRORS as e:
-        log.error("%s", network_error(e))
+        log.error("%s%s", prefix(), network_error(e))
         return TemplateError.exit_code
     except TemplateError as e:
-        log.error("%s", e)
+        log.error("%s%s", prefix(), e)
         return e.exit_code
     return 0
 
