@@ -10,7 +10,7 @@ from pathlib import Path
 
 IGNORE = shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv",
                                 "*.pyc", "*.egg-info", "MNIST", "FashionMNIST", "KMNIST", "cifar-10-batches-py",
-                                "cifar-100-python", "*.tar.gz", "predictions.csv")
+                                "cifar-100-python", "*.tar.gz")
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +24,10 @@ def main(argv: list[str]) -> int:
     if target.is_relative_to(source):
         print(f"error: '{target}' is inside the template; choose a folder outside it.", file=sys.stderr)
         return 2
-    shutil.copytree(source, target, ignore=IGNORE, dirs_exist_ok=True)
+    def ignore(folder: str, names: list[str]) -> set[str]:  # predict.py's default output, in the top folder only
+        return IGNORE(folder, names) | ({"predictions.csv"} & set(names) if Path(folder) == source else set())
+
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
     print(f"New project in {target}. Next, set up its environment and train the example:\n"
           f"  cd {target}\n"
           "  python -m venv .venv\n"

@@ -57,7 +57,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
         print(f"  {name:<{width}}  {value:.6f}")
     report = collector.result(class_names(trained.checkpoint))
     print(f"\n{format_report(report)}" if report is not None
-          else f"No classification report (it is for classifiers): {collector.skipped}.")
+          else f"No classification report: {collector.skipped}.")
     if not args.no_report:
         summary = {"checkpoint": str(trained.path), "epoch": epoch, "step": loop["global_step"],
                    "weights": trained.weights, "split": args.split, "samples": len(loader.sampler), "metrics": result}

@@ -57,8 +57,9 @@ def torchrun(capfd: pytest.CaptureFixture, *args: str, script: str = "train.py",
              timeout: int = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=2 <script> <args>`, with torchrun's own launcher running in this process
     (one torch import less than its command line): it starts the two worker processes as the command does, and stops
-    them after `timeout` seconds. What the launcher changes here (signal handlers, OMP_NUM_THREADS, the working folder)
-    is put back afterwards; the workers' output is read back through `capfd`."""
+    them after `timeout` seconds (with SIGALRM: an alarm set before is cancelled). What the launcher changes here
+    (signal handlers, OMP_NUM_THREADS, the working folder) is put back afterwards. The workers' output is read back
+    through `capfd`, after what it held before the call is dropped."""
     from torch.distributed import run as launcher
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 

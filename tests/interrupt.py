@@ -29,7 +29,8 @@ from trainer.trainer import Trainer  # noqa: E402
 
 @contextlib.contextmanager
 def interrupting(at: str, send: str = "KILL", group: bool = False) -> Iterator[None]:
-    """While active, the signal `send` goes to this process (its process group with `group`) at the point `at`."""
+    """While active, the signal `send` goes to this process (its process group with `group`: only in a process
+    started in a session of its own, never in the test process) at the point `at`."""
     where, number = at.split(":")
     number = int(number)
     signum = getattr(signal, f"SIG{send}")

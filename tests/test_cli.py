@@ -120,6 +120,11 @@ def test_new_project_copies_a_clean_template(tmp_path):
     assert helped.returncode == 0 and "usage: new_project.py [-h] folder" in helped.stdout
     assert run_script("new_project.py", "--folder", "x", cwd=tmp_path).returncode == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_project"]
+    # predict.py's default output in the top folder stays behind; a user's file of that name elsewhere is copied.
+    (target / "predictions.csv").write_text("file,label\n")
+    (target / "data" / "predictions.csv").write_text("file,label\n")
+    assert run_script("new_project.py", str(tmp_path / "next"), script_dir=target).returncode == 0
+    assert not (tmp_path / "next" / "predictions.csv").exists() and (tmp_path / "next" / "data" / "predictions.csv").is_file()
 
 
 def test_reason_keeps_one_readable_line_of_any_exception():

@@ -225,3 +225,19 @@ def test_predict_and_export_refuse_a_model_fed_another_way(user_code, tmp_path, 
     restored = Restored(run / "model_best.pth", {}, config, torch.device("cpu"), TwoInputNet(), "raw")
     with pytest.raises(ConfigError, match=r"but its model TwoInputNet takes 2 inputs \(image, brightness\)"):
         check_one_input(restored, "predict.py")
+
+    class Masked(torch.nn.Module):  # a required keyword-only input is an input too
+        def forward(self, x, *, mask):
+            return x * mask
+
+    restored.model = Masked()
+    with pytest.raises(ConfigError, match=r"takes 2 inputs \(x, mask\)"):
+        check_one_input(restored, "export.py")
+
+    class Scaled(torch.nn.Module):  # inputs with defaults are not needed
+        def forward(self, x, scale=2.0, *, shift=0.0):
+            return x * scale + shift
+
+    for model in (torch.nn.Sequential(torch.nn.Flatten()), Scaled()):
+        restored.model = model
+        assert check_one_input(restored, "predict.py") is None

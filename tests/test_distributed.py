@@ -154,7 +154,14 @@ def kept_average(self):
 def fit_and_keep(self, run):
     result = fit(self, run)
     params = {{name: p.detach().clone() for name, p in self.model.named_parameters()}}
-    torch.save({{"after": after, "params": params, **averaged}}, f"{out}/rank{{self.dist.rank}}.pt")
+    # Then a gradient that one process has and the other has not (find_unused_parameters, a data-dependent branch).
+    first, second = list(self.model.parameters())[:2]
+    self.optimizer.zero_grad(set_to_none=True)
+    if self.dist.rank == 0:
+        first.grad = torch.full_like(first, 2.0)
+    average(self)
+    uneven = {{"first": first.grad, "second": second.grad}}
+    torch.save({{"after": after, "params": params, "uneven": uneven, **averaged}}, f"{out}/rank{{self.dist.rank}}.pt")
     return result
 
 Trainer.__init__, Trainer.train_batch, Trainer.training_step, Trainer.fit = (
@@ -186,3 +193,6 @@ def test_accumulation_averages_gradients_across_processes_once_per_window(tmp_pa
             torch.testing.assert_close(rank["mean"][name], mean)
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
+    for rank in ranks:  # the mean of 2 and nothing (zero); a gradient that no process has stays None
+        assert torch.equal(rank["uneven"]["first"], torch.ones_like(rank["uneven"]["first"]))
+        assert rank["uneven"]["second"] is None

@@ -23,7 +23,8 @@ LOADERS = {
             "run = lambda x, session=session: torch.from_numpy(session.run(None, {'input': x.numpy()})[0])",
 }
 
-# One fresh process loads every exported file (one torch import for all of them); each format's failure is its own.
+# One fresh process loads every exported file (one torch import for all of them); a format that fails to load or
+# run writes its error and the others still run.
 FRESH_PROCESS = """
 import importlib.util, sys, traceback
 import torch

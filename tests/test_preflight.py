@@ -2,6 +2,7 @@
 folder exists, so mismatches stop with one message, exit code 2 and nothing written; and the check leaves no
 trace in the run."""
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_the_check_puts_back_buffers_gradients_and_random_state():
 
 def test_a_scheduler_that_cannot_step_is_refused_before_writing(save_dir, capsys):
     err = refused(save_dir, capsys, "lr_scheduler.args.T_max=abc")
-    assert "command line's lr_scheduler.args.T_max=abc: lr_scheduler 'CosineAnnealingLR' fails on its first step" in err
+    assert "command line's lr_scheduler.args.T_max=abc: lr_scheduler 'CosineAnnealingLR' fails on its next step" in err
 
 
 @pytest.mark.parametrize("scheduler", [
@@ -133,3 +134,28 @@ def test_the_scheduler_step_of_the_check_is_put_back(scheduler):
     if "Plateau" not in scheduler:  # PyTorch warns at a schedule's first step only: the check's step left no count
         with pytest.warns(UserWarning, match=r"lr_scheduler.step\(\)` before `optimizer.step\(\)"):
             lr_scheduler.step()
+
+
+def test_a_finished_one_cycle_run_resumes_and_a_longer_run_is_refused_before_writing(tmp_path, capsys):
+    # 20 steps in the epoch, and a one-cycle schedule of exactly 20 steps.
+    one_cycle = "lr_scheduler={type: OneCycleLR, args: {max_lr: 0.01, total_steps: 20}, interval: step}"
+    assert train.main(fast_args(tmp_path, "trainer.epochs=1", one_cycle, "--run-id", "o")) == 0
+    run = only_run(tmp_path)
+    capsys.readouterr()
+    assert train.main(["--resume", str(run)]) == 0  # nothing left to train: no step to check
+    assert "This run already finished epoch 1 of 1" in capsys.readouterr().out
+    files = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != ".lock"}
+    assert train.main(["--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "lr_scheduler 'OneCycleLR' fails on its next step: Tried to step 21 times" in err and "total_steps" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != ".lock"} == files
+
+
+def test_a_tensor_learning_rate_is_put_back_in_place():
+    model = torch.nn.Linear(2, 2)
+    lr = torch.tensor(0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
+    trainer = SimpleNamespace(lr_scheduler=scheduler, optimizer=optimizer, epoch=1, epochs=1)
+    preflight.check_scheduler(trainer)
+    assert optimizer.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.1)

@@ -78,7 +78,7 @@ def test_figures_match_a_hand_count(one_hot):
 def test_not_a_classifier_is_left_out():
     regression = ConfusionCollector(torch.device("cpu"))
     regression(None, Step(torch.tensor(0.0), torch.randn(4, 1), torch.randn(4, 1)))
-    assert regression.result() is None and "one value per sample (a regression)" in regression.skipped
+    assert regression.result() is None and "one value per sample (a regression, or a binary" in regression.skipped
     sequence = ConfusionCollector(torch.device("cpu"))  # (N, T, C) scores: not a per-sample classifier's
     sequence(None, Step(torch.tensor(0.0), torch.randn(4, 5, 3), torch.randint(0, 3, (4, 5))))
     assert sequence.result() is None and "a batch of shape (4, 5, 3)" in sequence.skipped
@@ -179,8 +179,7 @@ def test_regression_gets_a_report_without_classification(tmp_path, capsys):
     (run / "report-model_best-test" / "confusion_matrix.png").write_bytes(b"stale")  # an earlier report's
     assert test_script.main(["--resume", str(run / "model_best.pth")]) == 0
     out = capsys.readouterr().out
-    assert "No classification report (it is for classifiers): the model gives one value per sample (a regression)" \
-        in out
+    assert "No classification report: the model gives one value per sample (a regression, or a binary model" in out
     report = json.loads((run / "report-model_best-test" / "report.json").read_text())
     assert "classification" not in report and set(report["metrics"]) == {"loss", "mae", "rmse", "r2"}
     assert sorted(p.name for p in (run / "report-model_best-test").iterdir()) == ["report.json"]

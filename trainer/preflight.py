@@ -73,13 +73,15 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
 
 
 def check_scheduler(trainer: Any) -> None:
-    """One step of the LR scheduler, then its state and the learning rates put back: args its constructor takes
-    but cannot use (`T_max: abc`) fail here, not at the end of the first epoch."""
+    """The LR scheduler's next step, then its state and the learning rates put back: args its constructor takes
+    but cannot use (`T_max: abc`), or a schedule that ends before the run (OneCycleLR's `total_steps`), fail here,
+    not in the middle of training. A finished run (resumed to repair its files) takes no more steps: no check."""
     scheduler, optimizer = trainer.lr_scheduler, trainer.optimizer
-    if scheduler is None:
+    if scheduler is None or trainer.epoch > trainer.epochs:
         return
     state = copy.deepcopy(scheduler.state_dict())
-    groups = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    groups = [{key: value.clone() if isinstance(value, torch.Tensor) else copy.copy(value)
+               for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": this step is a trial
@@ -87,12 +89,16 @@ def check_scheduler(trainer: Any) -> None:
     except Exception as e:
         name = trainer.config["lr_scheduler"]["type"]
         raise ConfigError(f"{blame(trainer.config.source, 'lr_scheduler.args')}: lr_scheduler '{name}' fails on its "
-                          f"first step: {reason(e)}. Check lr_scheduler.args (the scheduler's numbers must be "
-                          "numbers). Nothing was written.") from None
+                          f"next step: {reason(e)}. Check lr_scheduler.args: a number written as text, or a schedule "
+                          "shorter than the run (e.g. OneCycleLR's total_steps). Nothing was written.") from None
     finally:
         scheduler.load_state_dict(state)
         for group, saved in zip(optimizer.param_groups, groups):
-            group.update(saved)
+            for key, value in saved.items():
+                if isinstance(value, torch.Tensor) and isinstance(group[key], torch.Tensor):
+                    group[key].copy_(value)  # a scheduler steps a tensor learning rate in place
+                else:
+                    group[key] = value
 
 
 def first_batch(loader: Any) -> Any:

@@ -112,7 +112,8 @@ class ConfusionCollector:
         target_shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
         labels = None
         if isinstance(output, torch.Tensor) and output.dim() in (1, 2) and output[0].numel() == 1:
-            self.skipped = "the model gives one value per sample (a regression), not a score per class"
+            self.skipped = ("the model gives one value per sample (a regression, or a binary model with one logit), "
+                            "not a score per class")
         elif not (isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() == 2
                   and output.size(1) >= 2):
             self.skipped = (f"the model's outputs (a batch of shape {shape}) are not class scores of shape (samples, "

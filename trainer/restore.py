@@ -90,7 +90,8 @@ def check_one_input(trained: Restored, script: str) -> None:
     if lookup(name, "trainer", "trainer.type", trained.config.source).forward is not Trainer.forward:
         how = f"its trainer {name} overrides forward (its batches are not (input, target))"
     else:
-        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                 inspect.Parameter.KEYWORD_ONLY)
         needed = [p.name for p in inspect.signature(trained.model.forward).parameters.values()
                   if p.kind in kinds and p.default is inspect.Parameter.empty]
         if len(needed) <= 1:

@@ -166,7 +166,7 @@ class Trainer(TrainingState):
         if self.batch_idx == window_start:
             self.optimizer.zero_grad(set_to_none=True)
             self.window_has_grad = False
-        # Under DDP the processes average their gradients once per window, in the backward of its last batch.
+        # Under DDP the processes average their gradients in the backward of a window's last batch only.
         local = self.train_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
         with self.progress.watch(batch, self.epoch, self.global_step, self.batch_idx == window_start), local:
             with autocast(self.device, self.amp_dtype):
@@ -302,9 +302,14 @@ class Trainer(TrainingState):
         return signum or None, bool(flag)
 
     def _average_gradients(self) -> None:
-        """What DDP's backward does: every gradient becomes its mean over the processes."""
-        for param in self.model.parameters():
-            if param.grad is not None:
+        """What DDP's backward does: every gradient becomes its mean over the processes. A parameter without a
+        gradient here but with one elsewhere (find_unused_parameters) counts zeros; one without any stays None."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
+        for param, used in zip(params, distributed.all_reduce(present, op="max").tolist()):
+            if used:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
                 distributed.all_reduce(param.grad).div_(self.dist.world_size)
 
     def _any_rank(self, flag: torch.Tensor) -> bool:
