@@ -1,6 +1,7 @@
 """The training pipeline end to end, in-process: train.main / test.main on the bundled digits."""
 import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -112,15 +113,15 @@ def test_reduce_lr_on_plateau_is_fed_the_monitored_metric_and_resumes(save_dir):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.1**2)
 
 
-def poison_loss(monkeypatch, bad_calls):
-    """Make the loss non-finite on the given call numbers (counted from 1)."""
+def poison_loss(monkeypatch, bad_calls, factor=float("nan")):
+    """Multiply the loss by `factor` (default: make it non-finite) on the given call numbers (counted from 1)."""
     calls = {"n": 0}
     real = model.builtin.losses.cross_entropy
 
     def loss(output, target):
         calls["n"] += 1
         value = real(output, target)
-        return value * float("nan") if bad_calls(calls["n"]) else value
+        return value * factor if bad_calls(calls["n"]) else value
 
     monkeypatch.setattr(model.builtin.losses, "cross_entropy", loss)
 
@@ -254,6 +255,18 @@ def test_plateau_scheduler_per_step_and_changed_scheduler_on_resume_are_refused(
     code = train.main(["--resume", str(only_run(save_dir)),
                        *fast_args(save_dir, "lr_scheduler={type: StepLR, args: {step_size: 1}}")])
     assert code == 2 and "lr_scheduler.type to 'StepLR'" in capsys.readouterr().err
+
+
+def test_an_fp16_step_skipped_for_overflow_does_not_warn_about_the_scheduler(save_dir, monkeypatch):
+    # A loss near 1e34 is finite, but scaled by the gradient scaler (65536) it overflows: the first optimizer
+    # step is skipped, as often at the start of fp16 training, while the per-step scheduler steps.
+    poison_loss(monkeypatch, lambda n: n <= 2, factor=1e34)  # the check before writing, then the first batch
+    one_cycle = "lr_scheduler={type: OneCycleLR, args: {max_lr: 0.01, total_steps: 20}, interval: step}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train.main(fast_args(save_dir, "trainer.amp=fp16", "trainer.epochs=1", one_cycle)) == 0
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    assert load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")["scaler"]["scale"] < 65536.0
 
 
 def test_fp16_window_with_every_batch_skipped_does_not_step(save_dir, monkeypatch):
