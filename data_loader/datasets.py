@@ -106,6 +106,20 @@ class CsvImageDataset(Dataset):
         if not self.samples:
             raise DataError(f"'{csv_path}' lists no rows for split '{split}'. Check the 'split' column "
                             "(expected values: train, test).")
+        self._check_paths(csv_path)
+
+    def _check_paths(self, csv_path: Path) -> None:
+        """Stop at once when none of the first listed files is under `root` (the usual cause: paths written from
+        the project's folder, not from data_dir), rather than at the first batch with a missing file's advice."""
+        names = [name for name, _, _ in self.samples[:5]]
+        if any((self.root / name).is_file() for name in names):
+            return
+        first = Path(names[0])
+        found = f", while '{first}' exists from the current folder" if first.is_file() else ""
+        raise DataError(f"None of the first {len(names)} files that '{csv_path}' lists exist under data_dir "
+                        f"'{self.root}' (the first would be '{self.root / first}'{found}). The file column is "
+                        f"relative to data_dir (e.g. images/001.png for '{self.root}/images/001.png'): fix the paths "
+                        "or data_loader.args.data_dir.")
 
     @staticmethod
     def _read_rows(csv_path: Path, split: str | None,
@@ -183,8 +197,11 @@ class ImageFolderDataset(datasets.ImageFolder):
                  target_transform: Callable | None = None, image_mode: str = "unchanged"):
         mode = read_mode(image_mode)
         if not Path(root).is_dir():
+            given = Path(root).parent  # data_dir
+            inside = (f" data_dir '{given}' looks like that folder itself: set data_dir to '{given.parent}', the "
+                      f"folder that holds {Path(root).name}/.") if given.name == Path(root).name else ""
             raise DataError(f"Image folder '{root}' not found (data_loader.args.data_dir). It must hold one folder "
-                            "per class, e.g. train/cat/001.png, train/dog/002.png.")
+                            f"per class, e.g. train/cat/001.png, train/dog/002.png.{inside}")
         try:
             super().__init__(str(root), transform=transform, target_transform=target_transform,
                              loader=functools.partial(read_image, mode=mode))

@@ -116,6 +116,9 @@ def test_image_folder_errors_name_the_folder(tmp_path):
     with pytest.raises(DataError, match="No images found in .*empty/train"):
         ImageFolderDataLoader(str(tmp_path / "empty"))
     root = image_tree(tmp_path / "tree")
+    with pytest.raises(DataError, match=r"tree/train/train' not found.* data_dir '.*tree/train' looks like that folder "
+                                        r"itself: set data_dir to '.*tree', the folder that holds train/\."):
+        ImageFolderDataLoader(str(root / "train"))
     shutil.rmtree(root / "test" / "2")
     with pytest.raises(DataError, match=r"class folders of .*tree/test' differ .*\(2\)"):
         ImageFolderDataLoader(str(root)).test_loader()
@@ -176,3 +179,18 @@ def test_empty_split_is_named(tmp_path):
     root = small_copy(tmp_path)
     with pytest.raises(DataError, match="lists no rows for split 'test'"):
         CsvImageDataLoader(data_dir=str(root)).test_loader()
+
+
+def test_listed_paths_written_from_the_project_folder_are_named_before_anything_runs(tmp_path, monkeypatch, capsys):
+    root = small_copy(tmp_path, rows=60)
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join([lines[0], *(f"digits/{line}" for line in lines[1:])]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["-c", str(REPO / "configs" / "config.yaml"), "trainer.save_dir=saved", ORDINARY_LOADER,
+            "data_loader.args.data_dir=digits", "data_loader.args.validation_split=0"]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "None of the first 5 files that 'digits/labels.csv' lists exist under data_dir 'digits' (the first would " \
+           "be 'digits/digits/images/0000.png', while 'digits/images/0000.png' exists from the current folder). The " \
+           "file column is relative to data_dir" in err, err
+    assert not (tmp_path / "saved").exists()

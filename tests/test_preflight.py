@@ -35,6 +35,11 @@ def test_rgb_images_into_a_one_channel_model_are_refused_before_writing(save_dir
     assert "arch.args.in_channels" in err and "data_loader.args.image_mode" in err
 
 
+def test_images_left_as_uint8_are_refused_with_the_transform_to_add(save_dir, capsys):
+    err = refused(save_dir, capsys, "data_loader.args.transform=[]", "data_loader.args.eval_transform=null")
+    assert "(64, 1, 8, 8) uint8" in err and "{type: ToDtype, args: {dtype: float32, scale: true}}" in err
+
+
 def test_a_model_with_too_few_classes_is_refused_before_writing(save_dir, capsys):
     err = refused(save_dir, capsys, "arch.args.num_classes=6")
     assert "The model gives 6 outputs per sample, but the data has 10 classes" in err

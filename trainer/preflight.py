@@ -163,6 +163,10 @@ def _check_loss(loss: Any) -> None:
 
 def _hint(message: str) -> str:
     """What to change for the usual ways a model and its data fail to fit."""
+    if re.search(r"\bByte\b|unsigned char|uint8", message):
+        return ("The images reach the model as uint8 (0..255), and a model computes in floats: end data_loader.args."
+                "transform (and eval_transform, if set) with {type: ToDtype, args: {dtype: float32, scale: true}} "
+                "(docs/data.md).")
     if re.search(r"channels", message):
         return ("The images' channel count differs from the model's: set arch.args.in_channels (or your model's "
                 "equivalent) to the data's, or convert the images when reading with data_loader.args.image_mode "
