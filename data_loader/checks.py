@@ -8,7 +8,7 @@ import multiprocessing
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 
 from utils import distributed
 from utils.errors import DataError, plural, reason
@@ -36,6 +36,8 @@ class BadSamples:
 
 def describe(dataset: Dataset, index: int) -> str:
     """A sample's name for messages: its file when the dataset can tell (`describe`), else its index."""
+    if isinstance(dataset, Subset):
+        return describe(dataset.dataset, dataset.indices[index])
     if hasattr(dataset, "describe"):
         return dataset.describe(index)
     return f"sample {index} of {type(dataset).__name__}"

@@ -8,6 +8,7 @@ order) and resumes mid-epoch the same way.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from numbers import Real
@@ -18,9 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from data_loader.base import BaseDataLoader, process_share
+from data_loader.checks import CheckedDataset, collate
 from data_loader.factory import build_data_loader, data_state
 from data_loader.sampling import ResumableSampler
 from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 class DeviceBatches:
@@ -141,21 +145,41 @@ class DeviceDataLoader:
         self.seed = seed
 
     def _to_device(self, dataset: Dataset, device: torch.device | None, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample of `dataset`, checked as the ordinary loader checks them (readable, `channels`, of one
+        shape; with `skip_bad`, bad ones left out and counted), stacked on `device`."""
         device = device or torch.device("cpu")
-        image, target = dataset[0]
-        image, target = torch.as_tensor(image), torch.as_tensor(target)
+        checked = CheckedDataset(dataset, self.source.channels, self.source.bad_samples)
+        image, target = (torch.as_tensor(part) for part in self._first_good(dataset))
         needed = len(dataset) * (image.numel() * image.element_size() + target.numel() * target.element_size())
         free = _free_memory(device)
         if free is not None and needed > self.memory_fraction * free:
             raise DataError(f"The {what} data needs {needed / 2**30:.2f} GiB on {device}, more than "
                             f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use the "
                             f"ordinary loader (data_loader.type: {type(self.source).__name__}) for this data set.")
-        loader = DataLoader(dataset, batch_size=512, num_workers=self.source.num_workers)
-        images, targets = zip(*loader)
-        return torch.cat(images).to(device), torch.cat(targets).to(device)
+        loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers, collate_fn=list)
+        samples = [sample for batch in loader for sample in batch]
+        images, targets = collate(samples)
+        skipped = self.source.bad_samples.take() if self.source.bad_samples is not None else 0
+        if skipped:
+            log.warning("Left out %d bad sample(s) of the %s data (data_loader.args.skip_bad: true).", skipped, what)
+        return images.to(device), targets.to(device)
 
-    def _batches(self, dataset: Dataset, indices, device, what: str, train: bool) -> DeviceBatches:
+    def _first_good(self, dataset: Dataset) -> Any:
+        """The first sample that passes the checks (with `skip_bad`, bad ones before it are passed over here and
+        counted in the full pass), for the memory estimate."""
+        checked = CheckedDataset(dataset, self.source.channels)
+        for index in range(len(checked)):
+            try:
+                return checked[index]
+            except DataError:
+                if not self.source.skip_bad:
+                    raise
+        raise DataError("Every sample of the data is bad (data_loader.args.skip_bad: true leaves them out). Check the "
+                        "data folder.")
+
+    def _batches(self, dataset: Dataset, device, what: str, train: bool) -> DeviceBatches:
         images, targets = self._to_device(dataset, device, what)
+        indices = range(len(images))
         sampler = ResumableSampler(indices, shuffle=train and self.source.shuffle, seed=self.seed,
                                    repeats=self.source.repeated_augmentations if train else 1,
                                    **process_share(pad=train))
@@ -168,7 +192,7 @@ class DeviceDataLoader:
     def train_loader(self, device: torch.device | None = None) -> DeviceBatches:
         train_indices = self.source.split()[0]
         dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), train_indices)
-        batches = self._batches(dataset, range(len(train_indices)), device, "training", train=True)
+        batches = self._batches(dataset, device, "training", train=True)
         batches.batch_transform = self.source.batch_transform  # the source's MixUp / CutMix, applied by the trainer
         return batches
 
@@ -177,11 +201,11 @@ class DeviceDataLoader:
         if not val_indices:
             return None
         dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), val_indices)
-        return self._batches(dataset, range(len(val_indices)), device, "validation", train=False)
+        return self._batches(dataset, device, "validation", train=False)
 
     def test_loader(self, device: torch.device | None = None) -> DeviceBatches:
         dataset = self.source.make_dataset(False, self.source.eval_transform)
-        return self._batches(dataset, range(len(dataset)), device, "test", train=False)
+        return self._batches(dataset, device, "test", train=False)
 
     def state_dict(self) -> dict[str, Any]:
         """The source loader's own state (class names, fitted statistics), which checkpoints keep."""

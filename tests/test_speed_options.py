@@ -114,6 +114,27 @@ def test_source_args_beside_it_reach_the_source_so_short_flags_work():
         DeviceDataLoader(source="CsvImageDataLoader", **SOURCE, transform=EVAL)
 
 
+def test_device_loader_checks_samples_as_the_ordinary_loader_does(tmp_path, caplog):
+    from torchvision.io import write_png
+
+    from test_data import small_copy
+
+    root = small_copy(tmp_path, rows=40)
+    source = {**SOURCE, "data_dir": str(root), "validation_split": 0}
+    with pytest.raises(DataError, match=r"image '.*0000\.png' \(line 2 of labels\.csv\) has 1 channel, but "
+                                        r"data_loader\.args\.channels is 3"):
+        DeviceDataLoader(source="CsvImageDataLoader", **source, channels=3).train_loader()
+    count = len(DeviceDataLoader(source="CsvImageDataLoader", **source).train_loader().images)
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(root / "images" / "0003.png"))  # one RGB image
+    with pytest.raises(DataError, match=r"The samples of a batch do not fit together .*image_mode to gray or rgb"):
+        DeviceDataLoader(source="CsvImageDataLoader", **source).train_loader()
+    (root / "images" / "0003.png").write_bytes(b"")  # now unreadable
+    with pytest.raises(DataError, match=r"Cannot read image '.*0003\.png'"):
+        DeviceDataLoader(source="CsvImageDataLoader", **source).train_loader()
+    batches = DeviceDataLoader(source="CsvImageDataLoader", **source, skip_bad=True).train_loader()
+    assert len(batches.images) == count - 1 and "Left out 1 bad sample(s) of the training data" in caplog.text
+
+
 def test_device_loader_refuses_data_that_does_not_fit():
     loader = DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, memory_fraction=1e-12)
     with pytest.raises(DataError, match=r"training data needs .* GiB on cpu.*Use the ordinary loader"):
