@@ -22,7 +22,8 @@ from data_loader.base import BaseDataLoader, process_share
 from data_loader.checks import CheckedDataset, collate
 from data_loader.factory import build_data_loader, data_state
 from data_loader.sampling import ResumableSampler
-from utils.errors import ConfigError, DataError
+from data_loader.transforms import TRANSFORM_ORDER
+from utils.errors import ConfigError, DataError, TemplateError, reason
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +150,22 @@ class DeviceDataLoader:
         shape; with `skip_bad`, bad ones left out and counted), stacked on `device`."""
         device = device or torch.device("cpu")
         checked = CheckedDataset(dataset, self.source.channels, self.source.bad_samples)
-        image, target = (torch.as_tensor(part) for part in self._first_good(dataset))
-        needed = len(dataset) * (image.numel() * image.element_size() + target.numel() * target.element_size())
-        free = _free_memory(device)
-        if free is not None and needed > self.memory_fraction * free:
-            raise DataError(f"The {what} data needs {needed / 2**30:.2f} GiB on {device}, more than "
-                            f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use the "
-                            f"ordinary loader (data_loader.type: {type(self.source).__name__}) for this data set.")
-        loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers, collate_fn=list)
-        samples = [sample for batch in loader for sample in batch]
+        try:
+            image, target = (torch.as_tensor(part) for part in self._first_good(dataset))
+            needed = len(dataset) * (image.numel() * image.element_size() + target.numel() * target.element_size())
+            free = _free_memory(device)
+            if free is not None and needed > self.memory_fraction * free:
+                raise DataError(f"The {what} data needs {needed / 2**30:.2f} GiB on {device}, more than "
+                                f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use "
+                                f"the ordinary loader (data_loader.type: {type(self.source).__name__}) for this data "
+                                "set.")
+            loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers, collate_fn=list)
+            samples = [sample for batch in loader for sample in batch]
+        except TemplateError:
+            raise
+        except Exception as e:  # eval_transform cannot take the images (the usual cause), or the dataset's own code
+            raise ConfigError(f"The {what} data cannot be prepared: {reason(e).rstrip('.')}. Check data_loader.args."
+                              f"eval_transform (each step's args, and their order: {TRANSFORM_ORDER}).") from None
         images, targets = collate(samples)
         skipped = self.source.bad_samples.take() if self.source.bad_samples is not None else 0
         if skipped:

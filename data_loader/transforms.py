@@ -25,6 +25,10 @@ class OneHot:
         return torch.zeros(self.num_classes).scatter_(0, torch.tensor(label), 1.0)
 
 
+# For messages about a transform that cannot take the data: the order its steps need.
+TRANSFORM_ORDER = ("the images are uint8 until {type: ToDtype, args: {dtype: float32, scale: true}}, which comes "
+                   "before Normalize")
+
 # Arguments given by name in a config, and the torchvision enum whose members they name.
 NAMED_ARGS = {"policy": v2.AutoAugmentPolicy, "interpolation": v2.InterpolationMode}
 

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
 from data_loader.batch_transforms import training_batch
+from data_loader.transforms import TRANSFORM_ORDER
 from trainer.metric_tracker import as_scalar
 from utils.device import autocast
 from utils.errors import ConfigError, TemplateError, blame, reason
@@ -35,7 +36,14 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     trainer.criterion = lambda output, target: _checked_loss(criterion, output, target, num_classes)
     trainer.checking = True  # for a subclass whose training_step keeps state of its own
     try:
-        batch = training_batch(first_batch(loader), loader, 0, trainer.device, trainer.cfg["channels_last"])
+        try:
+            batch = training_batch(first_batch(loader), loader, 0, trainer.device, trainer.cfg["channels_last"])
+        except TemplateError:
+            raise
+        except Exception as e:  # a transform that cannot take the data (the usual cause), or the dataset's own code
+            raise ConfigError(f"The training data's first batch cannot be made: {reason(e).rstrip('.')}. Check "
+                              f"data_loader.args.transform (each step's args, and their order: {TRANSFORM_ORDER}). "
+                              "Nothing was written.") from None
         model.train()
         try:
             with autocast(trainer.device, trainer.amp_dtype):
