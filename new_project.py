@@ -13,21 +13,40 @@ IGNORE = shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache",
                                 "cifar-100-python", "*.tar.gz")
 
 
+def refuse(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Start a new project: a clean copy of this template.")
     parser.add_argument("folder", help="the new project's folder (new, or empty), outside this template")
     args = parser.parse_args(argv)  # -h prints the usage; an unknown option exits 2, as a folder is never made of it
     source, target = Path(__file__).resolve().parent, Path(args.folder).resolve()
+    if not args.folder.strip():
+        return refuse("the folder name is empty; give the new project's folder, e.g. ../my_project.")
+    if target.exists() and not target.is_dir():
+        return refuse(f"'{target}' is a file; choose a new folder.")
     if target.exists() and any(target.iterdir()):
-        print(f"error: '{target}' exists and is not empty; choose a new folder.", file=sys.stderr)
-        return 2
+        return refuse(f"'{target}' exists and is not empty; choose a new folder.")
     if target.is_relative_to(source):
-        print(f"error: '{target}' is inside the template; choose a folder outside it.", file=sys.stderr)
-        return 2
+        return refuse(f"'{target}' is inside the template; choose a folder outside it.")
+
     def ignore(folder: str, names: list[str]) -> set[str]:  # predict.py's default output, in the top folder only
         return IGNORE(folder, names) | ({"predictions.csv"} & set(names) if Path(folder) == source else set())
 
-    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+    existed = target.exists()
+    try:
+        shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+    except OSError as e:  # shutil.Error (a file that failed to copy) included
+        why = e.strerror or str(e).splitlines()[0][:300]
+        if existed:  # it was empty: take back what was copied
+            for path in target.iterdir():
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+        return refuse(f"could not copy the template into '{target}': {why}. Choose a folder you can write to, on a "
+                      "disk with free space; nothing was left there.")
     print(f"New project in {target}. Next, set up its environment and train the example:\n"
           f"  cd {target}\n"
           "  python -m venv .venv\n"

@@ -119,6 +119,11 @@ def test_new_project_copies_a_clean_template(tmp_path):
     helped = run_script("new_project.py", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "usage: new_project.py [-h] folder" in helped.stdout
     assert run_script("new_project.py", "--folder", "x", cwd=tmp_path).returncode == 2
+    for folder, message in [(str(target / "README.md"), "is a file; choose a new folder"),
+                            ("", "the folder name is empty"),
+                            ("/proc/new_project", "could not copy the template into '/proc/new_project'")]:
+        refused = run_script("new_project.py", folder, cwd=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_project"]
     # predict.py's default output in the top folder stays behind; a user's file of that name elsewhere is copied.
     (target / "predictions.csv").write_text("file,label\n")
