@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from trainer.restore import add_ema_argument, check_one_input, eval_loader, restore
-from utils.errors import ExportError, report_errors
+from utils.errors import ConfigError, ExportError, reason, report_errors
 from utils.log import setup_logging
 
 log = logging.getLogger("export")
@@ -114,12 +114,26 @@ def run_export(args: argparse.Namespace) -> float:
         raise ExportError(f"export.py checks models that return one tensor; '{arch}' returns "
                           f"{type(reference).__name__}.")
     path = Path(args.output) if args.output else trained.path.with_name(trained.path.stem + SUFFIXES[args.format])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigError(f"--output '{path}' must be a file in an existing folder; "
+                          f"{'it is a folder' if path.is_dir() else 'its folder does not exist'}.")
+    existed = path.exists()
+    try:
+        path.open("ab").close()  # can it be written? (the exporters' own errors would not say)
+    except OSError as e:
+        raise ConfigError(f"Cannot write --output '{path}': {e.strerror or reason(e)}. Give a file in a folder you "
+                          "can write to.") from None
     if args.format == "torchscript":
         log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
     try:
         export(model, inputs, args.format, path)
+    except OSError as e:  # the file could not be written (a full disk): not the model's fault
+        path.unlink(missing_ok=True)
+        raise ConfigError(f"Could not write '{path}': {e.strerror or reason(e)}. Free disk space, or give --output "
+                          "in a folder you can write to; no partial file was left.") from None
     except Exception as e:  # the exporters raise many types; the first line says what could not be exported
+        if not existed:
+            path.unlink(missing_ok=True)
         raise ExportError(f"Could not export '{arch}' from '{trained.path}' as {args.format}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}. Models whose "
                           "Python code branches on tensor values or shapes may export in another --format.") from None

@@ -102,3 +102,12 @@ def test_corrupt_checkpoint_is_one_message_and_exit_2(run_folder, tmp_path, caps
     err = capsys.readouterr().err
     assert "broken.pth' is truncated or corrupt" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "broken.pt2").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_message_and_exit_2(run_folder, tmp_path, capsys):
+    for output, message in [(tmp_path, "it is a folder"), (tmp_path / "no" / "m.pt2", "its folder does not exist"),
+                            ("/proc/m.ts.pt", "Cannot write --output '/proc/m.ts.pt': No such file or directory")]:
+        assert export.main(["--resume", str(run_folder), "--format", "torchscript", "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no").exists()
