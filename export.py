@@ -108,8 +108,13 @@ def run_export(args: argparse.Namespace) -> float:
     check_one_input(trained, "export.py")
     model, arch = trained.model, trained.config["arch"]["type"]
     inputs = next(iter(eval_loader(trained, "test")))[0].to(trained.device)
-    with torch.no_grad():
-        reference = model(inputs)
+    try:
+        with torch.no_grad():
+            reference = model(inputs)
+    except RuntimeError as e:  # data given with -c that the model cannot take
+        raise ConfigError(f"A test batch (inputs {tuple(inputs.shape)}) does not go through the trained model: "
+                          f"{reason(e)}. The data must have the form of the training data (-c replaces only the "
+                          "data_loader section).") from None
     if not isinstance(reference, torch.Tensor):
         raise ExportError(f"export.py checks models that return one tensor; '{arch}' returns "
                           f"{type(reference).__name__}.")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from trainer.checkpoint import class_names
+from trainer.preflight import check_eval_batch
 from trainer.report import ConfusionCollector, check_output_dir, format_report, write_report
 from trainer.restore import add_ema_argument, eval_loader, evaluator, restore
 from utils.errors import report_errors
@@ -47,7 +48,9 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
         check_output_dir(folder)
     loader = eval_loader(trained, args.split)
     collector = ConfusionCollector(trained.device, mistakes=MISTAKES)
-    result = evaluator(trained).evaluate(loader, desc=args.split, observe=collector)
+    trainer = evaluator(trained)
+    check_eval_batch(trainer, loader, f"{args.split} data")
+    result = trainer.evaluate(loader, desc=args.split, observe=collector)
     loop = trained.checkpoint["loop"]
     epoch = loop["epoch"] - 1 if loop["batch_idx"] == 0 else loop["epoch"]
     print(f"{trained.path} (epoch {epoch}, step {loop['global_step']}, {trained.weights} weights) on the "

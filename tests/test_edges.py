@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import export
 import new_project
 import test as test_script
 import train
@@ -287,3 +288,11 @@ def test_test_py_takes_the_data_loader_of_a_data_only_config(run_copy, tmp_path,
     (tmp_path / "model.yaml").write_text("arch: {type: DigitsCNN}\n")
     assert test_script.main(["--resume", str(run_copy), "-c", str(tmp_path / "model.yaml")]) == 2
     assert "model.yaml has no 'data_loader' section" in one_error(capsys)
+    # Data of another form (a table) than the model was trained on: one message before anything is evaluated.
+    table = str(REPO / "configs" / "diabetes_mlp.yaml")
+    assert test_script.main(["--resume", str(run_copy), "-c", table, "--no-report"]) == 2
+    assert "One batch of the test data (inputs ((32, 10) float32, (32, 1) float32)) does not go through the trained " \
+           "model" in one_error(capsys)
+    assert export.main(["--resume", str(run_copy), "-c", table, "--format", "torchscript"]) == 2
+    assert "A test batch (inputs (32, 10)) does not go through the trained model" in one_error(capsys)
+    assert not list(run_copy.glob("*.ts.pt"))

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from data_loader.batch_transforms import training_batch
 from data_loader.transforms import TRANSFORM_ORDER
 from trainer.metric_tracker import as_scalar
-from utils.device import autocast
+from utils.device import autocast, to_device
 from utils.errors import ConfigError, TemplateError, blame, reason
 from utils.rng import get_rng_state, set_rng_state
 
@@ -78,6 +78,28 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
         set_rng_state(rng)
         if getattr(loader, "bad_samples", None) is not None:
             loader.bad_samples.take()  # samples the check skipped are counted again in the epoch
+
+
+@torch.no_grad()
+def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
+    """One batch of `loader` through `validation_step` in eval mode, before an evaluation (test.py) or an export
+    starts: data given with `-c` that does not fit the restored model stops with one message."""
+    was_training, batch = trainer.model.training, None
+    trainer.model.eval()
+    try:
+        batch = to_device(first_batch(loader), trainer.device, trainer.cfg["channels_last"])
+        with autocast(trainer.device, trainer.amp_dtype):
+            trainer.validation_step(trainer.model, batch)
+    except TemplateError:
+        raise
+    except Exception as e:
+        inputs = f" (inputs {describe(batch)})" if batch is not None else ""
+        raise ConfigError(f"One batch of the {what}{inputs} does not go through the trained model and the loss: "
+                          f"{reason(e)}. The data must have the form of the training data (-c replaces "
+                          "only the data_loader section): the same channels, size and transforms for images, the "
+                          "same columns for tables.") from None
+    finally:
+        trainer.model.train(was_training)
 
 
 def check_scheduler(trainer: Any) -> None:
