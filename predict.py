@@ -77,7 +77,16 @@ def make_inputs(source: Any, paths: list[str]) -> Inputs:
                           f"{type(source).__name__} has none (a classic template loader keeps its transforms in its "
                           "dataset). Train with a loader of data_loader/ (e.g. CsvImageDataLoader) to predict here.")
     return ImageInputs(find_images(paths), read_mode(getattr(source, "image_mode", "unchanged")),
-                       source.eval_transform)
+                       source.eval_transform, training_shape(source))
+
+
+def training_shape(source: Any) -> tuple[int, ...] | None:
+    """The shape of a training image after eval_transform (what the model was trained on), if one can be read."""
+    try:
+        image = source.make_dataset(True, source.eval_transform)[0][0]
+    except Exception:  # no such dataset or sample: the model's own error will say what does not fit
+        return None
+    return tuple(image.shape) if isinstance(image, torch.Tensor) else None
 
 
 def is_classifier(config: Config, names: list[str] | None) -> bool:

@@ -81,23 +81,37 @@ class Inputs(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | str]:
         try:
             sample = self.load(index)
-            return index, self.transform(sample) if self.transform is not None else sample
+            return index, self.check(index, self.transform(sample) if self.transform is not None else sample)
         except DataError as e:
             return index, str(e)
         except (RuntimeError, ValueError, TypeError) as e:  # eval_transform cannot take this sample
             return index, f"Cannot prepare {', '.join(map(str, self.keys[index]))} with eval_transform: {reason(e)}"
 
+    def check(self, index: int, sample: torch.Tensor) -> torch.Tensor:
+        """The prepared sample, or a DataError when it cannot be the model's input."""
+        return sample
+
 
 class ImageInputs(Inputs):
-    """Image files decoded with `mode` (the training loader's image_mode) into uint8 (C, H, W) tensors."""
+    """Image files decoded with `mode` (the training loader's image_mode) into uint8 (C, H, W) tensors; with
+    `shape` (a training sample's, after eval_transform), an image prepared to another shape cannot be read."""
 
-    def __init__(self, files: list[Path], mode: ImageReadMode, transform: Callable | None):
+    def __init__(self, files: list[Path], mode: ImageReadMode, transform: Callable | None,
+                 shape: tuple[int, ...] | None = None):
         super().__init__([(str(file),) for file in files], transform)
         self.files = files
         self.mode = mode
+        self.shape = shape
 
     def load(self, index: int) -> torch.Tensor:
         return read_image(self.files[index], self.mode, hint="")
+
+    def check(self, index: int, sample: torch.Tensor) -> torch.Tensor:
+        if self.shape is not None and tuple(sample.shape) != self.shape:
+            raise DataError(f"'{self.files[index]}' gives an input of shape {tuple(sample.shape)}, but the model was "
+                            f"trained on {self.shape} (channels, height, width): convert it to the training images' "
+                            "channels and size (the config's image_mode and eval_transform prepare them)")
+        return sample
 
 
 class TableInputs(Inputs):
@@ -108,6 +122,10 @@ class TableInputs(Inputs):
 
     def __init__(self, paths: Sequence[str], features: list[str], standardize: Standardize,
                  transform: Callable | None):
+        for path in paths:
+            if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+                raise DataError(f"'{path}' is an image, but this model was trained on a table (TableDataLoader): give "
+                                f"CSV files of rows with its feature columns ({', '.join(features)}).")
         rows = [(path, line, values) for path in paths for line, values in read_features(Path(path), features)]
         super().__init__([(path, line) for path, line, _ in rows], transform)
         self.values = [values for _, _, values in rows]

@@ -102,6 +102,19 @@ def test_unreadable_image_is_skipped_and_counted_or_refused_with_strict(digits_b
     assert list(rows[0]) == ["file", "label", "index", "probability"]
 
 
+def test_an_image_of_another_shape_is_named_and_skipped(digits_best, tmp_path, capsys):
+    folder = tmp_path / "images"
+    shutil.copytree(DIGITS / "images", folder, ignore=lambda _, names: sorted(names)[3:])
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(folder / "0001.png"))  # RGB, among grey digits
+    write_png(torch.zeros(1, 16, 16, dtype=torch.uint8), str(folder / "0002.png"))  # twice the size
+    assert predict.main(["--resume", str(digits_best), str(folder), "--output", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Skipped: '.*0001\.png' gives an input of shape \(3, 8, 8\), but the model was trained on "
+                     r"\(1, 8, 8\)", out), out
+    assert re.search(r"Skipped: '.*0002\.png' gives an input of shape \(1, 16, 16\)", out)
+    assert "1 predictions written to" in out and "2 unreadable input(s) skipped" in out
+
+
 def test_bad_arguments_stop_before_anything_is_written(digits_best, tmp_path, capsys):
     output = str(tmp_path / "preds.csv")
     cases = [([str(tmp_path / "nowhere"), "-o", output], r"'.*nowhere' not found\. Give image files, folders"),
@@ -170,6 +183,8 @@ def test_table_and_regression_models_write_output_values(digits_best, tmp_path, 
         expected = torch.cat([trained.model(x) for x, _ in eval_loader(trained, "test")]).flatten()
     assert torch.allclose(predicted, expected, rtol=1e-6)
     assert re.search(r"output: mean [0-9.]+, min", capsys.readouterr().out)
+    assert predict.main(["--resume", str(best), str(DIGITS / "images" / "0000.png"), "--output", str(output)]) == 2
+    assert "0000.png' is an image, but this model was trained on a table (TableDataLoader)" in capsys.readouterr().err
     # Feature rows alone (no target, no split column); a bad cell skips its row, naming it.
     lines = table.read_text().splitlines()
     columns = lines[0].split(",")[:10]
