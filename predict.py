@@ -155,6 +155,16 @@ def summary(header: list[str], rows: list[list[Any]], outputs: torch.Tensor) -> 
     return ["Predictions per class:"] + [f"  {name:<{width}}  {count}" for (_, name), count in sorted(counts.items())]
 
 
+def write_output(output: Path, data: bytes) -> None:
+    """The CSV into `output`: a file is replaced atomically (never half written), through a symbolic link into its
+    target; a pipe or a device (`/dev/stdout`, a FIFO) is written into as it is."""
+    if output.exists() and not output.is_file():
+        with open(output, "wb") as f:
+            f.write(data)
+    else:
+        atomic_write(output.resolve(), data)
+
+
 def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     output = check_args(args)
     trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
@@ -172,7 +182,7 @@ def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     csv.writer(text, lineterminator="\n").writerows(
         [[*inputs.columns, *header], *([*inputs.keys[i], *row] for i, row in zip(indices, rows))])
     try:
-        atomic_write(output, text.getvalue().encode())
+        write_output(output, text.getvalue().encode())
     except OSError as e:
         raise ConfigError(f"Could not write --output '{output}': {e.strerror or e}. Free disk space, or give a file "
                           "in a folder you can write to.") from None

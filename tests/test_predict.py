@@ -1,7 +1,10 @@
 """predict.py: a checkpoint's classes (or output values) for images and table rows, prepared as in evaluation."""
 import csv
+import os
 import re
 import shutil
+import stat
+import threading
 
 import pytest
 import torch
@@ -113,6 +116,22 @@ def test_an_image_of_another_shape_is_named_and_skipped(digits_best, tmp_path, c
                      r"\(1, 8, 8\)", out), out
     assert re.search(r"Skipped: '.*0002\.png' gives an input of shape \(1, 16, 16\)", out)
     assert "1 predictions written to" in out and "2 unreadable input(s) skipped" in out
+
+
+def test_the_output_goes_through_a_link_and_into_a_pipe(digits_best, tmp_path, capsys):
+    image = str(DIGITS / "images" / "0000.png")
+    (tmp_path / "target.csv").write_text("old\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "target.csv")
+    assert predict.main(["--resume", str(digits_best), image, "--output", str(tmp_path / "link.csv")]) == 0
+    assert (tmp_path / "link.csv").is_symlink() and read_csv(tmp_path / "target.csv")[0]["file"] == image
+    os.mkfifo(tmp_path / "pipe")
+    received = []
+    reader = threading.Thread(target=lambda: received.append((tmp_path / "pipe").read_text()))
+    reader.start()
+    assert predict.main(["--resume", str(digits_best), image, "--output", str(tmp_path / "pipe")]) == 0
+    reader.join(timeout=60)
+    assert received and received[0].startswith("file,label,index,probability") and image in received[0]
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
 
 
 def test_bad_arguments_stop_before_anything_is_written(digits_best, tmp_path, capsys):
