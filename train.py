@@ -77,12 +77,21 @@ def build(args: argparse.Namespace) -> Built:
         raise ConfigError("Give a config with -c configs/config.yaml, or a run to continue with --resume.")
     if args.run_id is not None:
         folder_name(args.run_id, "--run-id")
+        if args.resume is not None:
+            raise ConfigError("--run-id names the folder of a new run, but --resume continues a run in its own folder: "
+                              "leave --run-id out.")
     # --resume: a checkpoint, or a run folder stopped before its first checkpoint (started again from its config).
     checkpoint_path, checkpoint, saved = find_resume(args.resume) if args.resume else (None, None, None)
     config = Config.load(args.config, args.overrides, base=saved, lr=args.lr, bs=args.bs, epochs=args.epochs,
                          seed=args.seed, name=args.name, device=args.device)
     if checkpoint is not None:
         check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
+        saved_name = folder_name(checkpoint["config"]["name"], f"The experiment name saved in '{checkpoint_path}'",
+                                 nested=True)
+        if config["name"] != saved_name:
+            raise ConfigError(f"{args.config or 'the command line'} sets name to {config['name']!r}, but a resumed run "
+                              f"keeps its own ({saved_name!r}) and its folders: leave name out, or start a new run "
+                              "with -c.")
     trainer_cfg = config["trainer"]
     dist = distributed.init_distributed(trainer_cfg["dist_backend"])
     setup_logging(trainer_cfg["verbosity"] if dist.is_main else -1)  # other ranks: errors only

@@ -58,6 +58,13 @@ def test_short_flags_set_their_keys(tmp_path):
     assert config["trainer"]["epochs"] == 2 and config["device"] == "cpu"
 
 
+def test_a_key_set_twice_on_the_command_line_to_different_values_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"command line: --epochs 1 and trainer\.epochs=2 both set 'trainer\.epochs', "
+                                          r"to different values; give it once\."):
+        Config.load(write(tmp_path, MINIMAL), ["trainer.epochs=2"], epochs=1)
+    assert Config.load(write(tmp_path, MINIMAL), ["trainer.epochs=2"], epochs=2)["trainer"]["epochs"] == 2
+
+
 def test_unknown_override_key_is_refused_with_a_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'trainer\.epoch'.*Did you mean 'trainer\.epochs'"):
         Config.load(write(tmp_path, MINIMAL), ["trainer.epoch=5"])

@@ -119,6 +119,15 @@ def test_a_tampered_checkpoint_name_cannot_choose_where_logs_go(run_copy, tmp_pa
     assert "The experiment name saved in" in one_error(capsys) and sorted(tmp_path.rglob("*")) == before
 
 
+def test_a_resume_refuses_a_new_run_id_or_name_instead_of_ignoring_them(run_copy, capsys):
+    files = sorted(run_copy.rglob("*"))
+    assert train.main(["--resume", str(run_copy), "--run-id", "other"]) == 2
+    assert "--run-id names the folder of a new run, but --resume continues a run in its own folder" in one_error(capsys)
+    assert train.main(["--resume", str(run_copy), "--name", "other"]) == 2
+    assert "sets name to 'other', but a resumed run keeps its own ('digits_cnn')" in one_error(capsys)
+    assert sorted(run_copy.rglob("*")) == files
+
+
 def test_a_resumed_run_prints_its_folders_relative_to_the_working_directory(run_copy, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--resume", "saved/models/digits_cnn/r", "--epochs", "2"]) == 0

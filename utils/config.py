@@ -428,7 +428,12 @@ class Config:
                                   "e.g. optimizer.args.lr=3e-4 trainer.epochs=5.")
             settings.append((key.strip(), parse_value(text), item))
         set_by: dict[str, str] = {}
+        flagged = {key: (value, item) for key, value, item in settings if item.startswith("--")}
         for key, value, item in settings:
+            # A flag and a key=value for one key: argparse keeps no order between them, so neither "wins" clearly.
+            if key in flagged and not item.startswith("--") and value != flagged[key][0]:
+                raise ConfigError(f"command line: {flagged[key][1]} and {item} both set '{key}', to different values; "
+                                  "give it once.")
             where = f"command line ({item})"
             _apply_override(config, key, value, where)
             config = _resolved(config, where)
