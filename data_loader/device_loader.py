@@ -142,6 +142,9 @@ class DeviceDataLoader:
         spec = {"type": source["type"], "args": {**(source.get("args") or {}), **source_args}}
         self.source: BaseDataLoader = build_data_loader(spec, seed, key="data_loader.args.source")
         self.crop_padding, self.hflip, self.degrees, self.translate = _augment_settings(augment)
+        if isinstance(memory_fraction, bool) or not isinstance(memory_fraction, Real) or not 0 < memory_fraction <= 1:
+            raise ConfigError(f"data_loader.args.memory_fraction must be a share of the free memory in (0, 1], e.g. "
+                              f"0.5; got {memory_fraction!r}.")
         self.memory_fraction = memory_fraction
         self.seed = seed
 

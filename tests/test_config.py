@@ -83,6 +83,8 @@ def test_wrong_choice_is_refused(tmp_path):
         Config.load(write(tmp_path, MINIMAL), ["trainer.amp=fp8"])
     with pytest.raises(ConfigError, match="trainer.monitor"):
         Config.load(write(tmp_path, MINIMAL), ["trainer.monitor=val_loss"])
+    with pytest.raises(ConfigError, match=r"'trainer\.verbosity' must be one of 0, 1, 2; got 5"):
+        Config.load(write(tmp_path, MINIMAL), ["trainer.verbosity=5"])
 
 
 def test_init_obj_builds_from_the_sections_modules(tmp_path):

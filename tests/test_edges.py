@@ -21,7 +21,7 @@ from data_loader.transforms import build_transforms
 from model.builtin import metrics
 from model.builtin.metrics import top_k_acc
 from utils import run as run_module
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 from utils.run import run_of_checkpoint
 
 from conftest import FAST, REPO
@@ -205,6 +205,9 @@ def test_top_k_acc_with_k_at_or_above_the_classes_warns_once(caplog, monkeypatch
     assert top_k_acc(output, target, k=3) == 1.0 and top_k_acc(output, target, k=3) == 1.0
     assert caplog.text.count("top_k_acc: k=3, but the model scores 3 classes") == 1
     assert "metric is always 1.0. Give it a smaller k (metrics: [{type: top_k_acc, args: {k: 2}}])" in caplog.text
+    for k in (0, -1, 1.5, True):  # k = 0 would always give 0.0
+        with pytest.raises(ConfigError, match=r"top_k_acc's k must be a whole number >= 1"):
+            top_k_acc(output, target, k=k)
 
 
 def test_one_channel_is_singular():
@@ -297,6 +300,10 @@ def test_test_py_takes_the_data_loader_of_a_data_only_config(run_copy, tmp_path,
     (tmp_path / "model.yaml").write_text("arch: {type: DigitsCNN}\n")
     assert test_script.main(["--resume", str(run_copy), "-c", str(tmp_path / "model.yaml")]) == 2
     assert "model.yaml has no 'data_loader' section" in one_error(capsys)
+    # An arch override on the command line makes another model than the checkpoint's.
+    assert test_script.main(["--resume", str(run_copy), "--no-report", "arch.args.width=4"]) == 2
+    assert "does not fit the model 'DigitsCNN'" in (err := one_error(capsys)) and \
+        "The command line's arch.args.width=4 changes the model the checkpoint was trained as: leave it out." in err
     # Data of another form (a table) than the model was trained on: one message before anything is evaluated.
     table = str(REPO / "configs" / "diabetes_mlp.yaml")
     assert test_script.main(["--resume", str(run_copy), "-c", table, "--no-report"]) == 2

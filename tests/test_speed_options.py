@@ -139,6 +139,9 @@ def test_device_loader_refuses_data_that_does_not_fit():
     loader = DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, memory_fraction=1e-12)
     with pytest.raises(DataError, match=r"training data needs .* GiB on cpu.*Use the ordinary loader"):
         loader.train_loader(torch.device("cpu"))
+    for fraction in (0, 1.5, "half"):
+        with pytest.raises(ConfigError, match=r"memory_fraction must be a share of the free memory in \(0, 1\]"):
+            DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, memory_fraction=fraction)
 
 
 def test_training_on_the_device_loader_resumes_exactly(tmp_path):

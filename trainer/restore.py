@@ -77,8 +77,11 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
+        changed = [item for item in overrides if item.split("=", 1)[0].split(".")[0] == "arch"]
+        hint = (f" The command line's {', '.join(changed)} changes the model the checkpoint was trained as: leave "
+                "it out." if changed else "")
         raise CheckpointError(f"'{path}' does not fit the model '{config['arch']['type']}': "
-                              f"{reason(e)}") from None
+                              f"{reason(e)}.{hint}") from None
     torch_device = select_device(config["device"])
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval(), which)
 

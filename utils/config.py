@@ -274,10 +274,11 @@ def _normalise(config: dict[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: 'trainer.args' must be a mapping of the trainer class's arguments, e.g. "
                           f"{{l2: 1.0e-4}}; got {trainer['args']!r}.")
     choices = {"on_nan": ("stop", "skip_batch"), "amp": ("off", "bf16", "fp16"),
-               "matmul_precision": ("highest", "high", "medium")}
+               "matmul_precision": ("highest", "high", "medium"), "verbosity": (0, 1, 2)}
     for key, allowed in choices.items():
-        if trainer[key] not in allowed:
-            raise ConfigError(f"{source}: 'trainer.{key}' must be one of {', '.join(allowed)}; got {trainer[key]!r}.")
+        if trainer[key] not in allowed or isinstance(trainer[key], bool):
+            raise ConfigError(f"{source}: 'trainer.{key}' must be one of {', '.join(map(str, allowed))}; got "
+                              f"{trainer[key]!r}.")
     for key in ("epochs", "save_period", "save_every_steps", "early_stop", "log_step", "accumulate_grad_batches",
                 "activation_stats"):
         value = trainer[key]

@@ -32,6 +32,9 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Share of samples whose target is among the `k` highest-scoring classes. With `k` at or above the number of
     classes every target is, so the value is always 1.0: said once in the log, since it looks like a perfect model."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"top_k_acc's k must be a whole number >= 1 (metrics: [{{type: top_k_acc, args: {{k: 3}}}}]); "
+                          f"got {k!r}.")
     classes = output.size(1)
     if k >= classes and (k, classes) not in _warned_top_k:
         _warned_top_k.add((k, classes))
