@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-b", "--batch-size", type=int, help="inputs per batch (default: the config's batch_size)")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's")
-    parser.add_argument("--strict", action="store_true", help="stop at an unreadable input instead of skipping it")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at an input that cannot be used (unreadable, or not fit for the model) instead of "
+                        "skipping it")
     add_ema_argument(parser)
     return parser.parse_args(argv)
 
@@ -77,16 +79,19 @@ def make_inputs(source: Any, paths: list[str]) -> Inputs:
                           f"{type(source).__name__} has none (a classic template loader keeps its transforms in its "
                           "dataset). Train with a loader of data_loader/ (e.g. CsvImageDataLoader) to predict here.")
     return ImageInputs(find_images(paths), read_mode(getattr(source, "image_mode", "unchanged")),
-                       source.eval_transform, training_shape(source))
+                       source.eval_transform, training_channels(source))
 
 
-def training_shape(source: Any) -> tuple[int, ...] | None:
-    """The shape of a training image after eval_transform (what the model was trained on), if one can be read."""
+def training_channels(source: Any) -> int | None:
+    """The channel count of the training images after eval_transform: the loader's `channels` when it checks them,
+    else that of its first training image (None when it cannot be read: the model's own error will tell)."""
+    if getattr(source, "channels", None):
+        return source.channels
     try:
         image = source.make_dataset(True, source.eval_transform)[0][0]
-    except Exception:  # no such dataset or sample: the model's own error will say what does not fit
+    except (DataError, OSError, RuntimeError, ValueError, TypeError, IndexError):
         return None
-    return tuple(image.shape) if isinstance(image, torch.Tensor) else None
+    return image.shape[0] if isinstance(image, torch.Tensor) and image.dim() == 3 else None
 
 
 def is_classifier(config: Config, names: list[str] | None) -> bool:
@@ -96,34 +101,52 @@ def is_classifier(config: Config, names: list[str] | None) -> bool:
     return bool(names) or bool(CLASSIFICATION & set(named))
 
 
+def forward(trained: Restored, batch: torch.Tensor) -> torch.Tensor:
+    """The model's output for `batch`; a DataError when the model cannot take it."""
+    try:
+        return trained.model(to_device(batch, trained.device))
+    except torch.OutOfMemoryError:
+        raise ConfigError(f"A batch of {len(batch)} inputs does not fit in the memory of {trained.device}; "
+                          "lower --batch-size.") from None
+    except RuntimeError as e:
+        raise DataError(f"the model cannot take it ({reason(e)}). Inputs must have the form of the training data "
+                        "after eval_transform: the same channel count (and size, unless the model takes any) for "
+                        "images, the same columns for tables") from None
+
+
 @torch.inference_mode()
 def run_model(trained: Restored, inputs: Inputs, batch_size: int, num_workers: int,
               strict: bool) -> tuple[list[int], torch.Tensor, int]:
-    """The model's outputs (on the CPU) for every readable input, with their indices; unreadable inputs are
-    reported and counted, or stop the run with `strict`."""
+    """The model's outputs (on the CPU) for every readable input, with their indices; unreadable inputs, and
+    inputs the model cannot take, are named and counted, or stop the run with `strict`. A batch that cannot be run
+    as one (images of several sizes, or one the model refuses) runs one input at a time, to name the ones at fault."""
     loader = DataLoader(inputs, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     indices, outputs, skipped = [], [], 0
+
+    def skip(problem: str) -> None:
+        nonlocal skipped
+        if strict:
+            raise DataError(f"{problem} (--strict stops at an input that cannot be used; without it such inputs are "
+                            "skipped and counted). Replace or remove it.")
+        log.warning("Skipped: %s", problem)
+        skipped += 1
+
     for batch in tqdm(loader, desc="predict", unit="batch", leave=False, dynamic_ncols=True, disable=None):
         for _, problem in (item for item in batch if isinstance(item[1], str)):
-            if strict:
-                raise DataError(f"{problem} (--strict stops at an unreadable input; without it such inputs are "
-                                "skipped and counted). Replace or remove it.")
-            log.warning("Skipped: %s", problem)
-            skipped += 1
+            skip(problem)
         good = [item for item in batch if not isinstance(item[1], str)]
-        if not good:
-            continue
         try:
-            output = trained.model(to_device(collate([sample for _, sample in good]), trained.device))
-        except torch.OutOfMemoryError:
-            raise ConfigError(f"A batch of {len(good)} inputs does not fit in the memory of {trained.device}; "
-                              "lower --batch-size.") from None
-        except RuntimeError as e:
-            raise DataError(f"The model cannot take these inputs ({reason(e)}). They must have the form of the "
-                            "training data after eval_transform: the same channel count and size for images (the "
-                            "training config's image_mode and transforms), the same columns for tables.") from None
-        indices += [index for index, _ in good]
-        outputs.append(output.float().cpu())
+            runs = [(good, forward(trained, collate([sample for _, sample in good])))] if good else []
+        except DataError:
+            runs = []
+            for index, sample in good:
+                try:
+                    runs.append(([(index, sample)], forward(trained, sample.unsqueeze(0))))
+                except DataError as e:
+                    skip(f"'{', '.join(map(str, inputs.keys[index]))}': {e}")
+        for items, output in runs:
+            indices += [index for index, _ in items]
+            outputs.append(output.float().cpu())
     return indices, torch.cat(outputs) if outputs else torch.empty(0), skipped
 
 
@@ -187,7 +210,7 @@ def run_predict(args: argparse.Namespace) -> list[list[Any]]:
         raise ConfigError(f"Could not write --output '{output}': {e.strerror or e}. Free disk space, or give a file "
                           "in a folder you can write to.") from None
     print(f"{trained.path} ({trained.weights} weights): {len(rows)} predictions written to {output}"
-          + (f"; {skipped} unreadable input(s) skipped" if skipped else ""))
+          + (f"; {skipped} input(s) skipped, named above" if skipped else ""))
     print("\n".join(summary(header, rows, outputs)))
     return rows
 

@@ -88,10 +88,10 @@ def build(args: argparse.Namespace) -> Built:
         check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
         saved_name = folder_name(checkpoint["config"]["name"], f"The experiment name saved in '{checkpoint_path}'",
                                  nested=True)
-        if config["name"] != saved_name:
-            raise ConfigError(f"{args.config or 'the command line'} sets name to {config['name']!r}, but a resumed run "
-                              f"keeps its own ({saved_name!r}) and its folders: leave name out, or start a new run "
-                              "with -c.")
+        if config["name"] != saved_name and "name" in config.source.overrides:
+            raise ConfigError(f"command line ({config.source.overrides['name']}): a resumed run keeps its name "
+                              f"({saved_name!r}) and its folders; leave the name out, or start a new run with -c.")
+        config.data["name"] = saved_name  # also when -c's file names another experiment
     trainer_cfg = config["trainer"]
     dist = distributed.init_distributed(trainer_cfg["dist_backend"])
     setup_logging(trainer_cfg["verbosity"] if dist.is_main else -1)  # other ranks: errors only

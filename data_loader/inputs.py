@@ -12,7 +12,7 @@ from torchvision.io import ImageReadMode
 
 from data_loader.datasets import read_image
 from data_loader.table import Standardize, read_features
-from utils.errors import DataError, reason
+from utils.errors import DataError, plural, reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # what torchvision.io decodes
 LIST_SUFFIXES = (".csv", ".txt")
@@ -94,23 +94,23 @@ class Inputs(Dataset):
 
 class ImageInputs(Inputs):
     """Image files decoded with `mode` (the training loader's image_mode) into uint8 (C, H, W) tensors; with
-    `shape` (a training sample's, after eval_transform), an image prepared to another shape cannot be read."""
+    `channels` (the training images', after eval_transform), an image with another channel count cannot be used."""
 
     def __init__(self, files: list[Path], mode: ImageReadMode, transform: Callable | None,
-                 shape: tuple[int, ...] | None = None):
+                 channels: int | None = None):
         super().__init__([(str(file),) for file in files], transform)
         self.files = files
         self.mode = mode
-        self.shape = shape
+        self.channels = channels
 
     def load(self, index: int) -> torch.Tensor:
         return read_image(self.files[index], self.mode, hint="")
 
     def check(self, index: int, sample: torch.Tensor) -> torch.Tensor:
-        if self.shape is not None and tuple(sample.shape) != self.shape:
-            raise DataError(f"'{self.files[index]}' gives an input of shape {tuple(sample.shape)}, but the model was "
-                            f"trained on {self.shape} (channels, height, width): convert it to the training images' "
-                            "channels and size (the config's image_mode and eval_transform prepare them)")
+        if self.channels is not None and sample.dim() == 3 and sample.shape[0] != self.channels:
+            raise DataError(f"'{self.files[index]}' has {plural(sample.shape[0], 'channel')} after eval_transform, but "
+                            f"the model was trained on images of {self.channels}: convert it (the training config's "
+                            "image_mode converts the training images)")
         return sample
 
 

@@ -124,8 +124,14 @@ def test_a_resume_refuses_a_new_run_id_or_name_instead_of_ignoring_them(run_copy
     assert train.main(["--resume", str(run_copy), "--run-id", "other"]) == 2
     assert "--run-id names the folder of a new run, but --resume continues a run in its own folder" in one_error(capsys)
     assert train.main(["--resume", str(run_copy), "--name", "other"]) == 2
-    assert "sets name to 'other', but a resumed run keeps its own ('digits_cnn')" in one_error(capsys)
+    assert "command line (--name other): a resumed run keeps its name ('digits_cnn')" in one_error(capsys)
     assert sorted(run_copy.rglob("*")) == files
+    # A -c file naming another experiment (a run started with --name, a tune.py trial) resumes under the run's name.
+    (run_copy.parent / "renamed.yaml").write_text((REPO / "configs" / "config.yaml").read_text().replace(
+        "name: digits_cnn", "name: other_experiment"))
+    assert train.main(["--resume", str(run_copy), "-c", str(run_copy.parent / "renamed.yaml"), *FAST[:1],
+                       "trainer.monitor=max val_accuracy", "--epochs", "2"]) == 0
+    assert "Resuming r from" in capsys.readouterr().out and not list(run_copy.parents[2].glob("*/other_experiment"))
 
 
 def test_a_resumed_run_prints_its_folders_relative_to_the_working_directory(run_copy, tmp_path, monkeypatch, capsys):

@@ -94,28 +94,34 @@ def test_unreadable_image_is_skipped_and_counted_or_refused_with_strict(digits_b
     args = ["--resume", str(digits_best), str(folder), "--output", str(output), "--top-k", "0", "-b", "2"]
     assert predict.main(args + ["--strict"]) == 2
     captured = capsys.readouterr()
-    assert re.search(r"error: Cannot read image '.*0002\.png': .*--strict stops at an unreadable input", captured.err)
+    assert re.search(r"error: Cannot read image '.*0002\.png': .*--strict stops at an input that cannot be used",
+                     captured.err)
     assert not output.exists()
     assert predict.main(args) == 0
     captured = capsys.readouterr()
     assert re.search(r"Skipped: Cannot read image '.*0002\.png'", captured.out)
-    assert "4 predictions written to" in captured.out and "1 unreadable input(s) skipped" in captured.out
+    assert "4 predictions written to" in captured.out and "1 input(s) skipped, named above" in captured.out
     rows = read_csv(output)
     assert [r["file"][-8:] for r in rows] == ["0000.png", "0001.png", "0003.png", "0004.png"]
     assert list(rows[0]) == ["file", "label", "index", "probability"]
 
 
-def test_an_image_of_another_shape_is_named_and_skipped(digits_best, tmp_path, capsys):
+def test_an_image_the_model_cannot_take_is_named_and_skipped(digits_best, tmp_path, capsys):
     folder = tmp_path / "images"
-    shutil.copytree(DIGITS / "images", folder, ignore=lambda _, names: sorted(names)[3:])
+    shutil.copytree(DIGITS / "images", folder, ignore=lambda _, names: sorted(names)[4:])
     write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(folder / "0001.png"))  # RGB, among grey digits
-    write_png(torch.zeros(1, 16, 16, dtype=torch.uint8), str(folder / "0002.png"))  # twice the size
-    assert predict.main(["--resume", str(digits_best), str(folder), "--output", str(tmp_path / "p.csv")]) == 0
+    write_png(torch.zeros(1, 16, 16, dtype=torch.uint8), str(folder / "0002.png"))  # larger: DigitsCNN pools any size
+    write_png(torch.zeros(1, 1, 1, dtype=torch.uint8), str(folder / "0003.png"))  # too small for its pooling
+    output = tmp_path / "p.csv"
+    assert predict.main(["--resume", str(digits_best), str(folder), "--output", str(output), "--top-k", "0"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"Skipped: '.*0001\.png' gives an input of shape \(3, 8, 8\), but the model was trained on "
-                     r"\(1, 8, 8\)", out), out
-    assert re.search(r"Skipped: '.*0002\.png' gives an input of shape \(1, 16, 16\)", out)
-    assert "1 predictions written to" in out and "2 unreadable input(s) skipped" in out
+    assert re.search(r"Skipped: '.*0001\.png' has 3 channels after eval_transform, but the model was trained on "
+                     r"images of 1", out), out
+    assert re.search(r"Skipped: '.*0003\.png': the model cannot take it \(", out), out
+    assert "2 predictions written to" in out and "2 input(s) skipped, named above" in out
+    assert [row["file"][-8:] for row in read_csv(output)] == ["0000.png", "0002.png"]
+    assert predict.main(["--resume", str(digits_best), str(folder / "0003.png"), "--strict"]) == 2
+    assert re.search(r"error: '.*0003\.png': the model cannot take it .*--strict stops", capsys.readouterr().err)
 
 
 def test_the_output_goes_through_a_link_and_into_a_pipe(digits_best, tmp_path, capsys):
