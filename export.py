@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import importlib.util
 import logging
@@ -28,6 +29,7 @@ from utils.log import setup_logging
 
 log = logging.getLogger("export")
 
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO)
 SUFFIXES = {"torchscript": ".ts.pt", "onnx": ".onnx", "exported": ".pt2"}
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the exporter needs onnx and onnxscript, the check onnxruntime
 # Exporters reorder and fuse float32 operations, which moves outputs by about 1e-6 of their scale; a wrong
@@ -111,7 +113,9 @@ def run_export(args: argparse.Namespace) -> float:
     try:
         with torch.no_grad():
             reference = model(inputs)
-    except RuntimeError as e:  # data given with -c that the model cannot take
+    except (RuntimeError, ValueError) as e:
+        if args.config is None or isinstance(e, torch.OutOfMemoryError):
+            raise
         raise ConfigError(f"A test batch (inputs {tuple(inputs.shape)}) does not go through the trained model: "
                           f"{reason(e)}. The data must have the form of the training data (-c replaces only the "
                           "data_loader section).") from None
@@ -132,13 +136,12 @@ def run_export(args: argparse.Namespace) -> float:
         log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
     try:
         export(model, inputs, args.format, path)
-    except OSError as e:  # the file could not be written (a full disk): not the model's fault
-        path.unlink(missing_ok=True)
-        raise ConfigError(f"Could not write '{path}': {e.strerror or reason(e)}. Free disk space, or give --output "
-                          "in a folder you can write to; no partial file was left.") from None
     except Exception as e:  # the exporters raise many types; the first line says what could not be exported
         if not existed:
             path.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:  # a full disk, say: not the model's fault
+            raise ConfigError(f"Could not write '{path}': {e.strerror}. Free disk space, or give --output in a "
+                              "folder you can write to.") from None
         raise ExportError(f"Could not export '{arch}' from '{trained.path}' as {args.format}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}. Models whose "
                           "Python code branches on tensor values or shapes may export in another --format.") from None

@@ -180,9 +180,11 @@ def summary(header: list[str], rows: list[list[Any]], outputs: torch.Tensor) -> 
 
 def write_output(output: Path, data: bytes) -> None:
     """The CSV into `output`: a file is replaced atomically (never half written), through a symbolic link into its
-    target; a pipe or a device (`/dev/stdout`, a FIFO) is written into as it is."""
-    if output.exists() and not output.is_file():
-        with open(output, "wb") as f:
+    target; a pipe, a device or a descriptor (`/dev/stdout`, even when the shell sends it to a file, a FIFO) is
+    written into as it is."""
+    if output.absolute().parts[1:2] in (("dev",), ("proc",)) or (output.exists() and not output.is_file()):
+        sys.stdout.flush()  # the lines printed so far come first when output is this process's own stdout
+        with open(output, "ab") as f:  # appending: reopening /dev/stdout must not truncate the file behind it
             f.write(data)
     else:
         atomic_write(output.resolve(), data)

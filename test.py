@@ -49,7 +49,8 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     loader = eval_loader(trained, args.split)
     collector = ConfusionCollector(trained.device, mistakes=MISTAKES)
     trainer = evaluator(trained)
-    check_eval_batch(trainer, loader, f"{args.split} data")
+    if args.config or any(item.startswith("data_loader") for item in args.overrides):
+        check_eval_batch(trainer, loader, f"{args.split} data")
     result = trainer.evaluate(loader, desc=args.split, observe=collector)
     loop = trained.checkpoint["loop"]
     epoch = loop["epoch"] - 1 if loop["batch_idx"] == 0 else loop["epoch"]

@@ -468,8 +468,9 @@ def lr_find(args: argparse.Namespace) -> RangeTest:
     if result.suggestion is None:
         print("No suggestion: the loss diverged too soon to judge. Lower --start-lr, or raise --steps.")
     else:
+        # As the last key=value, it wins over any lr among the overrides (a --lr flag and one would be refused).
         command = shlex.join(["python", "train.py", "-c", args.config, *args.overrides,
-                              "--lr", f"{result.suggestion:.2g}"])
+                              f"optimizer.args.lr={result.suggestion:.2g}"])
         print(f"Suggested learning rate: {result.suggestion:.3g} (where the smoothed loss falls fastest). Train "
               f"with it: {command}")
     print(f"Files: {folder / 'lr_find.csv'}, {folder / 'lr_find.png'}")

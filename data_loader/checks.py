@@ -82,9 +82,19 @@ def collate(batch: list[Any]) -> Any:
     try:
         return default_collate(good)
     except RuntimeError as e:
-        raise DataError(f"The samples of a batch do not fit together ({reason(e)}). Make every image "
-                        "the same size and channel count: add a Resize or CenterCrop transform, and set "
-                        "data_loader.args.image_mode to gray or rgb.") from None
+        raise misfit(e) from None
+
+
+def collate_or_none(batch: list[Any]) -> Any:
+    """`collate`, or None for a batch whose samples were all skipped (the device loader gathers the others)."""
+    return collate(batch) if any(sample is not None for sample in batch) else None
+
+
+def misfit(e: Exception) -> DataError:
+    """The message for samples of different shapes, which cannot be stacked into one batch."""
+    return DataError(f"The samples of a batch do not fit together ({reason(e)}). Make every image the same size and "
+                     "channel count: add a Resize or CenterCrop transform, and set data_loader.args.image_mode to gray "
+                     "or rgb.")
 
 
 def take_bad_samples(loaders: list[Any], device: torch.device) -> int:

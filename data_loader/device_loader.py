@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from data_loader.base import BaseDataLoader, process_share
-from data_loader.checks import CheckedDataset, collate
+from data_loader.base import BaseDataLoader, batches_of, process_share
+from data_loader.checks import CheckedDataset, collate_or_none, misfit
 from data_loader.factory import build_data_loader, data_state
 from data_loader.sampling import ResumableSampler
 from data_loader.transforms import TRANSFORM_ORDER
@@ -162,14 +162,19 @@ class DeviceDataLoader:
                                 f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use "
                                 f"the ordinary loader (data_loader.type: {type(self.source).__name__}) for this data "
                                 "set.")
-            loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers, collate_fn=list)
-            samples = [sample for batch in loader for sample in batch]
+            loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers,
+                                collate_fn=collate_or_none)
+            batches = [batch for batch in batches_of(loader) if batch is not None]
         except TemplateError:
             raise
         except Exception as e:  # eval_transform cannot take the images (the usual cause), or the dataset's own code
-            raise ConfigError(f"The {what} data cannot be prepared: {reason(e).rstrip('.')}. Check data_loader.args."
-                              f"eval_transform (each step's args, and their order: {TRANSFORM_ORDER}).") from None
-        images, targets = collate(samples)
+            raise ConfigError(f"The {what} data cannot be prepared ({type(e).__name__}: {reason(e).rstrip('.')}). "
+                              "When eval_transform is the cause, check data_loader.args.eval_transform: each step's "
+                              f"args, and their order ({TRANSFORM_ORDER}).") from None
+        try:
+            images, targets = (torch.cat(parts) for parts in zip(*batches))
+        except RuntimeError as e:  # batches of different shapes
+            raise misfit(e) from None
         skipped = self.source.bad_samples.take() if self.source.bad_samples is not None else 0
         if skipped:
             log.warning("Left out %d bad sample(s) of the %s data (data_loader.args.skip_bad: true).", skipped, what)

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import math
 import re
+import shlex
 
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from PIL import Image
 import train
 import tune
 from trainer.lr_find import SKIP_START, schedule, suggest
+from utils.config import Config
 
 from conftest import FAST, REPO, fast_args
 
@@ -40,7 +42,7 @@ def test_lr_find_on_the_digits_writes_its_own_folder_only(save_dir, capsys):
     assert train.main(fast_args(save_dir, "trainer.epochs=1", "--run-id", "run")) == 0
     before = digest(save_dir)
     args = ["--lr-find", "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST,
-            "--steps", "40", "--start-lr", "1e-4", "--end-lr", "1000"]
+            "optimizer.args.lr=1e-3", "--steps", "40", "--start-lr", "1e-4", "--end-lr", "1000"]
     assert tune.main(args) == 0
     out = capsys.readouterr().out
     after = digest(save_dir)
@@ -56,7 +58,12 @@ def test_lr_find_on_the_digits_writes_its_own_folder_only(save_dir, capsys):
     assert len(rows) < 40 and "where the loss diverged" in out  # Adam at rates near 1000 does
     assert all(math.isfinite(float(row["smoothed_loss"])) for row in rows[:-3])
     suggested = float(re.search(r"Suggested learning rate: ([\d.e-]+)", out).group(1))
-    assert 1e-4 <= suggested <= lrs[-1] and f"--lr {suggested:.2g}" in out
+    assert 1e-4 <= suggested <= lrs[-1] and f"optimizer.args.lr={suggested:.2g}" in out
+    # The suggested command is one train.py takes, with the suggested rate (over the lr given to the test).
+    command = shlex.split(re.search(r"Train with it: (.*)", out).group(1))
+    parsed = train.parse_args(command[2:])
+    config = Config.load(parsed.config, parsed.overrides, lr=parsed.lr)
+    assert config["optimizer"]["args"]["lr"] == float(f"{suggested:.2g}")
     assert Image.open(folder / "lr_find.png").size == (720, 440)
 
 

@@ -4,6 +4,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -138,6 +140,14 @@ def test_the_output_goes_through_a_link_and_into_a_pipe(digits_best, tmp_path, c
     reader.join(timeout=60)
     assert received and received[0].startswith("file,label,index,probability") and image in received[0]
     assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
+    # /dev/stdout sent by the shell to the end of a log file: written into, not replacing the log.
+    (tmp_path / "log.txt").write_text("earlier lines\n")
+    with open(tmp_path / "log.txt", "a") as log:
+        done = subprocess.run([sys.executable, str(REPO / "predict.py"), "--resume", str(digits_best), image,
+                               "--output", "/dev/stdout"], stdout=log, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "log.txt").read_text()
+    assert text.startswith("earlier lines\nfile,label,index,probability") and "1 predictions written to" in text
 
 
 def test_bad_arguments_stop_before_anything_is_written(digits_best, tmp_path, capsys):

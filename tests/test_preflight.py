@@ -41,13 +41,15 @@ def test_images_left_as_uint8_are_refused_with_the_transform_to_add(save_dir, ca
 
 
 @pytest.mark.parametrize("transform, reason", [
-    ("[{type: Normalize, args: {mean: [0.3], std: [0.4]}}]", "Input tensor should be a float tensor. Got torch.uint8"),
+    ("[{type: Normalize, args: {mean: [0.3], std: [0.4]}}]",
+     "TypeError: Input tensor should be a float tensor. Got torch.uint8"),
     ("[{type: RandomCrop, args: {size: 32}}, {type: ToDtype, args: {dtype: float32, scale: true}}]",
-     "Required crop size (32, 32) is larger than input image size (8, 8)"),
+     "ValueError: Required crop size (32, 32) is larger than input image size (8, 8)"),
 ])
 def test_a_transform_that_cannot_take_the_data_is_refused_before_writing(save_dir, capsys, transform, reason):
     err = refused(save_dir, capsys, f"data_loader.args.transform={transform}")
-    assert f"The training data's first batch cannot be made: {reason}. Check data_loader.args.transform" in err
+    assert f"The training data's first batch cannot be made ({reason}). When a transform is the cause, check " \
+           "data_loader.args.transform" in err
     assert "which comes before Normalize" in err
 
 
@@ -56,8 +58,8 @@ def test_the_default_loaders_eval_transform_that_cannot_take_the_data_is_refused
                        "data_loader.args.eval_transform=[{type: Normalize, args: {mean: [0.3], std: [0.4]}}]"])
     err = capsys.readouterr().err
     assert code == 2 and not save_dir.exists() and "Traceback" not in err
-    assert "The training data cannot be prepared: Input tensor should be a float tensor. Got torch.uint8. Check " \
-           "data_loader.args.eval_transform" in err
+    assert "The training data cannot be prepared (TypeError: Input tensor should be a float tensor. Got " \
+           "torch.uint8). When eval_transform is the cause, check data_loader.args.eval_transform" in err
 
 
 def test_a_model_with_too_few_classes_is_refused_before_writing(save_dir, capsys):

@@ -41,9 +41,10 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
         except TemplateError:
             raise
         except Exception as e:  # a transform that cannot take the data (the usual cause), or the dataset's own code
-            raise ConfigError(f"The training data's first batch cannot be made: {reason(e).rstrip('.')}. Check "
-                              f"data_loader.args.transform (each step's args, and their order: {TRANSFORM_ORDER}). "
-                              "Nothing was written.") from None
+            raise ConfigError(f"The training data's first batch cannot be made ({type(e).__name__}: "
+                              f"{reason(e).rstrip('.')}). When a transform is the cause, check data_loader.args."
+                              f"transform (or augment, batch_transform): each step's args, and their order "
+                              f"({TRANSFORM_ORDER}). Nothing was written.") from None
         model.train()
         try:
             with autocast(trainer.device, trainer.amp_dtype):
@@ -82,17 +83,16 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
 
 @torch.no_grad()
 def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
-    """One batch of `loader` through `validation_step` in eval mode, before an evaluation (test.py) or an export
-    starts: data given with `-c` that does not fit the restored model stops with one message."""
+    """One batch of `loader` through `validation_step` in eval mode, before test.py evaluates other data than the
+    training config's (`-c`, or data_loader overrides): data that does not fit the restored model stops with one
+    message. Other errors (a bug in a `validation_step`) keep their traceback."""
     was_training, batch = trainer.model.training, None
     trainer.model.eval()
     try:
         batch = to_device(first_batch(loader), trainer.device, trainer.cfg["channels_last"])
         with autocast(trainer.device, trainer.amp_dtype):
             trainer.validation_step(trainer.model, batch)
-    except TemplateError:
-        raise
-    except Exception as e:
+    except (RuntimeError, ValueError) as e:
         inputs = f" (inputs {describe(batch)})" if batch is not None else ""
         raise ConfigError(f"One batch of the {what}{inputs} does not go through the trained model and the loss: "
                           f"{reason(e)}. The data must have the form of the training data (-c replaces "
