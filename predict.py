@@ -13,6 +13,7 @@ import csv
 import gc
 import io
 import logging
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -179,15 +180,27 @@ def summary(header: list[str], rows: list[list[Any]], outputs: torch.Tensor) -> 
 
 
 def write_output(output: Path, data: bytes) -> None:
-    """The CSV into `output`: a file is replaced atomically (never half written), through a symbolic link into its
-    target; a pipe, a device or a descriptor (`/dev/stdout`, even when the shell sends it to a file, a FIFO) is
-    written into as it is."""
-    if output.absolute().parts[1:2] in (("dev",), ("proc",)) or (output.exists() and not output.is_file()):
-        sys.stdout.flush()  # the lines printed so far come first when output is this process's own stdout
-        with open(output, "ab") as f:  # appending: reopening /dev/stdout must not truncate the file behind it
+    """The CSV into `output`: this process's standard output (`/dev/stdout`, `-`, even when the shell sends it to a
+    file) through it, in order with the lines printed; a pipe or a device (a FIFO) as it is; a file replaced
+    atomically (never half written), through a symbolic link into its target."""
+    if str(output) == "-" or same_file(output, sys.stdout):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    elif output.absolute().parts[1:2] in (("dev",), ("proc",)) or (output.exists() and not output.is_file()):
+        with open(output, "ab") as f:  # a device or descriptor: appending never truncates the file behind it
             f.write(data)
     else:
         atomic_write(output.resolve(), data)
+
+
+def same_file(path: Path, stream: Any) -> bool:
+    """Whether `path` is the file, pipe or terminal that `stream` writes to."""
+    try:
+        a, b = os.stat(path), os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def run_predict(args: argparse.Namespace) -> list[list[Any]]:

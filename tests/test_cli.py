@@ -1,6 +1,9 @@
 """The entry points as a user runs them: subprocesses, exit codes, messages, nothing written on bad input."""
 import json
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -138,3 +141,15 @@ def test_reason_keeps_one_readable_line_of_any_exception():
     assert reason(OSError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error>")) == \
         "Error downloading train-images-idx3-ubyte.gz"
     assert reason(AssertionError()) == "AssertionError"
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    # `python test.py ... | head -1`: the reader closes the pipe; the run ends as Unix tools do, with no error.
+    script = tmp_path / "many_lines.py"
+    script.write_text(f"import logging, sys\nsys.path.insert(0, {str(REPO)!r})\nfrom utils.errors import report_errors\n"
+                      "sys.exit(report_errors(lambda: [print('line', i) for i in range(10**6)], logging.getLogger()))\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"line 0\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert process.stderr.read() == b""

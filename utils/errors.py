@@ -8,8 +8,12 @@ from __future__ import annotations
 import difflib
 import http.client
 import logging
+import os
 import re
+import select
+import signal
 import socket
+import sys
 import urllib.error
 from pathlib import Path
 from typing import Any, Callable
@@ -95,12 +99,28 @@ def report_errors(work: Callable[[], Any], log: logging.Logger, prefix: Callable
     try:
         work()
     except NETWORK_ERRORS as e:
+        if isinstance(e, BrokenPipeError) and stdout_is_closed():
+            return 128 + signal.SIGPIPE  # the reader of the output stopped (`| head`): end quietly, as Unix tools do
         log.error("%s%s", prefix(), network_error(e))
         return TemplateError.exit_code
     except TemplateError as e:
         log.error("%s%s", prefix(), e)
         return e.exit_code
     return 0
+
+
+def stdout_is_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone; if so, what is left to print goes nowhere, so that
+    Python's own flush at exit does not fail again."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), or no real stdout (a notebook)
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return closed
 
 
 class Source(str):
