@@ -26,6 +26,7 @@ from torch import nn
 from trainer.restore import add_ema_argument, check_one_input, eval_loader, restore
 from utils.errors import ConfigError, ExportError, reason, report_errors
 from utils.log import setup_logging
+from utils.run import check_output_file
 
 log = logging.getLogger("export")
 
@@ -123,9 +124,7 @@ def run_export(args: argparse.Namespace) -> float:
         raise ExportError(f"export.py checks models that return one tensor; '{arch}' returns "
                           f"{type(reference).__name__}.")
     path = Path(args.output) if args.output else trained.path.with_name(trained.path.stem + SUFFIXES[args.format])
-    if path.is_dir() or not path.parent.is_dir():
-        raise ConfigError(f"--output '{path}' must be a file in an existing folder; "
-                          f"{'it is a folder' if path.is_dir() else 'its folder does not exist'}.")
+    check_output_file(path)
     existed = path.exists()
     try:
         path.open("ab").close()  # can it be written? (the exporters' own errors would not say)

@@ -34,6 +34,7 @@ from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors
 from utils.log import setup_logging
+from utils.run import check_output_file
 
 log = logging.getLogger("predict")
 
@@ -61,9 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> Path:
     """The output file, once the flags are known to make sense: checked before any work, so nothing is lost."""
     output = Path(args.output)
-    if output.is_dir() or not output.parent.is_dir():
-        raise ConfigError(f"--output '{output}' must be a file in an existing folder; "
-                          f"{'it is a folder' if output.is_dir() else 'its folder does not exist'}.")
+    check_output_file(output)
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be 0 or more (the best classes to list), got {args.top_k}.")
     if args.batch_size is not None and args.batch_size < 1:

@@ -61,6 +61,13 @@ def shown(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
+def check_output_file(path: Path) -> None:
+    """Refuse an `--output` file that is a folder or whose folder does not exist (predict.py, export.py)."""
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigError(f"--output '{path}' must be a file in an existing folder; "
+                          f"{'it is a folder' if path.is_dir() else 'its folder does not exist'}.")
+
+
 def _make_writable(folder: Path, fix: str) -> None:
     """Create `folder` (and its parents) and check that a file can be written in it, before a run starts."""
     try:
