@@ -26,7 +26,7 @@ from torch import nn
 from trainer.restore import add_ema_argument, check_one_input, eval_loader, restore
 from utils.errors import ConfigError, ExportError, reason, report_errors
 from utils.log import setup_logging
-from utils.run import check_output_file
+from utils.run import check_not_an_input, check_output_file
 
 log = logging.getLogger("export")
 
@@ -124,7 +124,8 @@ def run_export(args: argparse.Namespace) -> float:
         raise ExportError(f"export.py checks models that return one tensor; '{arch}' returns "
                           f"{type(reference).__name__}.")
     path = Path(args.output) if args.output else trained.path.with_name(trained.path.stem + SUFFIXES[args.format])
-    check_output_file(path)
+    check_output_file(path, chosen=args.output is not None)
+    check_not_an_input(path, [trained.path, *([Path(args.config)] if args.config else [])])
     existed = path.exists()
     try:
         path.open("ab").close()  # can it be written? (the exporters' own errors would not say)

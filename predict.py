@@ -28,13 +28,14 @@ from data_loader.checks import collate
 from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
-from trainer.checkpoint import atomic_write, class_names
+from trainer.checkpoint import class_names
 from trainer.restore import Restored, add_ema_argument, check_one_input, rebuilt_data, restore
 from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors
+from utils.files import atomic_write
 from utils.log import setup_logging
-from utils.run import check_output_file
+from utils.run import check_not_an_input, check_output_file
 
 log = logging.getLogger("predict")
 
@@ -209,6 +210,7 @@ def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     data = rebuilt_data(trained, training=False)
     source = data.source if isinstance(data, DeviceDataLoader) else data
     inputs = make_inputs(source, args.paths)
+    check_not_an_input(output, [trained.path, *map(Path, args.paths), *getattr(inputs, "files", [])])
     names = class_names(trained.checkpoint)
     indices, outputs, skipped = run_model(trained, inputs, args.batch_size or source.batch_size,
                                           getattr(source, "num_workers", 0), args.strict)

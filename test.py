@@ -45,7 +45,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     folder = Path(args.output_dir) if args.output_dir else \
         trained.path.parent / f"report-{trained.path.stem}-{args.split}"
     if not args.no_report:
-        check_output_dir(folder)
+        check_output_dir(folder, chosen=bool(args.output_dir))
     loader = eval_loader(trained, args.split)
     collector = ConfusionCollector(trained.device, mistakes=MISTAKES)
     trainer = evaluator(trained)

@@ -18,7 +18,7 @@ import torch
 
 from data_loader.factory import build_data_loader, check_training_loader, data_state, load_data_state
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
-from trainer.checkpoint import check_resume_config, find_resume, remove_temp_files
+from trainer.checkpoint import check_resume_config, find_resume
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
 from trainer.scheduler import build_lr_scheduler
@@ -28,6 +28,7 @@ from utils import distributed
 from utils.config import Config, save_config, unused_keys
 from utils.device import configure_backends, select_device
 from utils.errors import ConfigError, TemplateError, reason, report_errors
+from utils.files import remove_temp_files
 from utils.log import setup_logging
 from utils.rng import seed_everything
 from utils.run import RunPaths, folder_name, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
@@ -142,18 +143,26 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     trainer_cfg, dist = config["trainer"], trainer.dist
 
     def open_run() -> RunPaths:
-        """The run's folders (the resumed run's, or new ones), locked against a second writer."""
+        """The run's folders (the resumed run's, or new ones), locked against a second writer, with the config and
+        the log file written in them. A new run that cannot start there (a full disk) leaves no folder behind, so
+        that every run folder holds the config.yaml that --resume starts it again from."""
         if args.resume:  # checks that it can write there
             run = run_of_checkpoint(checkpoint_path or Path(args.resume) / "config.yaml", built.saved["name"])
         else:
             run = new_run(trainer_cfg["save_dir"], config["name"], args.run_id)
-        lock_run(run.models)
-        remove_temp_files(run.models)
+        try:
+            lock_run(run.models)
+            remove_temp_files(run.models)
+            setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
+            save_config(config.data, run.models / "config.yaml")
+        except BaseException:
+            if not args.resume:
+                setup_logging(trainer_cfg["verbosity"])  # closes train.log
+                remove_run(run)
+            raise
         return run
 
     run = distributed.on_main(open_run)
-    if dist.is_main:
-        setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
     if checkpoint:
         log.info("Resuming %s from %s: epoch %d, batch %d, step %d.", run.run_id, checkpoint_path,
                  trainer.epoch, trainer.batch_idx, trainer.global_step)
@@ -164,8 +173,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     log.info("%s\n%s", type(trainer.model).__name__, model_summary(trainer.model))
     if unused_keys(config.data):
         log.info("Config keys not used by the template, kept for your code (config[key]): %s.",
-                 ", ".join(unused_keys(config.data)))
-    distributed.on_main(save_config, config.data, run.models / "config.yaml")
+                 ", ".join(map(repr, unused_keys(config.data))))
 
     try:
         result = trainer.fit(run)
@@ -194,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("Stopped by %s. The run is saved in %s; continue it with:\n  python train.py --resume %s",
                         signal.Signals(e.signum).name, e.checkpoint, e.checkpoint.rsplit("/", 1)[0])
         return e.exit_code
-    except torch.distributed.DistError as e:
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if not distributed.lost_contact(e):
+            raise
         log.error("%sLost contact with the other training processes (%s). Another process most likely failed: "
-                  "its own message comes first in the output.", distributed.rank_prefix(), reason(e))
+                  "its own message comes first in the output.", distributed.rank_prefix(), reason(e).split(". ")[0])
         return 1
     except KeyboardInterrupt:
         log.error("Interrupted. Continue from the last checkpoint with: python train.py --resume <run folder>")

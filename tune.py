@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import train
-from trainer.checkpoint import atomic_write, find_checkpoint
+from trainer.checkpoint import find_checkpoint
 from trainer.lr_find import DIVERGED, SKIP_START, RangeTest, range_test, schedule
 from trainer.state import HISTORY
 from utils.config import Config, save_config
-from utils.errors import CheckpointError, ConfigError, TemplateError, reason, report_errors
+from utils.errors import CheckpointError, ConfigError, TemplateError, TrainingError, reason, report_errors
+from utils.files import atomic_write, open_regular
 from utils.log import setup_logging
 from utils.plots import lr_plot, png_bytes
-from utils.run import RunPaths, folder_name, new_folder, new_run, run_of_checkpoint
+from utils.run import RunPaths, folder_name, lock_run, new_folder, new_run, release_runs, remove_run, run_of_checkpoint
 from utils.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
 
 log = logging.getLogger("tune")
@@ -53,6 +54,8 @@ TRAIN = str(Path(__file__).resolve().with_name("train.py"))
 # The parts of a search's definition that must match when a search is continued.
 DEFINITION = ("mode", "n", "seed", "space", "train_args")
 LR_FIND = {"steps": 200, "start_lr": 1e-7, "end_lr": 10.0}  # the defaults of --lr-find's own flags
+MAX_TRIALS = 10_000  # a search's trials are listed and checked in advance
+STATUSES = ("pending", "running", *FINISHED)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +110,8 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if mode is None or (n is not None and n < 1):
         raise ConfigError("Choose the search with --grid, --random N or --optuna N (N >= 1), followed by the "
                           "searched keys, e.g. --grid optimizer.args.lr=1e-3,1e-2 data_loader.args.batch_size=32,64.")
+    if n is not None and n > MAX_TRIALS:
+        raise ConfigError(f"--{mode} {n} asks for more than {MAX_TRIALS} trials, each a training run; ask for fewer.")
     if mode == "optuna":
         _import_optuna()
     space, fixed = split_items(args.overrides, mode)
@@ -120,6 +125,10 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                           "value. Set it, e.g. trainer.monitor='max val_accuracy'.")
     for key in space:
         check_key(config.data, key, config.source)
+    combinations = math.prod(len(d.values) for d in space.values()) if mode == "grid" else 0
+    if combinations > MAX_TRIALS:
+        raise ConfigError(f"This grid has {combinations} combinations, more than {MAX_TRIALS} trials, each a training "
+                          "run; list fewer values, or draw some of them with --random N.")
     flags = [arg for flag in ("device", "lr", "bs", "epochs") if getattr(args, flag) is not None
              for arg in (f"--{flag}", str(getattr(args, flag)))]
     save_dir = Path(config["trainer"]["save_dir"]).resolve()
@@ -127,9 +136,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "mode": mode, "n": n, "seed": args.seed or 0,
         "space": {item.partition("=")[0]: item.partition("=")[2] for item in args.overrides
                   if item.partition("=")[0] in space},
-        # Trials leave the HParams summary to the search, which shows the searched keys (trainer.hparams).
-        "train_args": ["-c", str(Path(args.config).resolve()), *flags, *fixed,
-                       _override("trainer.save_dir", str(save_dir)), "trainer.hparams=false"],
+        "train_args": ["-c", str(Path(args.config).resolve()), *flags, *fixed],
         "monitor": config["trainer"]["monitor"], "save_dir": str(save_dir), "cwd": os.getcwd(),
     }
     trials = grid_trials(space) if mode == "grid" else random_trials(space, n, args.seed or 0) \
@@ -141,17 +148,72 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    """A search's `search.json`, checked before any trial folder is touched: a trial id is a folder of the search
-    that a trial run started over deletes, so an edited id such as '../..' must never be followed."""
+    """A search's `search.json`, checked whole before any trial folder is touched or any trial runs: a trial id is a
+    folder of the search that a trial started over deletes (an edited id such as '../..' must never be followed),
+    and the trials' command line must not choose where they write."""
     try:
         state = json.loads(path.read_text())
-        folder_name(state["name"], f"{path}: the name", nested=True)
-        for trial in state["trials"]:
-            folder_name(trial["id"], f"{path}: the trial id")
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"'{path}' is damaged ({reason(e)}); tune.py writes it whole, so it was edited or cut off. "
-                          "Restore it from a backup, or start a new search with another --search-id.") from None
+        problem = _state_problem(state)
+    except (OSError, ValueError) as e:
+        problem = reason(e)
+    if problem:
+        raise ConfigError(f"'{path}' is damaged ({problem.rstrip('.')}); tune.py writes it whole, so it was edited or cut off. "
+                          "Restore it from a backup, or start a new search with another --search-id.")
     return state
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong in a search record, or None."""
+    def number(value: Any, whole: bool = False) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+
+    if not isinstance(state, dict):
+        return "it is not a mapping"
+    kinds = {"name": str, "mode": str, "seed": int, "space": dict, "train_args": list, "monitor": str, "cwd": str,
+             "save_dir": str, "trials": list}
+    wrong = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        return f"'{wrong[0]}' is {state.get(wrong[0])!r}"
+    try:
+        folder_name(state["name"], "the name", nested=True)
+        space = {key: parse_dimension(f"{key}={text}") for key, text in state["space"].items()}
+        for trial in state["trials"]:
+            folder_name(trial["id"] if isinstance(trial, dict) else None, "a trial id")
+    except (ConfigError, TypeError) as e:
+        return f"its name, space or trial ids cannot be read: {reason(e)}"
+    if not _is_train_args(state["train_args"]):
+        return f"train_args {state['train_args']!r} is not -c CONFIG followed by --device, --lr, --bs, --epochs and " \
+               "key=value items"
+    if state["mode"] not in ("grid", "random", "optuna") or not (state.get("n") is None or number(state["n"], True)):
+        return f"the mode {state['mode']!r} and n {state.get('n')!r} are not a search's"
+    if None in space.values() or len(state["monitor"].split()) != 2 or state["monitor"].split()[0] not in ("min", "max"):
+        return f"the space or the monitor ({state['monitor']!r}) cannot be read"
+    if not Path(state["cwd"]).is_dir():
+        return f"the working folder of its trials, '{state['cwd']}', does not exist"
+    for trial in state["trials"]:
+        if not isinstance(trial.get("params"), dict) or trial.get("status") not in STATUSES:
+            return f"{trial['id']} lacks params or a known status"
+        if not (trial.get("best") is None or (number(trial["best"]) and math.isfinite(trial["best"]))) or \
+                not number(trial.get("epochs"), True) or not number(trial.get("seconds")) or \
+                not isinstance(trial.get("error"), str) or set(trial["params"]) - set(space):
+            return f"{trial['id']}'s best, epochs, seconds, error or params are not what tune.py writes"
+    return None
+
+
+def _is_train_args(items: list[Any]) -> bool:
+    """Whether `items` is what `plan` passes to every trial: the config, short flags and overrides. Nothing else
+    is run: tune.py adds the trial's own folder (save_dir, name, --run-id) after them."""
+    if items[:1] != ["-c"] or len(items) < 2 or not all(isinstance(item, str) for item in items):
+        return False
+    rest = items[2:]
+    while rest:
+        if rest[0] in ("--device", "--lr", "--bs", "--epochs") and len(rest) > 1:
+            rest = rest[2:]
+        elif "=" in rest[0] and not rest[0].startswith("-"):
+            rest = rest[1:]
+        else:
+            return False
+    return True
 
 
 def _new_trial(index: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -190,14 +252,26 @@ class Search:
             paths = new_run(definition["save_dir"], name, args.search_id)
             state = {"format": 1, "name": f"{name}/{paths.run_id}", "command": args.command, **definition}
             search = cls(paths, state)
-            search.save()
+            try:
+                lock_run(paths.models, "search folder", "tune.py process")
+                search.save()
+            except BaseException:
+                remove_run(paths)
+                raise
             return search
         if folder.name == STATE:
             folder = folder.parent
         if not (folder / STATE).is_file():
             raise ConfigError(f"'{folder}' is not a search folder (it has no {STATE}). Pass the folder tune.py "
                               "printed when the search started: saved/models/<name>_tune/<search_id>.")
+        lock_run(folder, "search folder", "tune.py process")  # before reading: a running search rewrites it
         state = _read_state(folder / STATE)
+        parts = Path(state["name"]).parts
+        if folder.resolve().parts[-len(parts) - 1:] != ("models", *parts):
+            raise ConfigError(f"'{folder}' is not in its place, <save_dir>/models/{state['name']}: its trials are "
+                              "runs of that experiment, and would be written there. Move it back, or start a new "
+                              "search.")
+        state["save_dir"] = str(folder.resolve().parents[len(parts)])
         if definition is not None:
             changed = [key for key in DEFINITION if definition[key] != state[key]]
             if changed:
@@ -208,7 +282,16 @@ class Search:
         return cls(run_of_checkpoint(folder / STATE, str(Path(state["name"]).parent)), state)
 
     def save(self) -> None:
-        atomic_write(self.paths.models / STATE, json.dumps(self.state, indent=1).encode())
+        self._write(STATE, json.dumps(self.state, indent=1).encode())
+
+    def _write(self, name: str, data: bytes) -> None:
+        """A file of the search folder, replaced whole; a full disk stops the search with what it had recorded."""
+        try:
+            atomic_write(self.paths.models / name, data)
+        except OSError as e:
+            raise TrainingError(f"Could not write '{self.paths.models / name}': {e.strerror or e}. The search stopped "
+                                "with its trials recorded as they were; free disk space and continue it with: "
+                                f"python tune.py --resume {self.paths.models}") from None
 
     # ------------------------------------------------------------------ trials
     def run_trial(self, trial: dict[str, Any], on_epoch: Callable[[dict], bool] | None = None) -> None:
@@ -221,7 +304,10 @@ class Search:
         else:
             shutil.rmtree(run, ignore_errors=True)
             shutil.rmtree(log_dir, ignore_errors=True)
+            # The trial's folder comes last, where nothing before it can move it; trials leave the HParams summary
+            # to the search, which shows the searched keys (trainer.hparams).
             argv = [*self.state["train_args"], *(_override(k, v) for k, v in trial["params"].items()),
+                    _override("trainer.save_dir", self.state["save_dir"]), "trainer.hparams=false",
                     _override("name", self.state["name"]), "--run-id", trial["id"]]
             how = "started over" if trial["status"] == "running" else ""
         trial["status"] = "running"
@@ -230,7 +316,7 @@ class Search:
                  f"  ({how})" if how else "")
         log_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with open(log_dir / "stderr.txt", "a") as err:
+        with open_regular(log_dir / "stderr.txt", "a") as err:
             offset = err.tell()
             child = subprocess.Popen([sys.executable, TRAIN, *argv], stdout=subprocess.DEVNULL, stderr=err,
                                      cwd=self.state["cwd"])
@@ -287,7 +373,7 @@ class Search:
                                        *self.space, "run", "error"])
         writer.writeheader()
         writer.writerows(self.rows())
-        atomic_write(self.paths.models / RESULTS, text.getvalue().encode())
+        self._write(RESULTS, text.getvalue().encode())
 
     def print_results(self) -> None:
         rows = [{k: _shown(v) for k, v in row.items() if k != "error"} for row in self.rows()]
@@ -512,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        release_runs()
     return 0 if any(t["status"] == "done" for t in search.state["trials"]) else 1
 
 

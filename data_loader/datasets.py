@@ -6,15 +6,17 @@ import csv
 import functools
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 
-from utils.errors import DataError, not_utf8, reason
+from utils.errors import DataError, not_utf8, printable, reason
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +34,56 @@ SKIP_HINT = (" Replace the file or remove it from the data (or set data_loader.a
 
 
 def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED, hint: str = SKIP_HINT) -> torch.Tensor:
-    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file raises DataError naming it, followed
-    by `hint` (what to do about it: the training data's advice unless the caller has its own)."""
+    """Decode an image file into a uint8 (C, H, W) tensor; an unreadable file, or one too large (check_size),
+    raises DataError naming it, followed by `hint` (what to do about it: the training data's advice unless the
+    caller has its own). Any file name is read, UTF-8 or not."""
     try:
-        return decode_image(read_file(str(path)), mode=mode)
-    except (RuntimeError, OSError) as e:
-        raise DataError(f"Cannot read image '{path}': {reason(e)}{hint}") from None
+        raw = Path(path).read_bytes()
+        check_size(raw)
+        return decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw
+                            else torch.empty(0, dtype=torch.uint8), mode=mode)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise DataError(f"Cannot read image '{printable(path)}': {reason(e).rstrip('.')}.{hint}") from None
+
+
+def check_size(raw: bytes) -> None:
+    """Refuse an image whose header gives more pixels than Pillow's limit against decompression bombs
+    (PIL.Image.MAX_IMAGE_PIXELS: 89 million, a quarter GiB of RGB), before decoding it takes gigabytes. A file
+    Pillow cannot read is left to torchvision's decoder."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    fix = "; shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below says it
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"it has over {2 * limit:,} pixels, more than the limit of {limit:,}{fix}") from None
+    except (OSError, ValueError, SyntaxError):
+        return
+    if width * height > limit:
+        raise ValueError(f"it is {width} x {height} pixels, more than the limit of {limit:,}{fix}")
 
 
 def read_csv(path: Path) -> csv.DictReader:
     """The rows of a CSV file with a header, read as UTF-8 with or without the byte-order mark Excel writes (which
-    would otherwise become part of the first column's name); another encoding stops with the file and line."""
+    would otherwise become part of the first column's name); another encoding, or a column named twice, stops with
+    the file and what to fix."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{not_utf8(path, raw, e)}, as in a file saved as Latin-1 or Windows-1252 (Excel's plain "
                         "'CSV' format). Save it as UTF-8 (Excel: 'CSV UTF-8').") from None
-    return csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    twice = [name for name in columns if columns.count(name) > 1]
+    if twice:
+        raise DataError(f"'{path}': the column {twice[0]!r} appears twice in the header, and the second would silently "
+                        "replace the first. Rename or remove one of them.")
+    return reader
 
 
 def _is_whole_number(label: str) -> bool:

@@ -12,7 +12,7 @@ from torchvision.io import ImageReadMode
 
 from data_loader.datasets import read_image
 from data_loader.table import Standardize, read_features
-from utils.errors import DataError, plural, reason
+from utils.errors import DataError, plural, printable, reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # what torchvision.io decodes
 LIST_SUFFIXES = (".csv", ".txt")
@@ -98,7 +98,7 @@ class ImageInputs(Inputs):
 
     def __init__(self, files: list[Path], mode: ImageReadMode, transform: Callable | None,
                  channels: int | None = None):
-        super().__init__([(str(file),) for file in files], transform)
+        super().__init__([(printable(file),) for file in files], transform)
         self.files = files
         self.mode = mode
         self.channels = channels
@@ -108,7 +108,7 @@ class ImageInputs(Inputs):
 
     def check(self, index: int, sample: torch.Tensor) -> torch.Tensor:
         if self.channels is not None and sample.dim() == 3 and sample.shape[0] != self.channels:
-            raise DataError(f"'{self.files[index]}' has {plural(sample.shape[0], 'channel')} after eval_transform, but "
+            raise DataError(f"'{printable(self.files[index])}' has {plural(sample.shape[0], 'channel')} after eval_transform, but "
                             f"the model was trained on images of {self.channels}: convert it (the training config's "
                             "image_mode converts the training images)")
         return sample

@@ -33,7 +33,7 @@ def numbers(row: dict[str, str], columns: list[str], path: Path, line: int) -> l
     values = []
     for column in columns:
         try:
-            value = float(row[column])
+            value = math.nan if "_" in row[column] else float(row[column])  # Python reads 1_000; a table does not
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value):

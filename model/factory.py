@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -80,6 +81,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     parameter listed in two groups stays in the first. `no_decay` then moves norm layers' parameters and biases
     (or the names it lists) of each group to a copy of it without weight decay (model/weight_decay.py)."""
     spec = config["optimizer"]
+    _check_finite_settings(spec, config.source)
     groups, taken = [], set()
     for i, group in enumerate(spec.get("param_groups") or []):
         key = f"optimizer.param_groups[{i}]"
@@ -109,6 +111,18 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     if spec.get("no_decay"):
         groups = split_groups(groups, model, spec["no_decay"], config.source)
     return config.init_obj("optimizer", params=groups if len(groups) > 1 else rest)
+
+
+def _check_finite_settings(spec: dict[str, Any], source: str) -> None:
+    """Refuse a learning rate (or another setting) of inf or nan, which optimizers accept: the run would only stop
+    at its first non-finite loss, its folder written."""
+    settings = [(f"optimizer.args.{k}", v) for k, v in spec["args"].items()] + \
+        [(f"optimizer.param_groups[{i}].{k}", v) for i, group in enumerate(spec.get("param_groups") or [])
+         if isinstance(group, dict) for k, v in group.items()]
+    for key, value in settings:
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{blame(source, key)}: '{key}' is {value!r}; an optimizer's settings must be finite "
+                              "numbers.")
 
 
 def build_criterion(config: Config) -> Callable:

@@ -6,9 +6,10 @@ import re
 import pytest
 import torch
 
-from trainer import checkpoint
-from trainer.checkpoint import atomic_write, find_checkpoint, keep_top_k, load_checkpoint, save_checkpoint
+from trainer.checkpoint import find_checkpoint, keep_top_k, load_checkpoint, save_checkpoint
+from utils import files
 from utils.errors import CheckpointError, TrainingError
+from utils.files import atomic_write
 
 from conftest import REPO
 
@@ -36,7 +37,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(TrainingError, match=r"Could not write the checkpoint .*No space left on device.*intact"):
         save_checkpoint(state(2.0), [path])
     monkeypatch.undo()

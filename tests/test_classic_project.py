@@ -143,7 +143,7 @@ def test_a_classic_project_drops_in_trains_tests_offline_and_resumes(tmp_path):
     assert "arch: using your MnistModel from model/model.py; it replaces the template's MnistModel" in out
     assert "data_loader: using your MnistDataLoader from data_loader/data_loaders.py" in out
     assert "metrics[0]: using your accuracy from model/metric.py" in out
-    assert "Config keys not used by the template, kept for your code (config[key]): regularize." in out
+    assert "Config keys not used by the template, kept for your code (config[key]): 'regularize'." in out
     assert "arch.init: left 1 loaded or frozen layer(s) as they were: stem.0." in out
     assert "arch.init: initialised 2 layer(s) with torch.nn.init.kaiming_normal_: head.0, head.3." in out
     assert "Data per process: 192 training, 64 validation samples" in out

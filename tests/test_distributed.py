@@ -1,4 +1,5 @@
 """DDP on the CPU: two processes under torchrun with gloo, on the bundled digits."""
+import json
 import re
 import shutil
 import time
@@ -63,6 +64,15 @@ def test_two_processes_killed_and_resumed_end_identical(tmp_path, capfd):
     resumed = torchrun(capfd, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
+    # Every process validates with rank 0's BatchNorm statistics, the ones saved: the logged figures are those of the
+    # saved model, and a resumed run logs the same ones.
+    history = (tmp_path / "log" / "digits_cnn" / "ref" / "history.jsonl").read_text()
+    assert (tmp_path / "log" / "digits_cnn" / "ddp" / "history.jsonl").read_text() == history
+    capfd.readouterr()
+    assert test_script.main(["--resume", str(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth"),
+                             "--split", "val", "--no-report"]) == 0
+    printed = float(re.search(r"^  loss\s+([\d.]+)$", capfd.readouterr().out, re.M).group(1))
+    assert printed == pytest.approx(json.loads(history.splitlines()[-1])["val_loss"], abs=2e-6)
 
 
 def test_a_failing_process_brings_the_run_down_with_its_message(tmp_path, capfd):
@@ -71,6 +81,14 @@ def test_a_failing_process_brings_the_run_down_with_its_message(tmp_path, capfd)
     assert result.returncode != 0
     assert "error: [rank 1] Cannot read image 'images/0042.png'" in result.stdout + result.stderr
     assert time.monotonic() - started < 120
+
+
+def test_the_surviving_process_of_a_killed_peer_says_it_lost_contact(tmp_path, capfd):
+    result = torchrun(capfd, "--at", "kill-rank1:3", "--", *fast_args(tmp_path), script="tests/interrupt.py")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "error: [rank 0] Lost contact with the other training processes (" in output, output
+    assert "[rank0]: Traceback" not in output and "RuntimeError" not in output
 
 
 def test_sigterm_stops_all_processes_with_a_checkpoint(tmp_path, capfd):

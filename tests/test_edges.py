@@ -171,7 +171,7 @@ def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, cap
         "train_args": [], "monitor": "max val_accuracy", "save_dir": str(tmp_path / "saved"), "cwd": str(tmp_path),
         "trials": [trial]}))
     assert tune.main(["--resume", str(folder)]) == 2
-    assert "search.json: the trial id must be a folder name such as run1" in one_error(capsys)
+    assert "a trial id must be a folder name such as run1" in one_error(capsys)
     assert (victim / "keep.txt").read_text() == "mine"
 
 
@@ -318,3 +318,111 @@ def test_test_py_takes_the_data_loader_of_a_data_only_config(run_copy, tmp_path,
     assert export.main(["--resume", str(run_copy), "-c", table, "--format", "torchscript"]) == 2
     assert "A test batch (inputs (32, 10)) does not go through the trained model" in one_error(capsys)
     assert not list(run_copy.glob("*.ts.pt"))
+
+
+# ---------------------------------------------------------------------- a run folder from elsewhere (issue 18)
+@pytest.mark.parametrize("name, kind", [(".lock", "link"), ("train.log", "link"), ("train.log", "pipe")])
+def test_a_link_or_pipe_planted_in_a_handed_run_folder_is_refused_and_its_target_kept(run_copy, tmp_path, name, kind,
+                                                                                      capsys):
+    handed = tmp_path / "handed"
+    handed.mkdir()
+    shutil.copy(run_copy / "checkpoint-latest.pth", handed)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    if kind == "link":
+        (handed / name).symlink_to(victim)
+    else:
+        os.mkfifo(handed / name)
+    assert train.main(["--resume", str(handed / "checkpoint-latest.pth"), "--epochs", "2"]) == 2
+    err = one_error(capsys)
+    assert f"'{handed / name}' is {'a symbolic link' if kind == 'link' else 'not a regular file'}" in err
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in handed.iterdir()) == sorted({"checkpoint-latest.pth", name, ".lock"})
+
+
+def test_a_config_key_with_a_newline_cannot_forge_a_line_of_the_log(run_copy, capsys):
+    path = run_copy / "checkpoint-latest.pth"
+    state = torch.load(path, weights_only=True)
+    state["config"]["note\n2026-01-01 00:00:00,000 INFO train: FORGED"] = 1
+    torch.save(state, path)
+    assert train.main(["--resume", str(run_copy), "--epochs", "2"]) == 0
+    log = (run_copy.parents[2] / "log" / "digits_cnn" / "r" / "train.log").read_text()
+    assert "'note\\n2026-01-01 00:00:00,000 INFO train: FORGED'" in log
+    assert not [line for line in log.splitlines() if line.startswith("2026-01-01")]
+
+
+def test_an_experiment_name_with_a_control_character_is_refused(tmp_path, capsys):
+    assert train.main(train_args(tmp_path / "saved", REPO / "data" / "digits", "--name", "a\nINFO forged")) == 2
+    assert "without '..', '\\', a leading '/' or control characters" in one_error(capsys)
+    assert not (tmp_path / "saved").exists()
+
+
+def test_test_py_refuses_a_default_report_folder_that_is_a_link(run_copy, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run_copy / "report-model_best-test").symlink_to(elsewhere)
+    assert test_script.main(["--resume", str(run_copy / "model_best.pth")]) == 2
+    assert f"'{run_copy / 'report-model_best-test'}' is a symbolic link" in one_error(capsys)
+    assert list(elsewhere.iterdir()) == []
+    # Chosen on the command line, a link to a folder is the user's own: the report goes there.
+    assert test_script.main(["--resume", str(run_copy / "model_best.pth"), "-o", str(run_copy / "report-model_best-test")]) == 0
+    assert (elsewhere / "report.json").is_file()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of 1 MiB (tmpfs), for a disk that fills up; skipped where mounting one is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small file system here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk, leave: int = 0):
+    """Fill `disk` up to `leave` bytes free; the filler file, to free the space again."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):
+            while shutil.disk_usage(disk).free > leave:
+                f.write(b"\0" * 4096)
+                f.flush()
+    return filler
+
+
+@pytest.mark.parametrize("leave", [0, 4096])  # no room for the lock file, or none for the config
+def test_a_full_disk_at_the_start_stops_with_one_message_and_leaves_no_folder(small_disk, tmp_path, leave, capsys):
+    data = tiny_digits(tmp_path / "digits")
+    (small_disk / "saved").mkdir()
+    filler = fill(small_disk, leave)
+    assert train.main(train_args(small_disk / "saved", data, "--run-id", "r")) == 2
+    assert "No space left on device" in one_error(capsys)
+    assert not (small_disk / "saved" / "models" / "digits_cnn" / "r").exists()
+    assert not (small_disk / "saved" / "log" / "digits_cnn" / "r").exists()
+    filler.unlink()
+    assert train.main(train_args(small_disk / "saved", data, "--run-id", "r", "trainer.save_top_k=0")) == 0
+
+
+def test_a_full_disk_on_resume_keeps_the_config_and_the_run_resumable(run_copy, small_disk, capsys):
+    run = small_disk / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("checkpoint-epoch*", "model_best.pth"))
+    config = (run / "config.yaml").read_bytes()
+    filler = fill(small_disk)
+    assert train.main(["--resume", str(run), "--epochs", "2"]) == 2
+    assert "No space left on device" in one_error(capsys)
+    assert (run / "config.yaml").read_bytes() == config
+    filler.unlink()
+    assert train.main(["--resume", str(run), "--epochs", "2", "trainer.save_top_k=0"]) == 0
+
+
+@pytest.mark.parametrize("setting, key", [("optimizer.args.lr=.inf", "optimizer.args.lr"),
+                                          ("optimizer.args.weight_decay=.inf", "optimizer.args.weight_decay"),
+                                          ("optimizer.param_groups=[{modules: [classifier], lr: .nan}]",
+                                           "optimizer.param_groups[0].lr")])
+def test_an_infinite_or_nan_optimizer_setting_is_refused_before_writing(tmp_path, setting, key, capsys):
+    assert train.main(train_args(tmp_path / "saved", REPO / "data" / "digits", setting)) == 2
+    assert f"command line ({setting}): '{key}' is " in one_error(capsys)
+    assert not (tmp_path / "saved").exists()

@@ -111,3 +111,19 @@ def test_an_output_that_cannot_be_written_is_one_message_and_exit_2(run_folder, 
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "no").exists()
+
+
+def test_an_output_that_is_the_checkpoint_or_a_planted_link_is_refused(run_folder, tmp_path, capsys):
+    checkpoint = tmp_path / "best.pth"
+    checkpoint.write_bytes((run_folder / "model_best.pth").read_bytes())
+    before = checkpoint.read_bytes()
+    assert export.main(["--resume", str(checkpoint), "--format", "exported", "--output", str(checkpoint)]) == 2
+    assert f"--output '{checkpoint}' is the input '{checkpoint}'" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+    # The default file beside the checkpoint is never written through a link (the run folder may come from elsewhere).
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "best.pt2").symlink_to(victim)
+    assert export.main(["--resume", str(checkpoint), "--format", "exported"]) == 2
+    assert f"'{tmp_path / 'best.pt2'}' is a symbolic link (to '{victim}')" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n"

@@ -5,6 +5,7 @@ import re
 import shutil
 import stat
 import threading
+import zlib
 
 import pytest
 import torch
@@ -146,6 +147,39 @@ def test_the_output_goes_through_a_link_and_into_a_pipe(digits_best, tmp_path, c
     assert out.startswith("earlier lines\n") and "\nfile,label,index,probability" in out, out
 
 
+def test_an_output_that_is_one_of_the_inputs_is_refused(digits_best, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("0000.png", "0001.png"):
+        shutil.copy(DIGITS / "images" / name, folder)
+    (tmp_path / "list.txt").write_text("images/0000.png\n")
+    checkpoint = tmp_path / "best.pth"
+    shutil.copy(digits_best, checkpoint)
+    before = {path: path.read_bytes() for path in [*folder.iterdir(), tmp_path / "list.txt", checkpoint]}
+    for inputs, output in [([str(folder)], folder / "0001.png"), ([str(tmp_path / "list.txt")], tmp_path / "list.txt"),
+                           ([str(folder)], checkpoint)]:
+        assert predict.main(["--resume", str(checkpoint), *inputs, "-o", str(output)]) == 2
+        assert f"--output '{output}' is the input '" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_a_file_name_of_another_encoding_is_read_and_a_huge_image_is_skipped_unread(digits_best, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    odd = os.fsdecode(bytes(folder) + b"/caf\xe9.png")  # a Latin-1 name, as a camera or an old system writes it
+    shutil.copy(DIGITS / "images" / "0000.png", odd)
+    # An 875-byte PNG of 30000 x 30000 grey pixels: decoding it would take 900 MB.
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big") for kind, data in
+        [(b"IHDR", (30000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])),
+         (b"IDAT", zlib.compress(bytes(30001) * 30)), (b"IEND", b"")]))
+    output = tmp_path / "preds.csv"
+    assert predict.main(["--resume", str(digits_best), str(folder), "-o", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Skipped: Cannot read image '.*huge\.png': it has over [\d,]+ pixels, more than the limit", out)
+    assert [row["file"] for row in read_csv(output)] == [str(folder / "caf\\udce9.png")]
+
+
 def test_bad_arguments_stop_before_anything_is_written(digits_best, tmp_path, capsys):
     output = str(tmp_path / "preds.csv")
     cases = [([str(tmp_path / "nowhere"), "-o", output], r"'.*nowhere' not found\. Give image files, folders"),
@@ -225,6 +259,13 @@ def test_table_and_regression_models_write_output_values(digits_best, tmp_path, 
     assert [r["line"] for r in read_csv(output)] == ["2"]
     assert float(read_csv(output)[0]["output"]) == pytest.approx(float(rows[0]["output"]), rel=1e-6)
     assert re.search(r"Skipped: '.*new.csv', line 3, column 'age': 'x' is not a finite number", capsys.readouterr().out)
+    # Python reads 1_000 as a number, a table does not; a column named twice would silently keep its last value.
+    (tmp_path / "new.csv").write_text("\n".join([",".join(columns), "1_000," + ",".join(lines[1].split(",")[1:10])]))
+    assert predict.main(["--resume", str(best), str(tmp_path / "new.csv"), "--output", str(output)]) == 2
+    assert "line 2, column 'age': '1_000' is not a finite number" in capsys.readouterr().out
+    (tmp_path / "new.csv").write_text("\n".join([",".join([*columns, "age"]), ",".join(lines[1].split(",")[:11])]))
+    assert predict.main(["--resume", str(best), str(tmp_path / "new.csv"), "--output", str(output)]) == 2
+    assert "new.csv': the column 'age' appears twice in the header" in capsys.readouterr().err
     # A model whose loss is not a classification one writes its output values, one column each.
     checkpoint = torch.load(digits_best, weights_only=True)
     checkpoint["config"] = {**checkpoint["config"], "loss": "mse_loss", "metrics": []}

@@ -171,7 +171,8 @@ def test_skip_batch_skips_non_finite_losses(save_dir, monkeypatch):
 
 
 def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir, monkeypatch, capsys):
-    from trainer import checkpoint, state
+    from trainer import state
+    from utils import files
 
     real_save, saves = state.save_checkpoint, {"n": 0}
 
@@ -181,7 +182,7 @@ def test_a_failed_save_stops_training_and_keeps_the_previous_checkpoint(save_dir
     def second_save_fails_on_fsync(state, paths):  # epoch 1 writes latest; epoch 2's write fails half-way
         saves["n"] += 1
         if saves["n"] == 2:
-            monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+            monkeypatch.setattr(files.os, "fsync", no_space)
         return real_save(state, paths)
 
     monkeypatch.setattr(state, "save_checkpoint", second_save_fails_on_fsync)

@@ -2,6 +2,7 @@
 and the Optuna search."""
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -54,8 +55,12 @@ def grid(tmp_path_factory):
     search.wait()
     killed = json.loads((folder / "search.json").read_text())
     finished = {"trial-000": (folder / "trial-000" / "checkpoint-latest.pth").stat().st_mtime_ns}
+    # An edited record cannot send the trials elsewhere: tune.py gives each its own folder after everything else.
+    tampered = {**killed, "train_args": [*killed["train_args"], f"trainer.save_dir={save_dir.parent / 'elsewhere'}"]}
+    (folder / "search.json").write_text(json.dumps(tampered))
     with contextlib.redirect_stdout(io.StringIO()) as out:  # in this process: one less torch import
         assert tune.main(["--resume", str(folder)]) == 0
+    assert not (save_dir.parent / "elsewhere").exists()
     return save_dir, killed, finished, out.getvalue()
 
 
@@ -136,6 +141,11 @@ BAD = {
     "unknown key": (["--grid", "optimizer.args.lrr=1e-3,1e-2"], "searched key 'optimizer.args.lrr' is not in"),
     "range in grid": (["--grid", "optimizer.args.lr=uniform:0:1"], "--grid cannot enumerate"),
     "no mode": (["optimizer.args.lr=1e-3,1e-2"], "Choose the search with --grid"),
+    "too many draws": (["--random", "100000000", "optimizer.args.lr=log-uniform:1e-4:1e-1"],
+                       "--random 100000000 asks for more than 10000 trials"),
+    "too large a grid": (["--grid", *(f"{k}=1,2,3,4,5,6,7,8,9,10,11" for k in ("arch.args.width", "arch.args.dropout",
+                                                                             "optimizer.args.lr", "trainer.epochs"))],
+                         "This grid has 14641 combinations, more than 10000 trials"),
 }
 
 
@@ -168,3 +178,79 @@ def test_optuna_search_runs_and_ranks_its_trials(tmp_path):
     with open(search_folder(save_dir) / "results.csv") as f:
         values = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
     assert values == sorted(values, reverse=True) and len(values) == 2
+
+
+def a_search(tmp_path, **changes):
+    """A search folder as tune.py writes it, one trial pending, with `changes` made to its record."""
+    folder = search_folder(tmp_path / "saved")
+    folder.mkdir(parents=True)
+    trial = {"id": "trial-000", "params": {"optimizer.args.lr": 0.01}, "status": "pending", "best": None,
+             "epochs": 0, "seconds": 0.0, "error": ""}
+    state = {"format": 1, "name": "digits_cnn_tune/s", "command": "python tune.py", "mode": "grid", "n": None,
+             "seed": 0, "space": {"optimizer.args.lr": "1e-3,1e-2"}, "train_args": ["-c", str(REPO / "configs" /
+                                                                                            "config.yaml")],
+             "monitor": "max val_accuracy", "save_dir": str(tmp_path / "saved"), "cwd": str(REPO), "trials": [trial]}
+    for key, value in changes.items():
+        if key in trial:
+            trial[key] = value
+        elif value is None:
+            del trial[key.removeprefix("no_")]
+        else:
+            state[key] = value
+    (folder / "search.json").write_text(json.dumps(state))
+    return folder
+
+
+TAMPERED = {
+    "best": ({"best": "abc"}, "trial-000's best, epochs, seconds, error or params are not what tune.py writes"),
+    "seconds": ({"seconds": "x"}, "trial-000's best, epochs, seconds"),
+    "params as a list": ({"params": [1]}, "trial-000 lacks params or a known status"),
+    "no params": ({"no_params": None}, "trial-000 lacks params or a known status"),
+    "monitor": ({"monitor": "bad"}, "the space or the monitor ('bad') cannot be read"),
+    "cwd": ({"cwd": "/no/such/folder"}, "the working folder of its trials, '/no/such/folder', does not exist"),
+    "train_args": ({"train_args": ["--resume", "/elsewhere"]}, "train_args ['--resume', '/elsewhere'] is not -c CONFIG"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED)
+def test_a_tampered_search_record_is_refused_before_any_trial_runs(tmp_path, case, capsys):
+    changes, message = TAMPERED[case]
+    folder = a_search(tmp_path, **changes)
+    assert tune.main(["--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "search.json' is damaged (" in err and message in err, err
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "search.json"]
+
+
+def test_a_second_tune_process_on_a_live_search_is_refused(tmp_path, capsys):
+    folder = a_search(tmp_path)
+    (folder / "trial-000").mkdir()
+    (folder / "trial-000" / "checkpoint-latest.pth").write_bytes(b"the first search's trial, training")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX); f.write(f'{os.getpid()}\\n'); f.flush(); print(1, flush=True); "
+                               "time.sleep(60)", str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "1\n"  # it holds the lock, as a running search does
+        assert tune.main(["--resume", str(folder)]) == 2
+        assert f"The search folder '{folder}' is in use by another tune.py process (pid {holder.pid})" in \
+            capsys.readouterr().err
+        assert (folder / "trial-000" / "checkpoint-latest.pth").read_bytes() == b"the first search's trial, training"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_full_disk_during_a_search_stops_it_with_one_message(tmp_path, monkeypatch, capsys):
+    folder = a_search(tmp_path)
+    record = (folder / "search.json").read_text()
+
+    def no_space(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tune, "atomic_write", no_space)
+    assert tune.main(["--resume", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Could not write") and len(err.strip().splitlines()) == 1, err
+    assert "search.json': No space left on device. The search stopped" in err and f"--resume {folder}" in err
+    assert (folder / "search.json").read_text() == record

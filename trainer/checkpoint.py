@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
 import reprlib
 import zipfile
@@ -19,32 +18,13 @@ from typing import Any
 import torch
 
 from utils.errors import CheckpointError, TrainingError, reason
+from utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 LATEST = "checkpoint-latest.pth"
 BEST = "model_best.pth"
-_TEMP_MARK = ".tmp-"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` always holds either the old or the complete new content."""
-    temp = path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def save_checkpoint(state: dict[str, Any], paths: list[Path]) -> None:
@@ -208,12 +188,6 @@ def best_in_file(path: Path) -> float | None:
         return load_checkpoint(path)["monitor"]["best"]
     except CheckpointError:
         return None
-
-
-def remove_temp_files(folder: Path) -> None:
-    """Delete half-written temporary files left by a save that was killed."""
-    for temp in folder.glob(f".*{_TEMP_MARK}*"):
-        temp.unlink(missing_ok=True)
 
 
 def keep_top_k(kept: list[list], value: float, name: str, k: int, mode: str) -> tuple[list[list], bool, list[str]]:

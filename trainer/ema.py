@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -61,9 +60,7 @@ class ModelEMA:
         self.started = True
         if epoch <= self.warmup:
             self.averaged.n_averaged.zero_()  # the next update copies the weights again
-        if distributed.active():
-            for buffer in self.module.buffers():
-                dist.broadcast(buffer, src=0)
+        distributed.broadcast_buffers(self.module)
 
     def follow(self, model: nn.Module) -> None:
         """Before its first update, the average is the weights themselves: copy them (before validating it)."""

@@ -11,6 +11,7 @@ matrix and per-class figures (trainer/progress.py).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import atomic_write
 from utils import distributed
 from utils.errors import TemplateError
+from utils.files import atomic_write
 from utils.plots import confusion_matrix_image, image_grid, png_bytes, scale_to_unit
 
 TABLE_CLASSES = 20  # the confusion matrix is printed as a table up to this many classes
@@ -212,8 +213,15 @@ def format_report(report: ClassReport) -> str:
     return "\n".join(lines)
 
 
-def check_output_dir(folder: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before the evaluation (creating nothing)."""
+def check_output_dir(folder: Path, chosen: bool = True) -> None:
+    """Refuse an output folder that cannot be created or written, before the evaluation (creating nothing); and the
+    default folder (not `chosen` on the command line), which lies in a run folder that may come from elsewhere,
+    when it is a symbolic link."""
+    if not chosen and folder.is_symlink():
+        raise TemplateError(f"'{folder}' is a symbolic link (to '{os.readlink(folder)}'). test.py writes its report "
+                            "into a folder of its own beside the checkpoint and never through a link, so that a run "
+                            "folder from elsewhere cannot make it write outside: remove the link, or give "
+                            "--output-dir.")
     existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.exists())
     problem = "is a file" if not existing.is_dir() else ""
     if not problem:

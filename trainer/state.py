@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import BEST, FORMAT, LATEST, atomic_write, best_in_file, save_checkpoint
+from trainer.checkpoint import BEST, FORMAT, LATEST, best_in_file, save_checkpoint
 from utils import distributed
 from utils.errors import CheckpointError, TrainingError, reason
+from utils.files import atomic_write
 from utils.rng import get_rng_state, set_rng_state
 from utils.run import RunPaths
 
@@ -112,7 +113,9 @@ class TrainingState:
     def save(self, names: list[str]) -> Path:
         """Write the state to `names` in the run's models folder: every process contributes its state, rank 0
         writes while the others wait. Returns the first file's path. Weights or buffers that are not finite are
-        never saved, so that a run always keeps a finite checkpoint to go back to."""
+        never saved, so that a run always keeps a finite checkpoint to go back to. Under DDP every process first
+        takes rank 0's buffers, so that all of them go on with the model saved, as they do after a resume."""
+        distributed.broadcast_buffers(self.model)
         bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
         if self._any_rank(torch.tensor(bool(bad), device=self.device)):
             raise TrainingError(

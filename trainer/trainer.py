@@ -204,6 +204,7 @@ class Trainer(TrainingState):
 
     def validate(self) -> dict[str, float]:
         """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
+        distributed.broadcast_buffers(self.model)  # under DDP, every process validates the model that is saved
         if self.ema is not None:
             self.ema.follow(self.model)
         values: dict[str, float] = {}

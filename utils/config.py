@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import yaml
 
-from utils.errors import ConfigError, Source, blame, not_utf8, reason, suggest
+from utils.errors import ConfigError, Source, blame, not_utf8, printable, reason, suggest
+from utils.files import atomic_write
 from utils.registry import lookup
 from utils.run import folder_name
 
@@ -420,14 +421,14 @@ class Config:
         source = str(path) if path is not None else "the checkpoint's config"
         raw = read_config_file(path) if path is not None else copy.deepcopy(base)
         config = _resolved(raw, source)
-        settings = [(SHORT_FLAGS[name], value, f"--{name} {value}") for name, value in short.items()
+        settings = [(SHORT_FLAGS[name], value, printable(f"--{name} {value}")) for name, value in short.items()
                     if value is not None]
         for item in overrides:
             key, sep, text = item.partition("=")
             if not sep or not key:
-                raise ConfigError(f"Cannot read the override '{item}': write it as key.path=value, "
+                raise ConfigError(f"Cannot read the override '{printable(item)}': write it as key.path=value, "
                                   "e.g. optimizer.args.lr=3e-4 trainer.epochs=5.")
-            settings.append((key.strip(), parse_value(text), item))
+            settings.append((key.strip(), parse_value(text), printable(item)))
         set_by: dict[str, str] = {}
         flagged = {key: (value, item) for key, value, item in settings if item.startswith("--")}
         for key, value, item in settings:
@@ -537,5 +538,10 @@ def _text_for_numbers(factory: Callable[..., Any], kwargs: dict[str, Any], key: 
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:
-    """Write the resolved config beside the checkpoints, so a run can be repeated exactly."""
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    """Write the resolved config beside the checkpoints, so a run can be repeated exactly (atomically: a full disk
+    leaves the previous file, or none)."""
+    try:
+        atomic_write(path, yaml.safe_dump(config, sort_keys=False).encode())
+    except OSError as e:
+        raise ConfigError(f"Could not write '{path}': {e.strerror or e}. Free disk space (or fix the folder's "
+                          "permissions) and start again.") from None

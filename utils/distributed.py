@@ -3,6 +3,7 @@ device, rank 0 writes, collectives for exact metrics and agreed decisions. Singl
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -55,6 +56,13 @@ def is_main() -> bool:
     return not active() or dist.get_rank() == 0
 
 
+def lost_contact(e: BaseException) -> bool:
+    """Whether `e` says that the other processes can no longer be reached (one of them died): torch's DistError, or
+    the RuntimeError that gloo and NCCL raise inside a collective, DDP's included."""
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and active()
+                                             and re.search(r"gloo|nccl|ProcessGroup", str(e), re.I) is not None)
+
+
 def rank_prefix() -> str:
     """'[rank N] ' under DDP, to tell whose message it is."""
     return f"[rank {dist.get_rank()}] " if active() else ""
@@ -83,6 +91,13 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics, which each process updates from its own batches) in every process."""
+    if active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def on_main(fn: Callable[..., Any], *args: Any) -> Any:

@@ -70,7 +70,7 @@ def reason(e: BaseException) -> str:
     torch's native errors start with, nor a trailing colon that introduced the lines left out; the exception's type
     name when the message is empty."""
     lines = str(e).strip().splitlines()
-    first = re.sub(r"^\w+, \S+:\d+, ", "", lines[0]).rstrip(": ") if lines else ""
+    first = re.sub(r"^([\w()]+, \S+:\d+, |\[\S+:\d+\] )", "", lines[0]).rstrip(": ") if lines else ""
     return first or type(e).__name__
 
 
@@ -154,6 +154,12 @@ def not_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> str:
     """"'<path>' is not UTF-8 text: line N holds the byte 0x..", for a file whose `data` failed to decode."""
     line = data[:e.start].count(b"\n") + 1
     return f"'{path}' is not UTF-8 text: line {line} holds the byte 0x{data[e.start]:02x}"
+
+
+def printable(text: str | Path) -> str:
+    """Text (a path, a command-line item) that prints as one line of UTF-8 whatever it holds: a control character
+    or a byte of a name in another encoding is shown as its escape (\\n, \\udce9)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
 
 
 def plural(count: int, noun: str) -> str:

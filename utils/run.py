@@ -6,17 +6,20 @@ Every folder the template writes is one of these: `name` and the run id are fold
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import ConfigError
+from utils.files import open_regular
 
 try:
     import fcntl
@@ -44,13 +47,13 @@ def folder_name(value: Any, what: str, nested: bool = False) -> str:
     several joined by '/' (tune.py's trials are runs of the experiment `<name>_tune/<search_id>`)."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     parts = text.split("/") if isinstance(text, str) and nested else [text]
-    if not all(isinstance(p, str) and p.strip() and p not in (".", "..") and not set(p) & {"/", "\\", "\0"}
-               for p in parts):
+    if not all(isinstance(p, str) and p.strip() and p not in (".", "..") and not set(p) & {"/", "\\"}
+               and p.isprintable() for p in parts):
         example = "digits_cnn, or several joined by '/'," if nested else "run1"
         quote = " Quote a number with a decimal point to keep it as written ('1.10')." if isinstance(value, float) \
             else ""
-        raise ConfigError(f"{what} must be a folder name such as {example} without '..', '\\' or a leading '/', so "
-                          f"that the run stays under trainer.save_dir; got {value!r}.{quote}")
+        raise ConfigError(f"{what} must be a folder name such as {example} without '..', '\\', a leading '/' or control "
+                          f"characters, so that the run stays under trainer.save_dir; got {value!r}.{quote}")
     return text
 
 
@@ -61,11 +64,29 @@ def shown(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
-def check_output_file(path: Path) -> None:
-    """Refuse an `--output` file that is a folder or whose folder does not exist (predict.py, export.py)."""
+def check_output_file(path: Path, chosen: bool = True) -> None:
+    """Refuse an `--output` file that is a folder or whose folder does not exist (predict.py, export.py); and a
+    default name (not `chosen` on the command line) that is a symbolic link, as it lies beside a checkpoint in a
+    run folder that may come from elsewhere."""
     if path.is_dir() or not path.parent.is_dir():
         raise ConfigError(f"--output '{path}' must be a file in an existing folder; "
                           f"{'it is a folder' if path.is_dir() else 'its folder does not exist'}.")
+    if not chosen and path.is_symlink():
+        raise ConfigError(f"'{path}' is a symbolic link (to '{os.readlink(path)}'), where the output would go by "
+                          "default. It is never written through a link, so that a run folder from elsewhere cannot "
+                          "make it write outside: remove the link, or give --output.")
+
+
+def check_not_an_input(output: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output file that is one of the inputs (the checkpoint, an image, a list of them): writing it would
+    destroy what it is made from."""
+    if not output.is_file():
+        return
+    for path in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(output, path):
+                raise ConfigError(f"--output '{output}' is the input '{path}', which writing the output would "
+                                  "overwrite. Give another output file.")
 
 
 def _make_writable(folder: Path, fix: str) -> None:
@@ -129,27 +150,39 @@ def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
     return RunPaths(shown(models), shown(log_dir))
 
 
-def lock_run(models: Path) -> None:
+def lock_run(models: Path, what: str = "run folder", holder: str = "training process") -> None:
     """Hold an exclusive lock on a run folder while this process writes there, released when it ends (the system
     releases it even after kill -9): a second process on the same run would delete the first one's temporary
     files, mix their logs, and the last writer's checkpoints would win. A POSIX record lock (`lockf`), which
-    belongs to this process alone: DataLoader workers forked from it do not hold it after it ends."""
+    belongs to this process alone: DataLoader workers forked from it do not hold it after it ends. `what` and
+    `holder` name the folder and who works in it, for the message (tune.py locks its search folders too)."""
     if fcntl is None:
         return
-    handle = open(models / ".lock", "a+")
+
+    def unwritable(e: OSError) -> ConfigError:
+        return ConfigError(f"Cannot write the lock file in '{models}' ({e.strerror or e}). Free disk space or fix the "
+                           "folder's permissions, then start again.")
+
+    try:
+        handle = open_regular(models / ".lock", "a+")
+    except OSError as e:
+        raise unwritable(e) from None
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
-        holder = handle.read().strip()
+        holder_pid = handle.read().strip()
         handle.close()
-        raise ConfigError(f"The run folder '{models}' is in use by another training process"
-                          f"{f' (pid {holder})' if holder else ''}. Let it finish or stop it first; to train from "
-                          "the same checkpoint at the same time, copy the run folder and resume the copy.") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+        raise ConfigError(f"The {what} '{models}' is in use by another {holder}"
+                          f"{f' (pid {holder_pid})' if holder_pid.isdigit() else ''}. Let it finish or stop it first; "
+                          "to work from the same checkpoint at the same time, copy the folder and use the copy."
+                          ) from None
+    try:
+        os.ftruncate(handle.fileno(), 0)
+        os.write(handle.fileno(), f"{os.getpid()}\n".encode())
+    except OSError as e:
+        handle.close()
+        raise unwritable(e) from None
     _locks.append(handle)
 
 
