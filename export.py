@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.restore import add_ema_argument, check_one_input, eval_loader, restore
+from tools.restore import add_ema_argument, check_one_input, eval_loader, restore
 from utils.errors import ConfigError, ExportError, reason, report_errors
 from utils.log import setup_logging
 from utils.run import check_not_an_input, check_output_file

@@ -28,8 +28,8 @@ from data_loader.checks import collate
 from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
+from tools.restore import Restored, add_ema_argument, check_one_input, rebuilt_data, restore
 from trainer.checkpoint import class_names
-from trainer.restore import Restored, add_ema_argument, check_one_input, rebuilt_data, restore
 from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors

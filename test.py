@@ -3,7 +3,7 @@
     python test.py --resume saved/models/<name>/<run_id>/model_best.pth [--split val] [-c other_data.yaml]
 
 Prints the loss and metrics and, for a classifier, the per-class report and confusion matrix; writes
-report.json, confusion_matrix.png and mistakes.png (trainer/report.py, docs/evaluation.md) into
+report.json, confusion_matrix.png and mistakes.png (tools/report.py, docs/evaluation.md) into
 `report-<checkpoint>-<split>/` next to the checkpoint, or into --output-dir.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
+from tools.report import check_output_dir, format_report, write_report
+from tools.restore import add_ema_argument, eval_loader, evaluator, restore
 from trainer.checkpoint import class_names
+from trainer.confusion import ConfusionCollector
 from trainer.preflight import check_eval_batch
-from trainer.report import ConfusionCollector, check_output_dir, format_report, write_report
-from trainer.restore import add_ema_argument, eval_loader, evaluator, restore
 from utils.errors import report_errors
 from utils.log import setup_logging
 

@@ -6,12 +6,12 @@
     python tune.py --resume saved/models/<name>_tune/<search_id>
     python tune.py --lr-find -c configs/config.yaml [--steps 100] [key=value ...]   # the LR range test
 
-Search items are described in utils/search.py; every other flag or `key=value` is passed to each trial. Each
+Search items are described in tools/search.py; every other flag or `key=value` is passed to each trial. Each
 trial runs as a subprocess, so a crash or a NaN fails that trial only. The search folder (a run folder of the
 experiment `<name>_tune`) holds `search.json`, the trials and their status, rewritten atomically whenever a
 trial starts or ends, and `results.csv`; trial NNN is the run `<name>_tune/<search_id>/trial-NNN`.
 
-`--lr-find` is the LR range test of trainer/lr_find.py, in this process: the run built as train.py builds it,
+`--lr-find` is the LR range test of tools/lr_find.py, in this process: the run built as train.py builds it,
 its files in `<save_dir>/lr_find/<name>/<timestamp>/` (docs/search.md).
 """
 from __future__ import annotations
@@ -33,17 +33,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import train
+from tools.lr_find import DIVERGED, SKIP_START, RangeTest, range_test, schedule
+from tools.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
 from trainer.checkpoint import find_checkpoint
-from trainer.lr_find import DIVERGED, SKIP_START, RangeTest, range_test, schedule
+from trainer.setup import build
 from trainer.state import HISTORY
-from utils.config import Config, save_config
+from utils.config import Config, add_config_arguments, save_config
 from utils.errors import CheckpointError, ConfigError, TemplateError, TrainingError, reason, report_errors
 from utils.files import atomic_write, open_regular
 from utils.log import setup_logging
 from utils.plots import lr_plot, png_bytes
 from utils.run import RunPaths, folder_name, lock_run, new_folder, new_run, release_runs, remove_run, run_of_checkpoint
-from utils.search import Dimension, check_key, grid_trials, parse_dimension, random_trials, split_items
 
 log = logging.getLogger("tune")
 
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "of that id is continued")
     parser.add_argument("-r", "--resume", metavar="SEARCH_FOLDER", help="continue a search: run the trials not "
                         "finished")
-    train.add_config_arguments(parser)
+    add_config_arguments(parser)
     args = parser.parse_intermixed_args(argv)
     args.command = shlex.join(["python", "tune.py", *(sys.argv[1:] if argv is None else argv)])
     return args
@@ -531,7 +531,7 @@ def lr_find(args: argparse.Namespace) -> RangeTest:
                           f"got --start-lr {start:g}, --end-lr {end:g}, --steps {steps}.")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--lr-find runs in a single process; start it with python, not torchrun.")
-    built = train.build(argparse.Namespace(**{**vars(args), "resume": None, "seed": None, "run_id": None}))
+    built = build(argparse.Namespace(**{**vars(args), "resume": None, "seed": None, "run_id": None}))
     config = built.config
     folder = new_folder(Path(config["trainer"]["save_dir"]) / "lr_find" / config["name"],
                         f"Choose a writable trainer.save_dir (now '{config['trainer']['save_dir']}').")

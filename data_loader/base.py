@@ -14,9 +14,9 @@ from data_loader.batch_transforms import build_batch_transform
 from data_loader.checks import BadSamples, CheckedDataset, collate, describe
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import build_transforms
-from trainer.signals import STOP_SIGNALS
 from utils import distributed
 from utils.errors import CheckpointError, DataError
+from utils.signals import STOP_SIGNALS
 
 
 def process_share(pad: bool) -> dict[str, Any]:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_loader.factory import build_data_loader  # noqa: E402
 from model.builtin.metrics import r2, rmse  # noqa: E402
-from trainer.restore import restore  # noqa: E402
+from tools.restore import restore  # noqa: E402
 
 
 def whole(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -205,7 +205,7 @@ def test_predict_and_export_refuse_a_model_fed_another_way(user_code, tmp_path, 
     import export
     import predict
     from model.model import TwoInputNet
-    from trainer.restore import Restored, check_one_input
+    from tools.restore import Restored, check_one_input
 
     run = tmp_path / "models" / "digits_cnn" / "d"
     assert train.main(fast_args(tmp_path, *DICT_BATCHES, "trainer.epochs=1", "--run-id", "d")) == 0

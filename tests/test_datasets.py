@@ -14,7 +14,8 @@ import test as test_script
 import train
 from data_loader.base import BaseDataLoader
 from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
-from utils.errors import DataError
+from utils.config import Config
+from utils.errors import ConfigError, DataError
 
 from conftest import ORDINARY_LOADER, REPO, only_run
 from fake_data import patch_cifar10_sums, write_cifar10, write_mnist
@@ -41,7 +42,7 @@ def test_mnist_configs_train_and_test_through_torchvision_classes(tmp_path, caps
 
 
 def test_fashion_mnist_targets_are_one_hot():
-    config = train.Config.load(REPO / "configs" / "fashion_mnist.yaml")
+    config = Config.load(REPO / "configs" / "fashion_mnist.yaml")
     transform = BaseDataLoader(
         target_transform=config["data_loader"]["args"]["target_transform"]).target_transform
     assert torch.equal(transform(3), torch.zeros(10).scatter_(0, torch.tensor(3), 1.0))
@@ -68,7 +69,7 @@ def test_missing_files_and_impossible_download_are_explained(tmp_path, monkeypat
     with pytest.raises(DataError, match=r"the download failed \(.*no route to host.*; is this machine offline\?\)\. "
                                         "Run once on a machine with internet access .* or place the files"):
         TorchvisionDataLoader("CIFAR10", str(tmp_path), download=True)
-    with pytest.raises(train.ConfigError, match="must be one of MNIST, FashionMNIST"):
+    with pytest.raises(ConfigError, match="must be one of MNIST, FashionMNIST"):
         TorchvisionDataLoader("ImageNet", str(tmp_path))
 
 

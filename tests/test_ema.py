@@ -9,9 +9,9 @@ import torch
 import export as export_script
 import test as test_script
 import train
+from tools.restore import restore
 from trainer.checkpoint import load_checkpoint
 from trainer.ema import ModelEMA
-from trainer.restore import restore
 from trainer.trainer import Trainer
 
 from conftest import REPO, fast_args, only_run, torchrun

@@ -10,7 +10,7 @@ import torch
 
 import export
 import train
-from trainer.restore import eval_loader, restore
+from tools.restore import eval_loader, restore
 
 from conftest import fast_args, only_run
 

@@ -1,4 +1,4 @@
-"""tune.py --lr-find, the LR range test (trainer/lr_find.py): the schedule, the suggestion on a known curve, the
+"""tune.py --lr-find, the LR range test (tools/lr_find.py): the schedule, the suggestion on a known curve, the
 files on the digits, and that nothing outside its own folder is written."""
 import csv
 import hashlib
@@ -11,7 +11,7 @@ from PIL import Image
 
 import train
 import tune
-from trainer.lr_find import SKIP_START, schedule, suggest
+from tools.lr_find import SKIP_START, schedule, suggest
 from utils.config import Config
 
 from conftest import FAST, REPO, fast_args

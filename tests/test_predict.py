@@ -15,7 +15,7 @@ import predict
 import test as test_script
 import train
 from data_loader.inputs import find_images
-from trainer.restore import eval_loader, restore
+from tools.restore import eval_loader, restore
 
 from conftest import REPO, fast_args, only_run
 from fake_data import digits, write_mnist

@@ -10,7 +10,7 @@ import torch
 import train
 from data_loader.factory import build_data_loader
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
-from trainer import preflight
+from trainer import preflight, setup
 from trainer.checkpoint import load_checkpoint
 from trainer.factory import build_trainer
 from trainer.metric_tracker import as_scalar
@@ -109,7 +109,7 @@ def test_a_run_with_the_check_is_bit_identical_to_one_without(tmp_path, monkeypa
             "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
             "{type: ToDtype, args: {dtype: float32, scale: true}}]"]
     assert train.main(fast_args(tmp_path / "checked", *args)) == 0
-    monkeypatch.setattr(train, "check_one_batch", lambda *a: None)
+    monkeypatch.setattr(setup, "check_one_batch", lambda *a: None)
     assert train.main(fast_args(tmp_path / "unchecked", *args)) == 0
     a = load_checkpoint(only_run(tmp_path / "checked") / "checkpoint-latest.pth")
     b = load_checkpoint(only_run(tmp_path / "unchecked") / "checkpoint-latest.pth")

@@ -1,4 +1,4 @@
-"""test.py's evaluation report (trainer/report.py): the figures against a hand count, exact under 2-process DDP,
+"""test.py's evaluation report (tools/report.py, trainer/confusion.py): the figures against a hand count, exact under 2-process DDP,
 the files test.py writes on the digits, regression left out, the TensorBoard additions of training."""
 import json
 import os
@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import test as test_script
 import train
-from trainer.report import ConfusionCollector, format_report
+from tools.report import format_report
+from trainer.confusion import ConfusionCollector
 from trainer.trainer import Step
 
 from conftest import REPO, fast_args

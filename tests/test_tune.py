@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 import tune
+from tools.search import random_trials, split_items
 from trainer.checkpoint import load_checkpoint
-from utils.search import random_trials, split_items
 
 from conftest import REPO, fast_args
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from utils.config import read_config_file
 from utils.errors import CheckpointError, TrainingError, reason
 from utils.files import atomic_write
 
@@ -173,8 +174,6 @@ def find_resume(path: str | Path) -> tuple[Path | None, dict[str, Any] | None, d
     path = Path(path)
     config_file = path / "config.yaml"
     if path.is_dir() and not any(path.glob("*.pth")) and config_file.is_file():
-        from utils.config import read_config_file  # only here: the config module builds objects, this one does not
-
         return None, None, read_config_file(config_file)
     checkpoint_path, checkpoint = find_checkpoint(path)
     return checkpoint_path, checkpoint, checkpoint["config"]

@@ -1,7 +1,7 @@
 """An exponential moving average (EMA) of the model's weights (`trainer.ema`), as torchvision's classification
 reference keeps one (`--model-ema`): a copy of the model, parameters and buffers, pulled towards the trained
 weights every `every_steps` optimizer steps. It is validated beside the raw model each epoch (`val_*_ema`), saved
-in every checkpoint, and the weights test.py, export.py and predict.py use by default (trainer/restore.py)."""
+in every checkpoint, and the weights test.py, export.py and predict.py use by default (tools/restore.py)."""
 from __future__ import annotations
 
 import logging
@@ -68,7 +68,7 @@ class ModelEMA:
             self.module.load_state_dict(model.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
-        """The averaged weights under the model's own names (what trainer/restore.py loads), the count, and
+        """The averaged weights under the model's own names (what tools/restore.py loads), the count, and
         whether an update has averaged them yet (else test.py and the others use the trained weights)."""
         return {"model": self.module.state_dict(), "n_averaged": self.averaged.n_averaged, "started": self.started}
 

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from data_loader.base import batches_of
 from trainer.checkpoint import class_names
+from trainer.confusion import ConfusionCollector
 from trainer.hooks import ActivationStats
 from trainer.metric_tracker import batch_size
-from trainer.report import ConfusionCollector
 from trainer.tensorboard import Board
 from utils.errors import ConfigError, blame
 

@@ -6,7 +6,7 @@ Tags: `<metric>/train`, `<metric>/val` (and `<metric>/val_ema` with trainer.ema)
 `gradients/<name>` histograms per epoch with `trainer.histograms: true`, the activation statistics of
 trainer/hooks.py, the run's hyperparameters with its best and last values in the HParams tab, and for a
 classifier at the end of training the last validation pass's `confusion_matrix/val` image and
-`class_precision/<class>`, `class_recall/<class>` and `class_f1/<class>` (trainer/report.py).
+`class_precision/<class>`, `class_recall/<class>` and `class_f1/<class>` (trainer/confusion.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.report import ClassReport
+from trainer.confusion import ClassReport
 from utils.plots import confusion_matrix_image, scale_to_unit
 
 # Config keys shown as hyperparameters (scalar values below these sections; lists and mappings as text).
@@ -64,7 +64,7 @@ class Board:
                 self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), step)
 
     def classification(self, report: ClassReport, step: int) -> None:
-        """The confusion matrix as an image and each class's precision, recall and F1 (trainer/report.py)."""
+        """The confusion matrix as an image and each class's precision, recall and F1 (trainer/confusion.py)."""
         image = confusion_matrix_image(report.matrix, report.names)
         self.writer.add_image("confusion_matrix/val", np.asarray(image), step, dataformats="HWC")
         for name, figures in report.figures()["per_class"].items():

@@ -29,7 +29,6 @@ from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
 from trainer.monitor import Monitor
 from trainer.progress import Progress
-from trainer.signals import StopRequested, StopSignals
 from trainer.state import TrainingState
 from utils import distributed
 from utils.config import Config
@@ -37,6 +36,7 @@ from utils.device import autocast, maybe_compile, to_device
 from utils.distributed import Dist
 from utils.errors import TrainingError
 from utils.run import RunPaths
+from utils.signals import StopRequested, StopSignals
 
 __all__ = ["Step", "Trainer"]
 

@@ -7,6 +7,7 @@ never import arbitrary code. Top-level keys the template does not know are kept 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import inspect
@@ -83,6 +84,19 @@ OPTIONAL_SECTIONS: dict[str, dict[str, Any]] = {
     "trainer.ema": {"decay": 0.99998, "every_steps": 32, "warmup": 0},
     "lr_scheduler.warmup": {"epochs": 0, "steps": 0, "method": "linear", "decay": 0.01},
 }
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that make a run's config (-c, the short flags, key.path=value overrides); tune.py takes them too
+    and passes them on to every trial. `--seed` is left to each script: tune.py's seeds the search."""
+    parser.add_argument("-c", "--config", help="config file, e.g. configs/config.yaml")
+    parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
+    parser.add_argument("--lr", type=float, help="sets optimizer.args.lr")
+    parser.add_argument("--bs", "--batch-size", dest="bs", type=int, help="sets data_loader.args.batch_size")
+    parser.add_argument("--epochs", type=int, help="sets trainer.epochs")
+    parser.add_argument("--name", help="sets name (the experiment's folder under save_dir)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="set any config key, e.g. optimizer.args.lr=3e-4 trainer.epochs=5")
 
 
 def unused_keys(config: dict[str, Any]) -> list[str]:

@@ -1,31 +1,22 @@
-"""The evaluation report of a classifier: the confusion matrix, per-class precision, recall and F1 with their
+"""The figures of a classifier's evaluation: the confusion matrix, per-class precision, recall and F1 with their
 averages, and the most confidently wrong samples.
 
 Everything is gathered during `Trainer.evaluate`'s one pass over the data: `evaluate(loader, observe=collector)`
 hands each step's batch and `Step` (output, target) to a `ConfusionCollector`, which adds exact integer counts
 on the device (no host synchronisation per batch) and keeps the top-k mistakes. `result()` adds the counts of
-all processes under DDP, so every figure is computed from the split's exact totals. test.py writes the report
-(report.json, confusion_matrix.png, mistakes.png); with TensorBoard, training writes the last validation pass's
-matrix and per-class figures (trainer/progress.py).
+all processes under DDP, so every figure is computed from the split's exact totals. test.py writes them as a
+report (tools/report.py); with TensorBoard, training writes the last validation pass's matrix and per-class figures
+(trainer/progress.py).
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils import distributed
-from utils.errors import TemplateError
-from utils.files import atomic_write
-from utils.plots import confusion_matrix_image, image_grid, png_bytes, scale_to_unit
-
-TABLE_CLASSES = 20  # the confusion matrix is printed as a table up to this many classes
-FILES = ("confusion_matrix.png", "mistakes.png", "report.json")
+from utils.plots import scale_to_unit
 
 
 @dataclass
@@ -183,87 +174,3 @@ class ConfusionCollector:
             mistakes = [Mistake(index, true, predicted, score, None if images is None else images[k])
                         for k, (score, index, true, predicted) in enumerate(rows) if score >= 0]
         return ClassReport(names, [counts[i * n:(i + 1) * n] for i in range(n)], counts[n * n], mistakes)
-
-
-def _row(label: str, cells: list[str], widths: list[int]) -> str:
-    return "  ".join([label.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells, widths[1:]))]).rstrip()
-
-
-def format_report(report: ClassReport) -> str:
-    """The per-class table with its averages and accuracy, then the confusion matrix when the classes are few."""
-    figures = report.figures()
-    width = max(12, *(len(name) for name in report.names))
-    widths = [width, 9, 9, 9, 8]
-    lines = [_row("", ["precision", "recall", "f1", "support"], widths)]
-    for name, row in [*figures["per_class"].items(), ("macro avg", figures["macro_avg"]),
-                      ("weighted avg", figures["weighted_avg"])]:
-        if name == "macro avg":
-            lines.append("")
-        lines.append(_row(name, [f"{row[k]:.4f}" for k in ("precision", "recall", "f1")] + [str(row["support"])],
-                          widths))
-    lines.append(_row("accuracy", ["", "", f"{figures['accuracy']:.4f}", str(figures["samples"])], widths))
-    if report.ignored:
-        lines.append(f"({report.ignored} samples with a target outside 0..{len(report.names) - 1} are not counted)")
-    if len(report.names) <= TABLE_CLASSES:
-        cells = max(len(str(c)) for row in report.matrix for c in row)
-        widths = [max(10, *(len(name) for name in report.names))] + [max(cells, len(name)) for name in report.names]
-        lines += ["", "Confusion matrix (rows: true class, columns: predicted class)",
-                  _row("true\\pred", report.names, widths)]
-        lines += [_row(name, [str(c) for c in row], widths) for name, row in zip(report.names, report.matrix)]
-    return "\n".join(lines)
-
-
-def check_output_dir(folder: Path, chosen: bool = True) -> None:
-    """Refuse an output folder that cannot be created or written, before the evaluation (creating nothing); and the
-    default folder (not `chosen` on the command line), which lies in a run folder that may come from elsewhere,
-    when it is a symbolic link."""
-    if not chosen and folder.is_symlink():
-        raise TemplateError(f"'{folder}' is a symbolic link (to '{os.readlink(folder)}'). test.py writes its report "
-                            "into a folder of its own beside the checkpoint and never through a link, so that a run "
-                            "folder from elsewhere cannot make it write outside: remove the link, or give "
-                            "--output-dir.")
-    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.exists())
-    problem = "is a file" if not existing.is_dir() else ""
-    if not problem:
-        try:
-            tempfile.TemporaryFile(dir=existing).close()
-        except OSError as e:
-            problem = f"cannot be written ({e.strerror or e})"
-    if problem:
-        raise TemplateError(f"Cannot write the report into '{folder}': '{existing}' {problem}. Give another folder "
-                            "with --output-dir, or --no-report to print the figures only.")
-
-
-def write_report(folder: Path, summary: dict[str, Any], report: ClassReport | None) -> list[Path]:
-    """report.json (`summary`, plus the classification figures, matrix and mistakes when there is a report),
-    confusion_matrix.png and mistakes.png, each written atomically into `folder`; files of an earlier report
-    that this one has no figure for are removed. The paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    content: dict[str, bytes] = {}
-    data = dict(summary)
-    if report is not None:
-        content["confusion_matrix.png"] = png_bytes(confusion_matrix_image(report.matrix, report.names))
-        pictures = [m for m in report.mistakes if m.image is not None]
-        if pictures:
-            captions = [[f"#{m.index} true: {report.names[m.true]}", f"predicted: {report.names[m.predicted]}",
-                         f"confidence {m.confidence:.3f}"] for m in pictures]
-            content["mistakes.png"] = png_bytes(image_grid([m.image for m in pictures], captions))
-        data["classification"] = {
-            "classes": report.names, "confusion_matrix": report.matrix, "ignored": report.ignored,
-            **report.figures(),
-            "most_confident_mistakes": [{"index": m.index, "true": report.names[m.true],
-                                         "predicted": report.names[m.predicted], "confidence": m.confidence}
-                                        for m in report.mistakes]}
-    content["report.json"] = (json.dumps(data, indent=1) + "\n").encode()
-    written = []
-    try:
-        for name in FILES:
-            if name in content:
-                atomic_write(folder / name, content[name])
-                written.append(folder / name)
-            else:
-                (folder / name).unlink(missing_ok=True)
-    except OSError as e:
-        raise TemplateError(f"Could not write the report into '{folder}': {e.strerror or e}. Free disk space or "
-                            "give another folder with --output-dir.") from None
-    return written

@@ -101,7 +101,7 @@ def check_one_input(trained: Restored, script: str) -> None:
             return
         how = f"its model {arch} takes {len(needed)} inputs ({', '.join(needed)})"
     raise ConfigError(f"{script} gives the model one input tensor per batch, model(x), but {how}. Load the model "
-                      f"with trainer.restore.restore('{trained.path}') (its .model is ready, in eval mode) and feed "
+                      f"with tools.restore.restore('{trained.path}') (its .model is ready, in eval mode) and feed "
                       "it as your trainer's forward does.")
 
 
