@@ -15,11 +15,12 @@ import torch
 
 from trainer.setup import build
 from utils import distributed
-from utils.config import add_config_arguments, save_config, unused_keys
+from utils.config_file import save_config
 from utils.errors import TemplateError, reason, report_errors
 from utils.files import remove_temp_files
 from utils.log import setup_logging
 from utils.run import RunPaths, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
+from utils.schema import add_config_arguments, describe, unused_keys
 from utils.signals import StopRequested
 from utils.summary import model_summary
 
@@ -93,6 +94,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    if args.help_config is not None:
+        return report_errors(lambda: print(describe(args.help_config or None)), log)
     try:
         return report_errors(lambda: train(args), log, prefix=distributed.rank_prefix)
     except StopRequested as e:

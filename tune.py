@@ -38,12 +38,14 @@ from tools.search import Dimension, check_key, grid_trials, parse_dimension, ran
 from trainer.checkpoint import find_checkpoint
 from trainer.setup import build
 from trainer.state import HISTORY
-from utils.config import Config, add_config_arguments, save_config
+from utils.config import Config
+from utils.config_file import save_config
 from utils.errors import CheckpointError, ConfigError, TemplateError, TrainingError, reason, report_errors
 from utils.files import atomic_write, open_regular
 from utils.log import setup_logging
 from utils.plots import lr_plot, png_bytes
 from utils.run import RunPaths, folder_name, lock_run, new_folder, new_run, release_runs, remove_run, run_of_checkpoint
+from utils.schema import add_config_arguments, describe
 
 log = logging.getLogger("tune")
 
@@ -586,6 +588,8 @@ def tune(args: argparse.Namespace) -> Search:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    if args.help_config is not None:
+        return report_errors(lambda: print(describe(args.help_config or None)), log)
     if args.lr_find:
         return report_errors(lambda: lr_find(args), log)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops a search like Ctrl+C

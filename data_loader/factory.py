@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from utils.config import accepted_args, call_with_args
+from utils.construct import accepted_args, call_with_args
 from utils.errors import ConfigError
 from utils.registry import lookup
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torchvision.transforms import v2
 
-from utils.config import call_with_args
+from utils.construct import call_with_args
 from utils.errors import ConfigError
 from utils.registry import lookup
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from model.init import init_weights
 from model.weight_decay import split_groups
-from utils.config import Config, call_with_args
+from utils.config import Config
+from utils.construct import call_with_args
 from utils.errors import ConfigError, blame, suggest
 from utils.registry import lookup
 

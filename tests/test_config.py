@@ -6,7 +6,8 @@ import torch
 import yaml
 
 import model.builtin.models as module_arch
-from utils.config import Config, parse_value
+from utils.config import Config
+from utils.config_file import parse_value
 from utils.errors import ConfigError
 
 MINIMAL = """
@@ -191,7 +192,7 @@ def test_user_modules_offer_what_they_define_without_all(monkeypatch, caplog):
 def test_unknown_top_level_keys_are_kept_and_near_misses_refused(tmp_path):
     config = Config.load(write(tmp_path, MINIMAL + "regularize: {l2: 0.01}\ninitializer: xavier\n"))
     assert config["regularize"] == {"l2": 0.01} and config["initializer"] == "xavier"
-    from utils.config import unused_keys
+    from utils.schema import unused_keys
 
     assert unused_keys(config.data) == ["regularize", "initializer"]
     with pytest.raises(ConfigError, match=r"unknown key 'trainr'. Did you mean 'trainer'"):

@@ -22,7 +22,8 @@ from model.factory import build_criterion, build_metrics, build_model
 from trainer.checkpoint import BEST, find_checkpoint
 from trainer.factory import build_trainer
 from trainer.trainer import Trainer
-from utils.config import Config, read_config_file
+from utils.config import Config
+from utils.config_file import read_config_file
 from utils.device import select_device
 from utils.errors import CheckpointError, ConfigError, reason
 from utils.registry import lookup

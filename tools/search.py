@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from utils.config import parse_value
+from utils.config_file import parse_value
 from utils.errors import ConfigError
 
 RANGES = ("uniform", "log-uniform", "int")

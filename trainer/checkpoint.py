@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from utils.config import read_config_file
+from utils.config_file import read_config_file
 from utils.errors import CheckpointError, TrainingError, reason
 from utils.files import atomic_write
 

@@ -1,0 +1,53 @@
+"""The config schema (utils/schema.py): declared once, it fills in defaults, checks every key with one kind of
+message, and is what docs/config.md's reference and `--help-config` show."""
+import re
+
+import pytest
+
+import train
+from utils.config import Config
+from utils.config_file import parse_value
+from utils.errors import ConfigError
+from utils.schema import REQUIRED, SCHEMA, markdown_table
+
+from conftest import REPO
+
+MINIMAL = {"arch": "DigitsCNN", "data_loader": "CsvImageDataLoader", "optimizer": "Adam", "loss": "nll_loss"}
+# With every optional section on, so that each key is there.
+EVERY_KEY = {**MINIMAL, "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1}, "warmup": {"epochs": 1}},
+             "trainer": {"ema": True}}
+
+
+def test_the_config_reference_in_the_docs_is_the_schema():
+    docs = (REPO / "docs" / "config.md").read_text()
+    generated = docs.split("tests/test_schema.py checks it -->\n", 1)[1].split("<!-- end of the generated table", 1)[0]
+    assert generated == markdown_table(), "run: python -m utils.schema, and paste its table into docs/config.md"
+
+
+def test_every_default_passes_its_own_check(tmp_path):
+    config = Config.load(None, base=EVERY_KEY).data
+    for key in SCHEMA:
+        value = config
+        for part in key.path.split("."):
+            value = value[part]
+        if key.default is not REQUIRED and key.kind == "value" and key.rule is not None:
+            assert key.rule.test(key.default) and (value == key.default or key.path.endswith("warmup.epochs")), key.path
+
+
+@pytest.mark.parametrize("key", [key for key in SCHEMA if key.kind == "value" and key.rule is not None],
+                         ids=lambda key: key.path)
+def test_a_bad_value_names_its_key_what_it_must_be_and_who_set_it(key):
+    text = "{not: good}" if key.rule.test([]) else "[not, good]"  # a mapping where a list is fine, else a list
+    with pytest.raises(ConfigError) as error:
+        Config.load(None, [f"{key.path}={text}"], base=EVERY_KEY)
+    value = parse_value(text)
+    assert str(error.value) == f"command line ({key.path}={text}): '{key.path}' must be {key.rule.what}; got {value!r}."
+
+
+def test_help_config_prints_a_section_and_names_an_unknown_one(capsys):
+    assert train.main(["--help-config", "trainer.ema"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^(\S+): (\S+)$", out, re.M) == [("trainer.ema", "null"), ("trainer.ema.decay", "0.99998"),
+                                                        ("trainer.ema.every_steps", "32"), ("trainer.ema.warmup", "0")]
+    assert train.main(["--help-config", "traner"]) == 2
+    assert "no config section 'traner'. Did you mean 'trainer'" in capsys.readouterr().err
