@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import tune
+from tools import trials
 from tools.search import random_trials, split_items
 from trainer.checkpoint import load_checkpoint
 
@@ -248,7 +249,7 @@ def test_a_full_disk_during_a_search_stops_it_with_one_message(tmp_path, monkeyp
     def no_space(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tune, "atomic_write", no_space)
+    monkeypatch.setattr(trials, "atomic_write", no_space)
     assert tune.main(["--resume", str(folder)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Could not write") and len(err.strip().splitlines()) == 1, err
