@@ -11,6 +11,7 @@ import io
 import logging
 import pickle
 import reprlib
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,8 @@ def _layout_problem(state: dict[str, Any], layout: dict[str, Any], where: str = 
 
 def _not_a_checkpoint(path: Path) -> str | None:
     """What `path` is when it cannot be a file torch.save wrote, found from its first bytes and, for a zip archive,
-    its contents; None when it may be one. Checked before torch.load, whose errors for such files are misleading
-    (and advise an unsafe load)."""
+    its contents; None when it may be one. Asked once torch.load has failed, whose errors for such files are
+    misleading (and advise an unsafe load)."""
     with open(path, "rb") as f:
         head = f.read(512)
     if not head:
@@ -106,29 +107,37 @@ def _not_a_checkpoint(path: Path) -> str | None:
     return "is neither a zip archive nor a pickle, the formats torch.save writes"
 
 
+def _refuse(path: Path, e: Exception) -> None:
+    """Why torch.load could not read `path`, as a CheckpointError: what the file is when it is not a file torch.save
+    wrote; a checkpoint carrying pickled code; or a truncated or corrupt one."""
+    what = _not_a_checkpoint(path)
+    if what is not None:
+        raise CheckpointError(f"'{path}' {what}, not a training checkpoint. {_WRITTEN_BY_TRAIN}") from None
+    if isinstance(e, pickle.UnpicklingError):
+        refused = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines() if "Unpickler" in line),
+                       "unpickling error")
+        raise CheckpointError(
+            f"Refused to load '{path}': it contains pickled Python objects, not only tensors and plain values "
+            f"({refused}). Loading such a file could run code it carries, so this template reads checkpoints with "
+            "torch.load(weights_only=True) only. train.py never writes such objects: the file was written by other "
+            f"code. {_WRITTEN_BY_TRAIN}") from None
+    raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({reason(e)}). It was probably cut off "
+                          "while being written or copied; use another checkpoint of the run (e.g. pass the run "
+                          "folder to --resume to pick the newest intact one).") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU with `weights_only=True`; every failure is a CheckpointError naming the file and
     saying what it is, and a checkpoint whose layout is not the one train.py writes is refused before it is used."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' not found. Pass a .pth file or a run folder to --resume.")
-    what = _not_a_checkpoint(path)
-    if what is not None:
-        raise CheckpointError(f"'{path}' {what}, not a training checkpoint. {_WRITTEN_BY_TRAIN}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines() if "Unpickler" in line),
-                      "unpickling error")
-        raise CheckpointError(
-            f"Refused to load '{path}': it contains pickled Python objects, not only tensors and plain values "
-            f"({refused}). Loading such a file could run code it carries, so this template reads checkpoints with "
-            "torch.load(weights_only=True) only. train.py never writes such objects: the file was written by other "
-            f"code. {_WRITTEN_BY_TRAIN}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({reason(e)}). It was probably cut off "
-                              "while being written or copied; use another checkpoint of the run (e.g. pass the run "
-                              "folder to --resume to pick the newest intact one).") from None
+        with warnings.catch_warnings():  # a TorchScript file: _refuse says what it is, and how to load it
+            warnings.filterwarnings("ignore", "'torch.load' received a zip file that looks like a TorchScript")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        _refuse(path, e)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         keys = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"'{path}' is not a checkpoint of this template (it holds: {keys}). {_WRITTEN_BY_TRAIN}")

@@ -80,11 +80,6 @@ class Trainer(TrainingState):
         self.accumulate = self.cfg["accumulate_grad_batches"]
         self.amp_dtype = AMP_DTYPES[self.cfg["amp"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg["amp"] == "fp16")
-        if self.scaler.is_enabled():
-            # The scaler skips an optimizer step whose gradients overflow (often the first), and PyTorch then warns
-            # that the scheduler stepped before the optimizer: a known, harmless effect of fp16 (the schedule moves
-            # on by that step).
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
         self.eval_model = maybe_compile(self.model, self.cfg["compile"])
         self.train_model = self.eval_model if not dist.enabled else nn.parallel.DistributedDataParallel(
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -198,9 +193,19 @@ class Trainer(TrainingState):
         self.scaler.update()
         self.global_step += 1
         if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "step":
-            self.lr_scheduler.step()
+            self.step_scheduler()
         if self.ema is not None:
             self.ema.update(self.model, self.epoch, self.global_step)
+
+    def step_scheduler(self, *value: float) -> None:
+        """The LR scheduler's step. Under fp16 the scaler skips an optimizer step whose gradients overflow (often the
+        first), and PyTorch then warns, at the scheduler's first step only, that it stepped before the optimizer: a
+        known, harmless effect (the schedule moves on by that step), silenced there alone."""
+        if not (self.scaler.is_enabled() and self.lr_scheduler.last_epoch == 0):
+            return self.lr_scheduler.step(*value)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+            self.lr_scheduler.step(*value)
 
     def validate(self) -> dict[str, float]:
         """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
@@ -248,9 +253,9 @@ class Trainer(TrainingState):
         """Scheduler, monitor, log line and checkpoints once an epoch is complete."""
         if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "epoch":
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.lr_scheduler.step(epoch_log[self.monitor.key or ("val_loss" if self.val_loader else "loss")])
+                self.step_scheduler(epoch_log[self.monitor.key or ("val_loss" if self.val_loader else "loss")])
             else:
-                self.lr_scheduler.step()
+                self.step_scheduler()
         improved = self.monitor.update(epoch_log)
         self.progress.epoch(f"epoch {self.epoch}/{self.epochs}", epoch_log,
                             [group["lr"] for group in self.optimizer.param_groups], seconds,
