@@ -248,6 +248,22 @@ def test_metrics_are_weighted_by_sample_count():
     assert result["accuracy"] == pytest.approx(2 / 4) and result["loss"] == pytest.approx((3 * 1 + 3) / 4)
 
 
+def test_a_summed_metric_of_your_own_is_exact_over_the_epoch():
+    class SumOfBatchMaxima(model.builtin.metrics.SummedMetric):
+        """Each batch's largest target, added up: a figure that no weighted mean of batch values gives."""
+
+        def sums(self, output, target):
+            return target.max().reshape(1)
+
+        def finish(self, totals):
+            return totals[0]
+
+    tracker = MetricTracker({"largest": SumOfBatchMaxima()}, torch.device("cpu"))
+    tracker.update(torch.tensor(0.0), torch.zeros(3, 1), torch.tensor([1.0, 2.0, 3.0]))
+    tracker.update(torch.tensor(0.0), torch.zeros(1, 1), torch.tensor([4.0]))
+    assert tracker.result()["largest"] == 7.0  # the sums add up: 3 + 4, not (3 * 3 + 4) / 4
+
+
 def test_plateau_scheduler_per_step_and_changed_scheduler_on_resume_are_refused(save_dir, capsys):
     plateau = "lr_scheduler={type: ReduceLROnPlateau, interval: step}"
     assert train.main(fast_args(save_dir, plateau)) == 2

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from model.builtin.metrics import SummedMetric
 from utils import distributed
 from utils.errors import ConfigError
 
@@ -36,11 +37,9 @@ def as_scalar(value: Any, name: str, device: torch.device) -> torch.Tensor:
 
 
 def summed(fn: Callable) -> tuple[Callable, Callable] | None:
-    """`(sums, finish)` of a metric computed from totals over the epoch (model/builtin/metrics.py: rmse, r2), or
-    None for a metric that is a batch mean."""
+    """`(sums, finish)` of a SummedMetric (model/builtin/metrics.py: rmse, r2), or None for a batch mean."""
     fn = getattr(fn, "func", fn)  # a metric with args is a functools.partial
-    sums, finish = getattr(fn, "sums", None), getattr(fn, "finish", None)
-    return (sums, finish) if callable(sums) and callable(finish) else None
+    return (fn.sums, fn.finish) if isinstance(fn, SummedMetric) else None
 
 
 class MetricTracker:

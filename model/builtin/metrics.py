@@ -3,9 +3,8 @@ batch mean as a tensor on the batch's device; the trainer weights it by the batc
 when it logs (no `.item()` per step).
 
 The trainer's figure for an epoch is the mean of the batch values weighted by batch size, which is exact for
-means of per-sample values (`accuracy`, `top_k_acc`, `mae`). A metric that is not such a mean (`rmse`, `r2`)
-carries `sums` (a batch's sums, a 1-D tensor) and `finish` (the figure from their totals): the trainer adds the
-sums over the epoch, so its figure is exact whatever the batch size."""
+means of per-sample values (`accuracy`, `top_k_acc`, `mae`). A metric that is not such a mean (`rmse`, `r2`) is a
+`SummedMetric`: the trainer adds its sums over the epoch, so its figure is exact whatever the batch size."""
 import logging
 
 import torch
@@ -67,47 +66,52 @@ def mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (output - target).abs().mean()
 
 
-def _squared_error_sums(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """[sum of squared errors, number of values] of a batch."""
-    with torch.no_grad():
-        output, target = _columns(output, target, "rmse")
-        return torch.stack([(output - target).square().sum(), output.new_tensor(output.numel())])
+class SummedMetric:
+    """A metric that is not a mean of per-sample values (RMSE, R²). The trainer adds `sums(output, target)`, a 1-D
+    tensor per batch, over the epoch (over all processes under DDP) and makes the figure with `finish(totals)`, so
+    that it is exact whatever the batch size. Called on one batch, it gives that batch's figure."""
+
+    def sums(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, totals: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.sums(output, target))
 
 
-def _rmse_from(sums: torch.Tensor) -> torch.Tensor:
-    return (sums[0] / sums[1]).sqrt()
+class RootMeanSquaredError(SummedMetric):
+    """Root mean squared error, in the targets' units, exact over the epoch."""
+
+    def sums(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[sum of squared errors, number of values] of a batch."""
+        with torch.no_grad():
+            output, target = _columns(output, target, "rmse")
+            return torch.stack([(output - target).square().sum(), output.new_tensor(output.numel())])
+
+    def finish(self, totals: torch.Tensor) -> torch.Tensor:
+        return (totals[0] / totals[1]).sqrt()
 
 
-def rmse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Root mean squared error, in the targets' units. The trainer sums the squared errors over the epoch, so the
-    logged figure is the split's exact RMSE whatever the batch size."""
-    return _rmse_from(_squared_error_sums(output, target))
-
-
-def _r2_sums(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per target column: the sum of squared errors, of targets and of squared targets; then the row count."""
-    with torch.no_grad():
-        output, target = _columns(output, target, "r2")
-        return torch.cat([(target - output).square().sum(dim=0), target.sum(dim=0), target.square().sum(dim=0),
-                          target.new_tensor([len(target)])])
-
-
-def _r2_from(sums: torch.Tensor) -> torch.Tensor:
-    sse, total, squares = sums[:-1].reshape(3, -1)
-    sst = squares - total.square() / sums[-1]
-    constant = (sse == 0).to(sse.dtype)
-    return torch.where(sst > 0, 1 - sse / sst, constant).mean()
-
-
-def r2(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+class R2Score(SummedMetric):
     """Coefficient of determination, 1 - SSE / SST with SST about the targets' mean (averaged over target
-    columns): 1 is perfect, 0 is as good as predicting the mean. The trainer sums SSE and the target moments over
-    the epoch, so the logged figure is the split's exact R² whatever the batch size. Targets that are all equal
+    columns): 1 is perfect, 0 is as good as predicting the mean; exact over the epoch. Targets that are all equal
     give 1 if predicted exactly, else 0 (scikit-learn's convention), instead of a division by zero."""
-    return _r2_from(_r2_sums(output, target))
+
+    def sums(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per target column: the sum of squared errors, of targets and of squared targets; then the row count."""
+        with torch.no_grad():
+            output, target = _columns(output, target, "r2")
+            return torch.cat([(target - output).square().sum(dim=0), target.sum(dim=0), target.square().sum(dim=0),
+                              target.new_tensor([len(target)])])
+
+    def finish(self, totals: torch.Tensor) -> torch.Tensor:
+        sse, total, squares = totals[:-1].reshape(3, -1)
+        sst = squares - total.square() / totals[-1]
+        constant = (sse == 0).to(sse.dtype)
+        return torch.where(sst > 0, 1 - sse / sst, constant).mean()
 
 
-# Metrics computed from sums over the epoch (trainer/metric_tracker.py): `sums` of a batch, and the figure
-# `finish` makes of their totals.
-rmse.sums, rmse.finish = _squared_error_sums, _rmse_from
-r2.sums, r2.finish = _r2_sums, _r2_from
+rmse = RootMeanSquaredError()
+r2 = R2Score()
