@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_loader.device_loader import DeviceBatches  # noqa: E402
+from data_loader.factory import TrainingData  # noqa: E402
 from data_loader.sampling import ResumableSampler  # noqa: E402
 from model.builtin.models import MnistModel  # noqa: E402
 from trainer.trainer import Trainer  # noqa: E402
@@ -79,7 +80,7 @@ def with_trainer(loader, device, epochs, save_dir, extra=()):
             "data_loader": {"type": "none"}, "optimizer": {"type": "Adam"},
             "trainer": {"epochs": epochs, "save_dir": save_dir, "save_period": 0, "verbosity": 0}}
     config = Config.load(None, list(extra), base=base)
-    trainer = Trainer(model, F.nll_loss, {}, optimizer, config, device, loader)
+    trainer = Trainer(model, F.nll_loss, {}, optimizer, config, device, TrainingData(loader))
     sync(device)
     started = time.perf_counter()
     trainer.fit(new_run(save_dir, "overhead"))

@@ -160,12 +160,10 @@ class BaseDataLoader(ClassNames):
 
     def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False,
                 with_seeds: bool = False) -> DataLoader:
-        loader = DataLoader(**loader_args(CheckedDataset(dataset, self.channels, self.bad_samples), self.batch_size,
-                                          sampler, with_seeds, self.seed, drop_last=drop_last,
-                                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                          persistent_workers=self.persistent_workers))
-        loader.bad_samples = self.bad_samples  # read by the trainer at the end of each epoch
-        return loader
+        return DataLoader(**loader_args(CheckedDataset(dataset, self.channels, self.bad_samples), self.batch_size,
+                                        sampler, with_seeds, self.seed, drop_last=drop_last,
+                                        num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                        persistent_workers=self.persistent_workers))
 
     def train_loader(self, device: torch.device | None = None) -> DataLoader:
         """Batches on the host; `device` (where the trainer will use them) matters to device-resident loaders.
@@ -173,9 +171,7 @@ class BaseDataLoader(ClassNames):
         with_seeds = self.num_workers > 0
         sampler = ResumableSampler(self.split()[0], shuffle=self.shuffle, seed=self.seed, with_seeds=with_seeds,
                                    repeats=self.repeated_augmentations, **process_share(pad=True))
-        loader = self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
-        loader.batch_transform = self.batch_transform  # applied by the trainer, on the device
-        return loader
+        return self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
 
     def val_loader(self, device: torch.device | None = None) -> DataLoader | None:
         val_indices = self.split()[1]

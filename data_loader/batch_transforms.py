@@ -42,11 +42,11 @@ class BatchMix:
         return data, target
 
 
-def training_batch(batch: Any, loader: Any, number: int, device: torch.device, channels_last: bool) -> Any:
-    """Training batch `number` of `loader` on the device, mixed by the loader's `batch_transform` if it has one."""
+def training_batch(batch: Any, mix: BatchMix | None, sampler: Any, number: int, device: torch.device,
+                   channels_last: bool) -> Any:
+    """Training batch `number` of `sampler`'s epoch on the device, mixed by `mix` (MixUp, CutMix) unless None."""
     batch = to_device(batch, device, channels_last)
-    mix = getattr(loader, "batch_transform", None)
-    return batch if mix is None else mix(batch, loader.sampler, number)
+    return batch if mix is None else mix(batch, sampler, number)
 
 
 def build_batch_transform(spec: Any, num_classes: int | None) -> BatchMix | None:

@@ -97,11 +97,9 @@ def misfit(e: Exception) -> DataError:
                      "or rgb.")
 
 
-def take_bad_samples(loaders: list[Any], device: torch.device) -> int:
-    """Samples the loaders skipped since the last call (with `skip_bad`), summed over all processes (a collective
-    call under DDP when any loader counts)."""
-    counters = [getattr(loader, "bad_samples", None) for loader in loaders]
-    if not any(counters):
+def take_bad_samples(counter: BadSamples | None, device: torch.device) -> int:
+    """Samples skipped since the last call (with `skip_bad`), summed over all processes (a collective call under
+    DDP when there is a counter)."""
+    if counter is None:
         return 0
-    count = sum(counter.take() for counter in counters if counter is not None)
-    return int(distributed.all_reduce(torch.tensor([count], device=device)).item())
+    return int(distributed.all_reduce(torch.tensor([counter.take()], device=device)).item())

@@ -208,9 +208,7 @@ class DeviceDataLoader:
     def train_loader(self, device: torch.device | None = None) -> DeviceBatches:
         train_indices = self.source.split()[0]
         dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), train_indices)
-        batches = self._batches(dataset, device, "training", train=True)
-        batches.batch_transform = self.source.batch_transform  # the source's MixUp / CutMix, applied by the trainer
-        return batches
+        return self._batches(dataset, device, "training", train=True)
 
     def val_loader(self, device: torch.device | None = None) -> DeviceBatches | None:
         val_indices = self.source.split()[1]
@@ -222,6 +220,15 @@ class DeviceDataLoader:
     def test_loader(self, device: torch.device | None = None) -> DeviceBatches:
         dataset = self.source.make_dataset(False, self.source.eval_transform)
         return self._batches(dataset, device, "test", train=False)
+
+    @property
+    def batch_transform(self) -> Any:
+        """The source's MixUp / CutMix, which the trainer applies to the training batches."""
+        return self.source.batch_transform
+
+    @property
+    def bad_samples(self) -> Any:
+        return self.source.bad_samples
 
     def state_dict(self) -> dict[str, Any]:
         """The source loader's own state (class names, fitted statistics), which checkpoints keep."""

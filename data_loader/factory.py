@@ -1,8 +1,12 @@
 """Build the data loader a config names: the template's, yours, or a classic template's."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
+import torch
+
+from data_loader.checks import BadSamples
 from utils.construct import accepted_args, call_with_args
 from utils.errors import ConfigError
 from utils.registry import lookup
@@ -26,6 +30,29 @@ def build_data_loader(spec: dict[str, Any], seed: int, training: bool = True, ke
         code.update({"training": False}, **{k: v for k, v in (("validation_split", 0.0), ("shuffle", False))
                                             if k in accepted})
     return call_with_args(factory, {**args, **code}, key, source, supplied=("seed", "training"))
+
+
+@dataclass
+class TrainingData:
+    """What a data loader hands the trainer: the training batches (whose sampler resumes mid-epoch, see
+    `check_training_loader`), the validation batches (None without a validation split), the transform that mixes
+    training batches on the device (MixUp, CutMix; None: none), the counter of bad samples that were skipped (None
+    without skip_bad), and the loader's own state that checkpoints keep (class names, fitted statistics)."""
+
+    train: Any
+    val: Any = None
+    batch_transform: Callable | None = None
+    bad_samples: BadSamples | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def training_data(data: Any, device: torch.device, name: str) -> TrainingData:
+    """The TrainingData of the loader `data` (the config's `data_loader.type` `name`), for training on `device`.
+    Its `batch_transform` and `bad_samples`, when it has them (BaseDataLoader's arguments of the same names)."""
+    train = data.train_loader(device)
+    check_training_loader(train, name)
+    return TrainingData(train, data.val_loader(device), getattr(data, "batch_transform", None),
+                        getattr(data, "bad_samples", None), data_state(data))
 
 
 def data_state(data: Any) -> dict[str, Any]:

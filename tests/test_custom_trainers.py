@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from data_loader.factory import build_data_loader
+from data_loader.factory import build_data_loader, training_data
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer.checkpoint import load_checkpoint
 from trainer.factory import build_trainer
@@ -79,7 +79,7 @@ def small_trainer(*overrides: str):
     model = build_model(config)
     return build_trainer(config, model=model, criterion=build_criterion(config), metrics=build_metrics(config),
                          optimizer=build_optimizer(config, model), device=torch.device("cpu"),
-                         train_loader=data.train_loader(), val_loader=data.val_loader())
+                         data=training_data(data, torch.device("cpu"), "CsvImageDataLoader"))
 
 
 def test_the_weight_penalty_is_added_to_the_training_loss_only():

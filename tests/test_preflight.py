@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from data_loader.factory import build_data_loader
+from data_loader.factory import build_data_loader, training_data
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer import preflight, setup
 from trainer.checkpoint import load_checkpoint
@@ -125,7 +125,7 @@ def test_the_check_puts_back_buffers_gradients_and_random_state():
     model = build_model(config)
     trainer = build_trainer(config, model=model, criterion=build_criterion(config), metrics=build_metrics(config),
                             optimizer=build_optimizer(config, model), device=torch.device("cpu"),
-                            train_loader=data.train_loader(), val_loader=data.val_loader())
+                            data=training_data(data, torch.device("cpu"), "CsvImageDataLoader"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     preflight.check_one_batch(trainer, 10)
@@ -153,8 +153,8 @@ def test_the_scheduler_step_of_the_check_is_put_back(scheduler):
     optimizer = build_optimizer(config, model)
     lr_scheduler = build_lr_scheduler(config, optimizer)
     trainer = build_trainer(config, model=model, criterion=build_criterion(config), metrics=build_metrics(config),
-                            optimizer=optimizer, device=torch.device("cpu"), train_loader=data.train_loader(),
-                            val_loader=data.val_loader(), lr_scheduler=lr_scheduler)
+                            optimizer=optimizer, device=torch.device("cpu"),
+                            data=training_data(data, torch.device("cpu"), "CsvImageDataLoader"), lr_scheduler=lr_scheduler)
     state, lrs = copy.deepcopy(lr_scheduler.state_dict()), [group["lr"] for group in optimizer.param_groups]
     preflight.check_one_batch(trainer, 10)
     assert lr_scheduler.state_dict() == state and [group["lr"] for group in optimizer.param_groups] == lrs

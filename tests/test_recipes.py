@@ -34,10 +34,11 @@ CPU = torch.device("cpu")
 
 def first_batch_mixed(number: int, **mix):
     """The first training batch of epoch 1 of the digits, and the same batch mixed as batch `number`."""
-    loader = CsvImageDataLoader(**DIGITS, transform=EVAL, batch_transform=mix).train_loader()
+    data = CsvImageDataLoader(**DIGITS, transform=EVAL, batch_transform=mix)
+    loader = data.train_loader()
     loader.sampler.set_epoch(1)
     images, labels = next(iter(loader))
-    return images, labels, training_batch((images, labels), loader, number, CPU, False)
+    return images, labels, training_batch((images, labels), data.batch_transform, loader.sampler, number, CPU, False)
 
 
 def test_mixup_targets_are_convex_combinations_whose_weights_sum_to_one():
@@ -101,9 +102,10 @@ def test_mixing_reseeds_no_device_generator(monkeypatch):
 
 def test_mixing_on_the_device_loader(tmp_path):
     source = {"type": "CsvImageDataLoader", "args": {**DIGITS, "batch_transform": {"cutmix_alpha": 1.0}}}
-    loader = DeviceDataLoader(source).train_loader(CPU)
+    data = DeviceDataLoader(source)
+    loader = data.train_loader(CPU)
     loader.sampler.set_epoch(1)
-    _, target = training_batch(next(iter(loader)), loader, 0, CPU, False)
+    _, target = training_batch(next(iter(loader)), data.batch_transform, loader.sampler, 0, CPU, False)
     assert target.shape == (32, 10) and torch.allclose(target.sum(dim=1), torch.ones(32))
     config = ("data_loader={type: DeviceDataLoader, args: {source: {type: CsvImageDataLoader, args: {data_dir: "
               "data/digits, num_classes: 10, batch_transform: {mixup_alpha: 0.2, cutmix_alpha: 1.0}, eval_transform: "

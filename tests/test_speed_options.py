@@ -8,7 +8,7 @@ from torch import nn
 import train
 from data_loader.builtin import CsvImageDataLoader
 from data_loader.device_loader import DeviceBatches, DeviceDataLoader, affine
-from data_loader.factory import build_data_loader
+from data_loader.factory import TrainingData, build_data_loader
 from data_loader.sampling import ResumableSampler
 from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer
@@ -167,7 +167,7 @@ def linear_trainer(overrides, batch_size):
     data = CsvImageDataLoader(**{**SOURCE, "batch_size": batch_size, "validation_split": 29}, transform=EVAL)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     return Trainer(model, nn.functional.cross_entropy, {}, optimizer, config, torch.device("cpu"),
-                   data.train_loader(), None)
+                   TrainingData(data.train_loader()))
 
 
 def one_epoch(trainer, tmp_path):

@@ -75,8 +75,8 @@ def range_test(trainer: Trainer, lrs: list[float]) -> RangeTest:
         optimizer.zero_grad(set_to_none=True)
         loss = 0.0
         for _ in range(trainer.accumulate):
-            batch = training_batch(next(batches), trainer.train_loader, len(losses), trainer.device,
-                                   trainer.cfg["channels_last"])
+            batch = training_batch(next(batches), trainer.data.batch_transform, trainer.train_loader.sampler,
+                                   len(losses), trainer.device, trainer.cfg["channels_last"])
             with autocast(trainer.device, trainer.amp_dtype):
                 step = trainer.training_step(trainer.train_model, batch)
             trainer.scaler.scale(step.loss / trainer.accumulate).backward()

@@ -37,7 +37,8 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     trainer.checking = True  # for a subclass whose training_step keeps state of its own
     try:
         try:
-            batch = training_batch(first_batch(loader), loader, 0, trainer.device, trainer.cfg["channels_last"])
+            batch = training_batch(first_batch(loader), trainer.data.batch_transform, loader.sampler, 0,
+                                   trainer.device, trainer.cfg["channels_last"])
         except TemplateError:
             raise
         except Exception as e:  # a transform that cannot take the data (the usual cause), or the dataset's own code
@@ -77,8 +78,8 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             param.grad = grad
         model.train(was_training)
         set_rng_state(rng)
-        if getattr(loader, "bad_samples", None) is not None:
-            loader.bad_samples.take()  # samples the check skipped are counted again in the epoch
+        if trainer.data.bad_samples is not None:
+            trainer.data.bad_samples.take()  # samples the check skipped are counted again in the epoch
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from data_loader.factory import build_data_loader, check_training_loader, data_state, load_data_state
+from data_loader.factory import build_data_loader, load_data_state, training_data
 from model.factory import build_criterion, build_metrics, build_model, build_optimizer
 from trainer.checkpoint import check_resume_config, find_resume
 from trainer.factory import build_trainer
@@ -87,8 +87,7 @@ def build_parts(config: Config, checkpoint: dict[str, Any] | None,
     data = build_data_loader(config["data_loader"], config["seed"], source=config.source)
     if checkpoint is not None:
         load_data_state(data, checkpoint)
-    train_loader, val_loader = data.train_loader(device), data.val_loader(device)
-    check_training_loader(train_loader, config["data_loader"]["type"])
+    training = training_data(data, device, config["data_loader"]["type"])
     model = build_model(config, pretrained=checkpoint is None)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
         if device.type != "cuda":
@@ -102,6 +101,5 @@ def build_parts(config: Config, checkpoint: dict[str, Any] | None,
     optimizer = build_optimizer(config, model)
     lr_scheduler = build_lr_scheduler(config, optimizer)
     parts = {"model": model, "criterion": criterion, "metrics": metrics, "optimizer": optimizer, "device": device,
-             "train_loader": train_loader, "val_loader": val_loader, "lr_scheduler": lr_scheduler,
-             "data_state": data_state(data)}
+             "data": training, "lr_scheduler": lr_scheduler}
     return parts, getattr(data, "num_classes", None)

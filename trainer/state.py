@@ -54,7 +54,7 @@ class TrainingState:
             "monitor": self.monitor.state_dict(),
             "history": self.history,
             "data": {**self.train_loader.sampler.state_dict(), "batch_size": self.train_loader.batch_size},
-            "data_loader": self.data_state,
+            "data_loader": self.data.state,
             "world_size": self.dist.world_size,
             # Each process's own random state and running sums, in rank order (one entry without DDP).
             "per_rank": distributed.gather({"rng": get_rng_state(), "tracker": self.tracker.state_dict()}),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data_loader.base import batches_of
 from data_loader.batch_transforms import training_batch
 from data_loader.checks import take_bad_samples
+from data_loader.factory import TrainingData
 from trainer.checkpoint import LATEST
 from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
@@ -55,27 +56,25 @@ class Step(NamedTuple):
 
 
 class Trainer(TrainingState):
-    """Trains `model` on `train_loader` as the config's `trainer` section says.
+    """Trains `model` on `data` (data_loader/factory.py's TrainingData) as the config's `trainer` section says.
 
     `load_state_dict` of a checkpoint's state (trainer/factory.py's build_trainer does it for `--resume`)
     continues exactly where it was saved, mid-epoch included.
     Under DDP (`dist`), every process runs this same loop on its share of the data; rank 0 alone writes.
-    Built with `optimizer=None` and `train_loader=None`, it only evaluates (test.py), with the same
-    `validation_step`. `data_state` is the data loader's own state, kept in checkpoints (fitted statistics).
+    Built with `optimizer=None` and no `data`, it only evaluates (test.py), with the same `validation_step`.
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, metrics: dict[str, Callable],
                  optimizer: torch.optim.Optimizer | None, config: Config, device: torch.device,
-                 train_loader: Iterable | None = None, val_loader: Iterable | None = None, lr_scheduler: Any = None,
-                 dist: Dist = Dist(), data_state: dict | None = None):
+                 data: TrainingData | None = None, lr_scheduler: Any = None, dist: Dist = Dist()):
         self.config, self.cfg, self.device, self.dist = config, config["trainer"], device, dist
         self.model = model.to(device)
         if self.cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion, self.metrics = criterion, metrics
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.data_state = data_state or {}
+        self.data = data or TrainingData(None)
+        self.train_loader, self.val_loader = self.data.train, self.data.val
         self.epochs = self.cfg["epochs"]
         self.accumulate = self.cfg["accumulate_grad_batches"]
         self.amp_dtype = AMP_DTYPES[self.cfg["amp"]]
@@ -84,14 +83,14 @@ class Trainer(TrainingState):
         self.train_model = self.eval_model if not dist.enabled else nn.parallel.DistributedDataParallel(
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.cfg["find_unused_parameters"])
-        self.ema = None if train_loader is None else build_ema(  # trainer/ema.py
-            self.cfg, self.model, train_loader.batch_size * self.accumulate * dist.world_size,
-            -(-len(train_loader) // self.accumulate))
+        self.ema = None if data is None else build_ema(  # trainer/ema.py
+            self.cfg, self.model, data.train.batch_size * self.accumulate * dist.world_size,
+            -(-len(data.train) // self.accumulate))
         # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
         self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
-            if val_loader else {}
+            if self.val_loader else {}
         logged = ["loss", *metrics] + [f"val_{n}{suffix}" for suffix in self.validated for n in ["loss", *metrics]]
-        self.monitor = Monitor(self.cfg["monitor"] if train_loader is not None else "off", logged, config.source)
+        self.monitor = Monitor(self.cfg["monitor"] if data is not None else "off", logged, config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
         self.stop, self.run, self.checking = StopSignals(), None, False  # checking: see trainer/preflight.py
 
@@ -144,7 +143,7 @@ class Trainer(TrainingState):
                 last = {**self.train_epoch(), **self.validate()}
                 self.end_epoch(last, time.perf_counter() - started)
             best = {f"best_{self.monitor.key}": self.monitor.best} if self.monitor.key else {}
-            self.progress.finish(self.config.data, best, last, self.global_step, self.data_state)
+            self.progress.finish(self.config.data, best, last, self.global_step, self.data.state)
         return last
 
     def train_epoch(self) -> dict[str, float]:
@@ -154,7 +153,8 @@ class Trainer(TrainingState):
         loader.sampler.set_epoch(self.epoch)
         loader.sampler.skip(self.batch_idx * loader.batch_size)
         for batch in self.progress.batches(loader, len(loader), self.batch_idx, f"epoch {self.epoch}/{self.epochs}"):
-            self.train_batch(training_batch(batch, loader, self.batch_idx, self.device, self.cfg["channels_last"]))
+            self.train_batch(training_batch(batch, self.data.batch_transform, loader.sampler, self.batch_idx,
+                                            self.device, self.cfg["channels_last"]))
         result = self.tracker.result()
         self.check_finite(result["loss"])
         return result
@@ -260,7 +260,7 @@ class Trainer(TrainingState):
         self.progress.epoch(f"epoch {self.epoch}/{self.epochs}", epoch_log,
                             [group["lr"] for group in self.optimizer.param_groups], seconds,
                             self.monitor.key if improved else None,
-                            take_bad_samples([self.train_loader, self.val_loader], self.device), self.model,
+                            take_bad_samples(self.data.bad_samples, self.device), self.model,
                             self.global_step)
         epoch = self.epoch
         self.epoch, self.batch_idx = self.epoch + 1, 0
