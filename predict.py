@@ -109,7 +109,7 @@ def forward(trained: Restored, batch: torch.Tensor) -> torch.Tensor:
     except torch.OutOfMemoryError:
         raise ConfigError(f"A batch of {len(batch)} inputs does not fit in the memory of {trained.device}; "
                           "lower --batch-size.") from None
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise DataError(f"the model cannot take it ({reason(e)}). Inputs must have the form of the training data "
                         "after eval_transform: the same channel count (and size, unless the model takes any) for "
                         "images, the same columns for tables") from None

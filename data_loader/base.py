@@ -31,7 +31,7 @@ def split_indices(n: int, share: float | int, seed: int) -> tuple[list[int], lis
     validation samples, chosen by `seed`."""
     count = int(share) if isinstance(share, int) and not isinstance(share, bool) else round(n * float(share))
     if count < 0 or count >= n or (isinstance(share, float) and not 0.0 <= share < 1.0):
-        raise DataError(f"data_loader.args.validation_split={share!r} leaves no training samples out of {n}; "
+        raise DataError(f"validation_split={share!r} leaves no training samples out of {n}; "
                         "use a fraction below 1 (e.g. 0.1) or a count below the number of samples.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[count:]), sorted(order[:count])
@@ -122,12 +122,12 @@ class BaseDataLoader(ClassNames):
         for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                     ("repeated_augmentations", repeated_augmentations, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise DataError(f"data_loader.args.{key} must be a whole number >= {minimum}, got {value!r}.")
+                raise ValueError(f"{key} must be a whole number >= {minimum}, got {value!r}.")
         share = validation_split
         if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0 \
                 or (isinstance(share, float) and share >= 1):
-            raise DataError(f"data_loader.args.validation_split must be a fraction of the training samples from 0 to "
-                            f"below 1 (0.1) or a number of them (500), got {validation_split!r}.")
+            raise ValueError(f"validation_split must be a fraction of the training samples from 0 to "
+                             f"below 1 (0.1) or a number of them (500), got {validation_split!r}.")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.validation_split = validation_split
@@ -136,10 +136,10 @@ class BaseDataLoader(ClassNames):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.drop_last = drop_last
         self.seed = seed
-        self.transform = build_transforms(transform, "data_loader.args.transform")
-        self.eval_transform = (build_transforms(eval_transform, "data_loader.args.eval_transform")
+        self.transform = build_transforms(transform, "transform")
+        self.eval_transform = (build_transforms(eval_transform, "eval_transform")
                                if eval_transform is not None else self.transform)
-        self.target_transform = build_transforms(target_transform, "data_loader.args.target_transform")
+        self.target_transform = build_transforms(target_transform, "target_transform")
         self.num_classes = num_classes
         self.channels = channels
         self.skip_bad = skip_bad
@@ -192,6 +192,6 @@ class BaseDataLoader(ClassNames):
         if len(outside):
             index = int(outside[0])
             raise DataError(f"{describe(dataset, index)} has label {int(targets[index])}, outside "
-                            f"0..{self.num_classes - 1} (data_loader.args.num_classes: {self.num_classes}); "
+                            f"0..{self.num_classes - 1} (the data loader's num_classes: {self.num_classes}); "
                             f"{len(outside)} sample(s) in all. Set num_classes (and the model's) to the number of "
                             "classes in the data.")

@@ -1,4 +1,4 @@
-"""MixUp and CutMix on whole training batches (`data_loader.args.batch_transform`), as torchvision's classification
+"""MixUp and CutMix on whole training batches (the data loader's `batch_transform`), as torchvision's classification
 reference applies them (`--mixup-alpha`, `--cutmix-alpha`): `torchvision.transforms.v2.MixUp` and `CutMix`, one of
 the two picked at random for each batch when both are given. Labels become class probabilities, which
 `cross_entropy` (and CrossEntropyLoss) and the metrics read (accuracy counts the class of highest probability).
@@ -34,7 +34,7 @@ class BatchMix:
         """Batch `number` of the sampler's current epoch, mixed: images (N, C, H, W) and labels (N,) or (N, K)
         give mixed images and (N, K) class probabilities."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ConfigError("data_loader.args.batch_transform (MixUp, CutMix) takes batches of (images, labels); "
+            raise ConfigError("The data loader's batch_transform (MixUp, CutMix) takes batches of (images, labels); "
                               "this loader's batches are not such pairs.")
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(sampler.draw_seed(BATCH_SEEDS, number))  # not the devices' ones
@@ -50,20 +50,20 @@ def training_batch(batch: Any, mix: BatchMix | None, sampler: Any, number: int, 
 
 
 def build_batch_transform(spec: Any, num_classes: int | None) -> BatchMix | None:
-    """The BatchMix of `data_loader.args.batch_transform` ({mixup_alpha, cutmix_alpha}); None when off."""
+    """The BatchMix of a loader's `batch_transform` ({mixup_alpha, cutmix_alpha}); None when off."""
     if spec is None:
         return None
-    key = "data_loader.args.batch_transform"
+    key = "batch_transform"
     if not isinstance(spec, dict) or set(spec) - set(KEYS):
-        raise ConfigError(f"'{key}' must be a mapping of {' and '.join(KEYS)}, e.g. {{mixup_alpha: 0.2, "
-                          f"cutmix_alpha: 1.0}}; got {spec!r}.")
+        raise ValueError(f"{key} must be a mapping of {' and '.join(KEYS)}, e.g. {{mixup_alpha: 0.2, "
+                         f"cutmix_alpha: 1.0}}; got {spec!r}.")
     alphas = {name: spec.get(name, 0.0) for name in KEYS}
     for name, alpha in alphas.items():
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-            raise ConfigError(f"'{key}.{name}' must be a number >= 0 (0: off); got {alpha!r}.")
+            raise ValueError(f"{key}.{name} must be a number >= 0 (0: off); got {alpha!r}.")
     if not any(alphas.values()):
         return None
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ConfigError(f"'{key}' needs data_loader.args.num_classes (got {num_classes!r}): MixUp and CutMix turn "
-                          "labels into probabilities over that many classes.")
+        raise ValueError(f"{key} needs the data loader's num_classes (got {num_classes!r}): MixUp and CutMix turn "
+                         "labels into probabilities over that many classes.")
     return BatchMix(float(alphas["mixup_alpha"]), float(alphas["cutmix_alpha"]), num_classes)

@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from data_loader.base import BaseDataLoader, dataset_classes
 from data_loader.datasets import CsvImageDataset, ImageFolderDataset
 from data_loader.table import Standardize, TableDataset, read_table
-from utils.errors import CheckpointError, ConfigError, DataError, reason
+from utils.errors import CheckpointError, DataError, reason
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class TableDataLoader(BaseDataLoader):
     def __init__(self, csv_file: str = "data/diabetes/diabetes.csv", target: str = "target",
                  features: list[str] | None = None, **kwargs):
         if features is not None and (not isinstance(features, list) or not all(isinstance(c, str) for c in features)):
-            raise ConfigError(f"data_loader.args.features must be a list of column names, got {features!r}.")
+            raise ValueError(f"features must be a list of column names, got {features!r}.")
         super().__init__(**kwargs)
         self.csv_file = Path(csv_file)
         self.target = target
@@ -114,8 +114,8 @@ class TableDataLoader(BaseDataLoader):
         if state["features"] != self.features or state["target"] != self.target:
             raise CheckpointError(f"The model was trained on the features {', '.join(state['features'])} and the "
                                   f"target '{state['target']}', but '{self.csv_file}' gives the features "
-                                  f"{', '.join(self.features)} and the target '{self.target}'. Set "
-                                  "data_loader.args.features and target to the training run's columns.")
+                                  f"{', '.join(self.features)} and the target '{self.target}'. Set the data "
+                                  "loader's features and target to the training run's columns.")
         self.standardize.mean = torch.as_tensor(state["mean"], dtype=torch.float32)
         self.standardize.std = torch.as_tensor(state["std"], dtype=torch.float32)
 
@@ -138,8 +138,8 @@ class TorchvisionDataLoader(BaseDataLoader):
 
     def __init__(self, dataset: str = "MNIST", data_dir: str = "data/", download: bool = False, **kwargs):
         if dataset not in TORCHVISION_DATASETS:
-            raise ConfigError(f"data_loader.args.dataset must be one of {', '.join(TORCHVISION_DATASETS)}; got "
-                              f"{dataset!r}. For another dataset, subclass BaseDataLoader in data_loader/data_loaders.py.")
+            raise ValueError(f"dataset must be one of {', '.join(TORCHVISION_DATASETS)}; got {dataset!r}. For "
+                             "another dataset, subclass BaseDataLoader in data_loader/data_loaders.py.")
         super().__init__(**kwargs)
         self.dataset = dataset
         self.data_dir = data_dir
@@ -158,7 +158,7 @@ class TorchvisionDataLoader(BaseDataLoader):
             folder, files = TORCHVISION_DATASETS[self.dataset]
             where = f"{self.dataset} not found (or incomplete) under '{Path(self.data_dir) / folder}'"
             if not self.download:
-                raise DataError(f"{where} and download is off (data_loader.args.download: false). Set download: "
+                raise DataError(f"{where} and download is off (download: false). Set download: "
                                 f"true on a machine with internet access, or place the files {files} there.") from None
             raise DataError(f"{where} and the download failed ({reason(e)}; is this machine offline?). Run once on a "
                             f"machine with internet access and copy the folder here, or place the files {files} "

@@ -62,13 +62,13 @@ class CheckedDataset(Dataset):
             if (self.channels is not None and isinstance(image, torch.Tensor) and image.dim() >= 3
                     and image.shape[-3] != self.channels):
                 raise DataError(f"{describe(self.dataset, index)} has {plural(image.shape[-3], 'channel')}, but "
-                                f"data_loader.args.channels is {self.channels}. Convert images when reading "
+                                f"the data loader's channels is {self.channels}. Convert images when reading "
                                 "(image_mode: gray or rgb), or set channels to match the data and the model.")
         except DataError as e:
             if self.bad is None:
                 raise
             if self.bad.add() == 1:
-                log.warning("Skipping bad samples (data_loader.args.skip_bad: true); the first: %s", e)
+                log.warning("Skipping bad samples (skip_bad: true); the first: %s", e)
             return None
         return sample
 
@@ -93,7 +93,7 @@ def collate_or_none(batch: list[Any]) -> Any:
 def misfit(e: Exception) -> DataError:
     """The message for samples of different shapes, which cannot be stacked into one batch."""
     return DataError(f"The samples of a batch do not fit together ({reason(e)}). Make every image the same size and "
-                     "channel count: add a Resize or CenterCrop transform, and set data_loader.args.image_mode to gray "
+                     "channel count: add a Resize or CenterCrop transform, and set the data loader's image_mode to gray "
                      "or rgb.")
 
 

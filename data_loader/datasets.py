@@ -25,11 +25,11 @@ _MODES = {"unchanged": ImageReadMode.UNCHANGED, "gray": ImageReadMode.GRAY, "rgb
 
 def read_mode(image_mode: str) -> ImageReadMode:
     if image_mode not in _MODES:
-        raise DataError(f"data_loader.args.image_mode must be one of {', '.join(_MODES)}, got {image_mode!r}.")
+        raise ValueError(f"image_mode must be one of {', '.join(_MODES)}, got {image_mode!r}.")
     return _MODES[image_mode]
 
 
-SKIP_HINT = (" Replace the file or remove it from the data (or set data_loader.args.skip_bad: true to skip such "
+SKIP_HINT = (" Replace the file or remove it from the data (or set the data loader's skip_bad: true to skip such "
              "files).")
 
 
@@ -118,18 +118,18 @@ class CsvImageDataset(Dataset):
         self.mode = read_mode(image_mode)
         csv_path = self.root / csv_file
         if not self.root.is_dir():
-            raise DataError(f"Data folder '{self.root}' not found (data_loader.args.data_dir). Run from the project's "
-                            "top folder, or set data_loader.args.data_dir to the folder that holds your images.")
+            raise DataError(f"Data folder '{self.root}' not found (the data loader's data_dir). Run from the "
+                            "project's top folder, or set data_dir to the folder that holds your images.")
         if not csv_path.is_file():
             raise DataError(f"Label file '{csv_path}' not found. Put a CSV with the columns file,label[,split] there, "
-                            "or set data_loader.args.csv_file.")
+                            "or set the data loader's csv_file.")
         self.samples, bad, self.classes, rows = self._read_rows(csv_path, split, num_classes)
         if self.classes is not None and num_classes is not None and len(self.classes) != num_classes:
             raise DataError(f"'{csv_path}' names {len(self.classes)} classes ({', '.join(self.classes)}), but "
-                            f"data_loader.args.num_classes is {num_classes}. Set num_classes (and the model's, e.g. "
-                            f"arch.args.num_classes) to {len(self.classes)}.")
+                            f"the data loader's num_classes is {num_classes}. Set num_classes (and the model's) to "
+                            f"{len(self.classes)}.")
         if bad and not skip_bad:
-            raise DataError(f"{bad[0]}. Fix the row or remove it (or set data_loader.args.skip_bad: true).")
+            raise DataError(f"{bad[0]}. Fix the row or remove it (or set the data loader's skip_bad: true).")
         if bad and not self.samples:
             skipped = f"all {rows} rows" if len(bad) == rows else f"{len(bad)} of its {rows} rows"
             raise DataError(f"'{csv_path}' lists no usable rows for split '{split}': {skipped} were skipped as bad "
@@ -153,7 +153,7 @@ class CsvImageDataset(Dataset):
         raise DataError(f"None of the first {len(names)} files that '{csv_path}' lists exist under data_dir "
                         f"'{self.root}' (the first would be '{self.root / first}'{found}). The file column is "
                         f"relative to data_dir (e.g. images/001.png for '{self.root}/images/001.png'): fix the paths "
-                        "or data_loader.args.data_dir.")
+                        "or the data loader's data_dir.")
 
     @staticmethod
     def _read_rows(csv_path: Path, split: str | None,
@@ -197,7 +197,7 @@ class CsvImageDataset(Dataset):
                 rows.append((file, index[label], line))
             elif int(label) < 0 or (num_classes is not None and int(label) >= num_classes):
                 bad.append(f"'{csv_path}', line {line}: label {int(label)} is outside 0..{(num_classes or 1) - 1} "
-                           f"(data_loader.args.num_classes: {num_classes})")
+                           f"(the data loader's num_classes: {num_classes})")
             else:
                 rows.append((file, int(label), line))
         return rows, bad, classes, len(table)
@@ -234,7 +234,7 @@ class ImageFolderDataset(datasets.ImageFolder):
             given = Path(root).parent  # data_dir
             inside = (f" data_dir '{given}' looks like that folder itself: set data_dir to '{given.parent}', the "
                       f"folder that holds {Path(root).name}/.") if given.name == Path(root).name else ""
-            raise DataError(f"Image folder '{root}' not found (data_loader.args.data_dir). It must hold one folder "
+            raise DataError(f"Image folder '{root}' not found (the data loader's data_dir). It must hold one folder "
                             f"per class, e.g. train/cat/001.png, train/dog/002.png.{inside}")
         try:
             super().__init__(str(root), transform=transform, target_transform=target_transform,

@@ -45,10 +45,10 @@ class DeviceBatches:
         self.translate = (float(translate[0]), float(translate[1]))
         self.affine = bool(self.degrees or any(self.translate))
         if (crop_padding or hflip or self.affine) and images.dim() != 4:
-            raise DataError(f"data_loader.args.augment works on images (N, C, H, W); this data set's samples have the "
+            raise DataError(f"augment works on images (N, C, H, W); this data set's samples have the "
                             f"shape {tuple(images.shape[1:])}. Remove augment.")
         if self.affine and not images.is_floating_point():
-            raise DataError("data_loader.args.augment's degrees and translate need float images; end the source's "
+            raise DataError("augment's degrees and translate need float images; end the source's "
                             "eval_transform with {type: ToDtype, args: {dtype: float32, scale: true}}.")
         # Uncovered pixels get each channel's smallest value: black, as torchvision's fill=0 before Normalize.
         self.fill = images.amin(dim=(0, 2, 3)).view(1, -1, 1, 1) if self.affine and len(images) else None
@@ -118,7 +118,7 @@ class DeviceDataLoader:
     """Wraps another loader of `data_loader/` (`source`), keeping its data on the training device.
 
     `source` names the loader (`source: CsvImageDataLoader`) and the other args are its args (`data_dir`,
-    `batch_size`, ...), so `--bs` and `data_loader.args.<key>=...` reach it; `source: {type, args}` works too
+    `batch_size`, ...), so `--bs` and the config's other data loader args reach it; `source: {type, args}` works too
     (args given beside it win). The source's `eval_transform` preprocesses every image once (decode, scale,
     normalise); random augmentation is `augment: {crop_padding: 4, hflip: true, degrees: 10, translate: [0.1,
     0.1]}`, drawn per sample and done per batch on the device. Batch size, shuffling, drop_last and the
@@ -132,19 +132,18 @@ class DeviceDataLoader:
         if isinstance(source, str):
             source = {"type": source}
         if not isinstance(source, dict) or "type" not in source:
-            raise ConfigError("data_loader.args.source must name the loader that reads the data, such as "
-                              "CsvImageDataLoader (its args beside it), or be {type: <loader>, args: {...}}; got "
-                              f"{source!r}.")
+            raise ValueError("source must name the loader that reads the data, such as CsvImageDataLoader (its args "
+                             f"beside it), or be {{type: <loader>, args: {{...}}}}; got {source!r}.")
         if "transform" in source_args:
-            raise ConfigError("DeviceDataLoader does not use data_loader.args.transform: eval_transform prepares "
-                              "each image once, and random augmentation is data_loader.args.augment (crop_padding, "
-                              "hflip, degrees, translate), done on the device. Move the random steps there.")
+            raise ValueError("transform: DeviceDataLoader does not use it: eval_transform prepares each image once, and "
+                             "random augmentation is augment (crop_padding, hflip, degrees, translate), done on the "
+                             "device. Move the random steps there.")
         spec = {"type": source["type"], "args": {**(source.get("args") or {}), **source_args}}
-        self.source: BaseDataLoader = build_data_loader(spec, seed, key="data_loader.args.source")
+        self.source: BaseDataLoader = build_data_loader(spec, seed, source=None)  # its errors name its args
         self.crop_padding, self.hflip, self.degrees, self.translate = _augment_settings(augment)
         if isinstance(memory_fraction, bool) or not isinstance(memory_fraction, Real) or not 0 < memory_fraction <= 1:
-            raise ConfigError(f"data_loader.args.memory_fraction must be a share of the free memory in (0, 1], e.g. "
-                              f"0.5; got {memory_fraction!r}.")
+            raise ValueError(f"memory_fraction must be a share of the free memory in (0, 1], e.g. 0.5; got "
+                             f"{memory_fraction!r}.")
         self.memory_fraction = memory_fraction
         self.seed = seed
 
@@ -159,9 +158,9 @@ class DeviceDataLoader:
             free = _free_memory(device)
             if free is not None and needed > self.memory_fraction * free:
                 raise DataError(f"The {what} data needs {needed / 2**30:.2f} GiB on {device}, more than "
-                                f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use "
-                                f"the ordinary loader (data_loader.type: {type(self.source).__name__}) for this data "
-                                "set.")
+                             f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use "
+                             f"the ordinary loader (data_loader.type: {type(self.source).__name__}) for this data "
+                             "set.")
             loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers,
                                 collate_fn=collate_or_none)
             batches = [batch for batch in batches_of(loader) if batch is not None]
@@ -169,15 +168,15 @@ class DeviceDataLoader:
             raise
         except Exception as e:  # eval_transform cannot take the images (the usual cause), or the dataset's own code
             raise ConfigError(f"The {what} data cannot be prepared ({type(e).__name__}: {reason(e).rstrip('.')}). "
-                              "When eval_transform is the cause, check data_loader.args.eval_transform: each step's "
-                              f"args, and their order ({TRANSFORM_ORDER}).") from None
+                             "When eval_transform is the cause, check the data loader's eval_transform: each step's "
+                             f"args, and their order ({TRANSFORM_ORDER}).") from None
         try:
             images, targets = (torch.cat(parts) for parts in zip(*batches))
         except RuntimeError as e:  # batches of different shapes
             raise misfit(e) from None
         skipped = self.source.bad_samples.take() if self.source.bad_samples is not None else 0
         if skipped:
-            log.warning("Left out %d bad sample(s) of the %s data (data_loader.args.skip_bad: true).", skipped, what)
+            log.warning("Left out %d bad sample(s) of the %s data (skip_bad: true).", skipped, what)
         return images.to(device), targets.to(device)
 
     def _first_good(self, dataset: Dataset) -> Any:
@@ -190,7 +189,7 @@ class DeviceDataLoader:
             except DataError:
                 if not self.source.skip_bad:
                     raise
-        raise DataError("Every sample of the data is bad (data_loader.args.skip_bad: true leaves them out). Check the "
+        raise DataError("Every sample of the data is bad (skip_bad: true leaves them out). Check the "
                         "data folder.")
 
     def _batches(self, dataset: Dataset, device, what: str, train: bool) -> DeviceBatches:
@@ -241,33 +240,33 @@ class DeviceDataLoader:
 
 def _augment_settings(augment: Any) -> tuple[int, bool, float, tuple[float, float]]:
     """`augment` checked: crop_padding, hflip, degrees, translate (each off by default)."""
-    where = "data_loader.args.augment"
+    where = "augment"
     if augment is None:
         augment = {}
     if not isinstance(augment, dict):
-        raise ConfigError(f"{where} must be a mapping such as {{degrees: 10, translate: [0.1, 0.1]}}, got {augment!r}.")
+        raise ValueError(f"{where} must be a mapping such as {{degrees: 10, translate: [0.1, 0.1]}}, got {augment!r}.")
     unknown = set(augment) - {"crop_padding", "hflip", "degrees", "translate"}
     if unknown:
-        raise ConfigError(f"{where} takes crop_padding, hflip, degrees and translate, not {', '.join(sorted(unknown))}.")
+        raise ValueError(f"{where} takes crop_padding, hflip, degrees and translate, not {', '.join(sorted(unknown))}.")
 
     def number(value: Any) -> bool:
         return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
     crop_padding = augment.get("crop_padding", 0)
     if not isinstance(crop_padding, int) or isinstance(crop_padding, bool) or crop_padding < 0:
-        raise ConfigError(f"{where}.crop_padding must be a whole number of pixels >= 0, got {crop_padding!r}.")
+        raise ValueError(f"{where}.crop_padding must be a whole number of pixels >= 0, got {crop_padding!r}.")
     hflip = augment.get("hflip", False)
     if not isinstance(hflip, bool):
-        raise ConfigError(f"{where}.hflip must be true or false, got {hflip!r}.")
+        raise ValueError(f"{where}.hflip must be true or false, got {hflip!r}.")
     degrees = augment.get("degrees", 0)
     if not number(degrees) or not 0 <= degrees <= 180:
-        raise ConfigError(f"{where}.degrees must be a number from 0 to 180 (each image is rotated by an angle drawn "
-                          f"from -degrees..degrees), got {degrees!r}.")
+        raise ValueError(f"{where}.degrees must be a number from 0 to 180 (each image is rotated by an angle drawn "
+                             f"from -degrees..degrees), got {degrees!r}.")
     translate = augment.get("translate", [0, 0])
     if (not isinstance(translate, (list, tuple)) or len(translate) != 2
             or not all(number(t) and 0 <= t <= 1 for t in translate)):
-        raise ConfigError(f"{where}.translate must be two fractions from 0 to 1, [width, height]: each image is "
-                          f"shifted by up to that share of its width and height; got {translate!r}.")
+        raise ValueError(f"{where}.translate must be two fractions from 0 to 1, [width, height]: each image is "
+                             f"shifted by up to that share of its width and height; got {translate!r}.")
     return crop_padding, hflip, float(degrees), (float(translate[0]), float(translate[1]))
 
 

@@ -63,7 +63,7 @@ def read_table(path: Path, target: str, features: list[str] | None,
     whether the file has a split column. A non-numeric cell stops with its file, line and column, or with
     `skip_bad` leaves its row out."""
     if not path.is_file():
-        raise DataError(f"Table file '{path}' not found (data_loader.args.csv_file). Run from the project's top "
+        raise DataError(f"Table file '{path}' not found (the data loader's csv_file). Run from the project's top "
                         "folder, or set csv_file to your CSV file (a header, numeric columns, a target column and "
                         "an optional split column of train/test).")
     reader = read_csv(path)
@@ -71,10 +71,10 @@ def read_table(path: Path, target: str, features: list[str] | None,
     chosen = features if features is not None else [c for c in columns if c not in (target, "split")]
     missing = [c for c in [target, *chosen] if c not in columns]
     if missing:
-        raise DataError(f"'{path}' lacks the column(s) {', '.join(missing)} named by data_loader.args.target or "
+        raise DataError(f"'{path}' lacks the column(s) {', '.join(missing)} named by the data loader's target or "
                         f"features (its columns: {', '.join(columns) or 'none'}). Name columns of the file there.")
     if target in chosen or not chosen:
-        raise DataError(f"data_loader.args.features must name at least one column of '{path}' other than the "
+        raise DataError(f"The data loader's features must name at least one column of '{path}' other than the "
                         f"target '{target}'; got {chosen}.")
     has_split = "split" in columns
     rows: dict[str, list[tuple[list[float], float, int]]] = {split: [] for split in SPLITS}
@@ -91,9 +91,9 @@ def read_table(path: Path, target: str, features: list[str] | None,
             rows[split].append((values[:-1], values[-1], line))
     if bad and not skip_bad:
         hint = "" if features is not None else (" To leave a non-numeric column out, list the feature columns in "
-                                                "data_loader.args.features (default: every column but the target "
+                                                "the data loader's features (default: every column but the target "
                                                 "and split).")
-        raise DataError(f"{bad[0]}. Fix the cell or remove the row (or set data_loader.args.skip_bad: true to "
+        raise DataError(f"{bad[0]}. Fix the cell or remove the row (or set the data loader's skip_bad: true to "
                         f"leave such rows out).{hint}")
     if bad:
         log.warning("Left out %d row(s) of '%s' with a bad cell (skip_bad: true); the first: %s.", len(bad), path,

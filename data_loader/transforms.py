@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms import v2
 
 from utils.construct import call_with_args
-from utils.errors import ConfigError
+from utils.errors import reason
 from utils.registry import lookup
 
 
@@ -33,36 +33,44 @@ TRANSFORM_ORDER = ("the images are uint8 until {type: ToDtype, args: {dtype: flo
 NAMED_ARGS = {"policy": v2.AutoAugmentPolicy, "interpolation": v2.InterpolationMode}
 
 
-def _named(name: str, value: Any, key: str) -> Any:
+def _named(name: str, value: Any, where: str) -> Any:
     """`value` of the argument `name`, with a dtype or enum name turned into the object torchvision expects."""
     if not isinstance(value, str) or name not in ("dtype", *NAMED_ARGS):
         return value
     if name == "dtype":
         dtype = getattr(torch, value, None)
         if not isinstance(dtype, torch.dtype):
-            raise ConfigError(f"'{key}' must name a torch dtype such as float32, got {value!r}.")
+            raise ValueError(f"{where} must name a torch dtype such as float32, got {value!r}.")
         return dtype
     enum = NAMED_ARGS[name]
     try:
         return enum(value.lower())
     except ValueError:
-        raise ConfigError(f"'{key}' must be one of {', '.join(m.value for m in enum)}; got {value!r}.") from None
+        raise ValueError(f"{where} must be one of {', '.join(m.value for m in enum)}; got {value!r}.") from None
 
 
-def build_transforms(steps: list[dict[str, Any]] | None, key: str) -> Callable | None:
-    """`[{type: ToDtype, args: {dtype: float32, scale: true}}, ...]` -> a composed transform (None if empty)."""
-    if not steps:
-        return None
+def build_transforms(steps: list[dict[str, Any]] | Callable | None, name: str) -> Callable | None:
+    """`[{type: ToDtype, args: {dtype: float32, scale: true}}, ...]`, the value of a loader's argument `name`, as a
+    composed transform (None if empty; a callable as it is). A step that cannot be built is a ValueError that
+    begins with where it is (`transform[1].args.degrees`), for the config layer to name its key."""
+    if not steps or callable(steps):
+        return steps or None
     if not isinstance(steps, list):
-        raise ConfigError(f"'{key}' must be a list of {{type, args}} steps, got {steps!r}.")
+        raise ValueError(f"{name} must be a list of {{type, args}} steps, got {steps!r}.")
     built = []
     for i, step in enumerate(steps):
-        where = f"{key}[{i}]"
+        where = f"{name}[{i}]"
         if isinstance(step, str):
             step = {"type": step}
         if not isinstance(step, dict) or "type" not in step or set(step) - {"type", "args"}:
-            raise ConfigError(f"'{where}' must be a mapping with 'type' and optional 'args', got {step!r}.")
-        args = {name: _named(name, value, f"{where}.args.{name}") for name, value in (step.get("args") or {}).items()}
-        factory = lookup(step["type"], "transform", where)
-        built.append(call_with_args(factory, args, where, "config"))
+            raise ValueError(f"{where} must be a mapping with 'type' and optional 'args', got {step!r}.")
+        args = {arg: _named(arg, value, f"{where}.args.{arg}") for arg, value in (step.get("args") or {}).items()}
+        factory = lookup(step["type"], "transform", where, source=None)
+        try:
+            built.append(call_with_args(factory, args, where, None))
+        except (TypeError, ValueError) as e:
+            text = reason(e)
+            arg = text.split(" ", 1)[0].rstrip(":")
+            raise ValueError(f"{where}.args.{text}" if arg in args else f"{where}: {step['type']} refused its "
+                             f"arguments: {text}") from None
     return built[0] if len(built) == 1 else v2.Compose(built)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -22,7 +21,7 @@ from utils.registry import lookup
 def build_model(config: Config, pretrained: bool = True) -> nn.Module:
     """The model of `arch`, initialised by `arch.init` where its constructor loaded no weights.
 
-    With `pretrained=False` (the weights will come from a checkpoint), nothing is downloaded: `arch.args.weights`
+    With `pretrained=False` (the weights will come from a checkpoint), nothing is downloaded: the `weights` arg
     is set to null, and a pretrained-weight download inside the model's own constructor (torchvision's
     `weights=...` or `pretrained=True`) loads nothing; `arch.init` is not applied either.
     """
@@ -82,7 +81,6 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     parameter listed in two groups stays in the first. `no_decay` then moves norm layers' parameters and biases
     (or the names it lists) of each group to a copy of it without weight decay (model/weight_decay.py)."""
     spec = config["optimizer"]
-    _check_finite_settings(spec, config.source)
     groups, taken = [], set()
     for i, group in enumerate(spec.get("param_groups") or []):
         key = f"optimizer.param_groups[{i}]"
@@ -112,18 +110,6 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     if spec.get("no_decay"):
         groups = split_groups(groups, model, spec["no_decay"], config.source)
     return config.init_obj("optimizer", params=groups if len(groups) > 1 else rest)
-
-
-def _check_finite_settings(spec: dict[str, Any], source: str) -> None:
-    """Refuse a learning rate (or another setting) of inf or nan, which optimizers accept: the run would only stop
-    at its first non-finite loss, its folder written."""
-    settings = [(f"optimizer.args.{k}", v) for k, v in spec["args"].items()] + \
-        [(f"optimizer.param_groups[{i}].{k}", v) for i, group in enumerate(spec.get("param_groups") or [])
-         if isinstance(group, dict) for k, v in group.items()]
-    for key, value in settings:
-        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
-            raise ConfigError(f"{blame(source, key)}: '{key}' is {value!r}; an optimizer's settings must be finite "
-                              "numbers.")
 
 
 def build_criterion(config: Config) -> Callable:

@@ -52,7 +52,7 @@ def test_csv_label_names_are_numbered_in_sorted_order_and_logged(tmp_path, caplo
     digits = CsvImageDataset(small_copy(tmp_path / "plain"))  # the same rows with integer labels
     assert [sorted(NAMES).index(NAMES[label]) for _, label, _ in digits.samples] == [s[1] for s in dataset.samples]
     assert loader.state_dict() == {"classes": sorted(NAMES)} and digits.classes is None
-    with pytest.raises(DataError, match=r"names 10 classes \(eight, five, .*zero\), but data_loader.args.num_classes "
+    with pytest.raises(DataError, match=r"names 10 classes \(eight, five, .*zero\), but the data loader's num_classes "
                                         r"is 3\. Set num_classes .* to 10"):
         CsvImageDataLoader(data_dir=str(root), num_classes=3)
 

@@ -29,13 +29,14 @@ BROKEN = {
                   r"on lines \d+ and \d+"),
     "null trainer": (None, ["trainer=null"], r"command line \(trainer=null\): 'trainer' must be a mapping"),
     "float seed": (None, ["seed=1.5"], r"command line \(seed=1\.5\): 'seed' must be a whole number"),
-    "bad split": (None, ["data_loader.args.validation_split=abc"], r"data_loader\.args\.validation_split must be a "
-                  r"fraction"),
-    "bad workers": (None, ["data_loader.args.num_workers=-1"], r"data_loader\.args\.num_workers must be a whole "
+    "bad split": (None, ["data_loader.args.validation_split=abc"], r"command line \(data_loader\.args\.validation_split="
+                  r"abc\): 'data_loader\.args\.validation_split' must be a fraction"),
+    "bad workers": (None, ["data_loader.args.num_workers=-1"], r"'data_loader\.args\.num_workers' must be a whole "
                     r"number >= 0, got -1"),
     "minutes": (None, ["trainer.save_every_minutes=abc"], r"'trainer\.save_every_minutes' must be a number"),
     "clip": (None, ["trainer.grad_clip_norm=abc"], r"'trainer\.grad_clip_norm' must be a number > 0"),
-    "width 0": (None, ["arch.args.width=0"], r"arch\.args\.width must be a whole number >= 1, got 0"),
+    "width 0": (None, ["arch.args.width=0"], r"command line \(arch\.args\.width=0\): 'arch\.args\.width' must be a "
+                "whole number >= 1, got 0"),
     "loader arg": (None, ["data_loader.args.bogus=1"], r"command line \(data_loader\.args\.bogus=1\): wrong args for "
                    r"data_loader type 'CsvImageDataLoader': unexpected keyword argument 'bogus'\. It accepts: "
                    r"data_dir, csv_file, (?!.*seed).*skip_bad, batch_transform, repeated_augmentations\.$"),
@@ -49,6 +50,11 @@ BROKEN = {
     "top k bool": (None, ["trainer.save_top_k=true"], r"'trainer\.save_top_k' must be -1 \(keep all\)"),
     "compile": (None, ["trainer.compile={mode: nonsense}"], r"trainer\.compile: torch\.compile refused "
                 r"\{'mode': 'nonsense'\}"),
+    # The device loader's source is built with the source's args beside it: its errors name them, and who set them.
+    "device source arg": (None, [f"data_loader={{type: DeviceDataLoader, args: {{source: CsvImageDataLoader, data_dir: "
+                                 f"{REPO / 'data' / 'digits'}}}}}", "data_loader.args.batch_size=0"],
+                          r"^error: command line \(data_loader\.args\.batch_size=0\): 'data_loader\.args\.batch_size' "
+                          r"must be a whole number >= 1, got 0\.$"),
 }
 
 

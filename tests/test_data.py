@@ -6,11 +6,13 @@ import torch
 
 from data_loader.builtin import CsvImageDataLoader
 from data_loader.datasets import CsvImageDataset
+from data_loader.factory import build_data_loader
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import OneHot, build_transforms
+from utils.config import Config
 from utils.errors import ConfigError, DataError
 
-from conftest import REPO
+from conftest import FAST, REPO
 
 DIGITS = REPO / "data" / "digits"
 TO_FLOAT = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
@@ -60,12 +62,12 @@ def test_validation_split_is_seeded_disjoint_and_reproducible():
 
 
 def test_bad_validation_split_is_refused():
-    with pytest.raises(DataError, match="validation_split"):
+    with pytest.raises(ValueError, match="^validation_split must be a fraction"):  # the config layer adds the key
         CsvImageDataLoader(data_dir=str(DIGITS), validation_split=1.0).split()
 
 
 def test_missing_folder_csv_and_columns_are_clear(tmp_path):
-    with pytest.raises(DataError, match="Data folder .*nowhere.* not found .*data_loader.args.data_dir"):
+    with pytest.raises(DataError, match="Data folder .*nowhere.* not found .*data_dir"):
         CsvImageDataset(tmp_path / "nowhere")
     with pytest.raises(DataError, match="labels.csv' not found"):
         CsvImageDataset(tmp_path)
@@ -96,10 +98,15 @@ def test_bad_labels_name_the_line(tmp_path):
 
 
 def test_transform_errors_name_the_step():
-    with pytest.raises(ConfigError, match=r"unknown transform\[1\] type 'RandomFlipp'.*RandomVerticalFlip"):
+    with pytest.raises(ValueError, match=r"^transform\[1\]\.type: unknown transform type 'RandomFlipp'.*RandomVerticalFlip"):
         build_transforms(TO_FLOAT + [{"type": "RandomFlipp"}], "transform")
-    with pytest.raises(ConfigError, match=r"transform\[0\].args.dtype"):
+    with pytest.raises(ValueError, match=r"^transform\[0\]\.args\.dtype must name a torch dtype"):
         build_transforms([{"type": "ToDtype", "args": {"dtype": "float99"}}], "transform")
+    # Through the config, the message names the whole key and who set it.
+    config = Config.load(REPO / "configs" / "config.yaml", [*FAST, "data_loader.args.transform=[{type: RandomFlipp}]"])
+    with pytest.raises(ConfigError, match=r"^command line \(data_loader\.args\.transform=\[\{type: RandomFlipp\}\]\): "
+                                          r"'data_loader\.args\.transform\[0\]\.type': unknown transform type"):
+        build_data_loader(config["data_loader"], 0, source=config.source)
 
 
 def test_sampler_resumes_the_same_order_mid_epoch():

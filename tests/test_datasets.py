@@ -15,7 +15,7 @@ import train
 from data_loader.base import BaseDataLoader
 from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
 from utils.config import Config
-from utils.errors import ConfigError, DataError
+from utils.errors import DataError
 
 from conftest import ORDINARY_LOADER, REPO, only_run
 from fake_data import patch_cifar10_sums, write_cifar10, write_mnist
@@ -69,7 +69,7 @@ def test_missing_files_and_impossible_download_are_explained(tmp_path, monkeypat
     with pytest.raises(DataError, match=r"the download failed \(.*no route to host.*; is this machine offline\?\)\. "
                                         "Run once on a machine with internet access .* or place the files"):
         TorchvisionDataLoader("CIFAR10", str(tmp_path), download=True)
-    with pytest.raises(ConfigError, match="must be one of MNIST, FashionMNIST"):
+    with pytest.raises(ValueError, match="^dataset must be one of MNIST, FashionMNIST"):
         TorchvisionDataLoader("ImageNet", str(tmp_path))
 
 
@@ -143,7 +143,7 @@ def test_corrupt_image_stops_with_its_name_even_in_a_worker_process(tmp_path, ca
     log = capfd.readouterr()  # fd-level: the worker processes' output too
     assert (log.out + log.err).count("Skipped 1 bad sample(s) in epoch") == 2, log
     # The reason for the first, logged by the worker process that met it.
-    assert re.search(r"Skipping bad samples \(data_loader.args.skip_bad: true\); the first: Cannot read image "
+    assert re.search(r"Skipping bad samples \(skip_bad: true\); the first: Cannot read image "
                      r"'.*0002.png'", log.out), log.out
 
 
@@ -166,7 +166,7 @@ def test_wrong_channel_count_names_the_image(tmp_path):
     loader = CsvImageDataLoader(data_dir=str(root), channels=1, validation_split=0, shuffle=False, batch_size=20,
                                 transform=TO_FLOAT)
     with pytest.raises(DataError, match=r"image '.*0005.png' \(line 7 of labels.csv\) has 3 channels, but "
-                                        r"data_loader.args.channels is 1"):
+                                        r"the data loader's channels is 1"):
         next(iter(loader.train_loader()))
     unchecked = CsvImageDataLoader(data_dir=str(root), validation_split=0, batch_size=20, transform=TO_FLOAT)
     with pytest.raises(DataError, match="samples of a batch do not fit together .*image_mode"):

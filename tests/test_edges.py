@@ -21,7 +21,7 @@ from data_loader.transforms import build_transforms
 from model.builtin import metrics
 from model.builtin.metrics import top_k_acc
 from utils import run as run_module
-from utils.errors import ConfigError, DataError
+from utils.errors import DataError
 from utils.run import run_of_checkpoint
 
 from conftest import FAST, REPO
@@ -212,13 +212,13 @@ def test_top_k_acc_with_k_at_or_above_the_classes_warns_once(caplog, monkeypatch
     assert caplog.text.count("top_k_acc: k=3, but the model scores 3 classes") == 1
     assert "metric is always 1.0. Give it a smaller k (metrics: [{type: top_k_acc, args: {k: 2}}])" in caplog.text
     for k in (0, -1, 1.5, True):  # k = 0 would always give 0.0
-        with pytest.raises(ConfigError, match=r"top_k_acc's k must be a whole number >= 1"):
+        with pytest.raises(ValueError, match=r"top_k_acc's k must be a whole number >= 1"):
             top_k_acc(output, target, k=k)
 
 
 def test_one_channel_is_singular():
     gray = CheckedDataset([(torch.zeros(1, 8, 8), 0)], channels=3)
-    with pytest.raises(DataError, match=r"has 1 channel, but data_loader\.args\.channels is 3"):
+    with pytest.raises(DataError, match=r"has 1 channel, but the data loader's channels is 3"):
         gray[0]
 
 

@@ -103,15 +103,15 @@ def test_downloadable_weights_offline_say_how_to_pass_a_local_file(tmp_path, mon
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(ConfigError, match=r"cannot download the DEFAULT weights of resnet18 .*no route to host.*"
-                                          r"download https://download.pytorch.org/models/resnet18-\w+\.pth, copy the "
-                                          r"file here, and set arch.args.weights to its path"):
+    with pytest.raises(ValueError, match=r"^weights: cannot download the DEFAULT weights of resnet18 .*no route to "
+                                         r"host.*download https://download.pytorch.org/models/resnet18-\w+\.pth, copy "
+                                         r"the file here, and set weights to its path"):
         TorchvisionClassifier("resnet18", 10, weights="DEFAULT")
-    with pytest.raises(ConfigError, match="torchvision has no classifier 'resnet19'.*Did you mean 'resnet18'"):
+    with pytest.raises(ValueError, match="^name: torchvision has no classifier 'resnet19'.*Did you mean 'resnet18'"):
         TorchvisionClassifier("resnet19")
-    with pytest.raises(ConfigError, match="'IMAGENET' is neither a file nor a weights name of resnet18"):
+    with pytest.raises(ValueError, match="^weights: 'IMAGENET' is neither a file nor a weights name of resnet18"):
         TorchvisionClassifier("resnet18", weights="IMAGENET")
-    with pytest.raises(ConfigError, match="no module 'layer5'.*Did you mean 'layer4'"):
+    with pytest.raises(ValueError, match="^freeze: the model has no module 'layer5'.*Did you mean 'layer4'"):
         TorchvisionClassifier("resnet18", freeze=["layer5"])
 
 
@@ -122,9 +122,9 @@ def test_freezing_the_backbone_leaves_only_the_head_trainable_in_any_classifier(
     assert len(model.backbone_parameters()) == len(list(model.parameters())) - 2
     model.train()
     assert not model.net.classifier[0].training and model.net.classifier[3].training
-    with pytest.raises(ConfigError, match="takes 3-channel images and got 1-channel ones.*image_mode: rgb"):
+    with pytest.raises(ValueError, match="takes 3-channel images and got 1-channel ones.*image_mode: rgb"):
         model(torch.zeros(2, 1, 32, 32))
-    with pytest.raises(ConfigError, match="googlenet is not supported here"):
+    with pytest.raises(ValueError, match="googlenet is not supported here"):
         TorchvisionClassifier("googlenet")
 
 

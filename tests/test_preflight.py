@@ -32,7 +32,7 @@ def refused(save_dir, capsys, *extra):
 def test_rgb_images_into_a_one_channel_model_are_refused_before_writing(save_dir, capsys):
     err = refused(save_dir, capsys, RGB)
     assert "inputs ((64, 3, 8, 8) float32, (64,) int64)" in err
-    assert "arch.args.in_channels" in err and "data_loader.args.image_mode" in err
+    assert "the model's in_channels" in err and "the data loader's image_mode" in err
 
 
 def test_images_left_as_uint8_are_refused_with_the_transform_to_add(save_dir, capsys):
@@ -49,7 +49,7 @@ def test_images_left_as_uint8_are_refused_with_the_transform_to_add(save_dir, ca
 def test_a_transform_that_cannot_take_the_data_is_refused_before_writing(save_dir, capsys, transform, reason):
     err = refused(save_dir, capsys, f"data_loader.args.transform={transform}")
     assert f"The training data's first batch cannot be made ({reason}). When a transform is the cause, check " \
-           "data_loader.args.transform" in err
+           "the data loader's transform" in err
     assert "which comes before Normalize" in err
 
 
@@ -59,13 +59,13 @@ def test_the_default_loaders_eval_transform_that_cannot_take_the_data_is_refused
     err = capsys.readouterr().err
     assert code == 2 and not save_dir.exists() and "Traceback" not in err
     assert "The training data cannot be prepared (TypeError: Input tensor should be a float tensor. Got " \
-           "torch.uint8). When eval_transform is the cause, check data_loader.args.eval_transform" in err
+           "torch.uint8). When eval_transform is the cause, check the data loader's eval_transform" in err
 
 
 def test_a_model_with_too_few_classes_is_refused_before_writing(save_dir, capsys):
     err = refused(save_dir, capsys, "arch.args.num_classes=6")
     assert "The model gives 6 outputs per sample, but the data has 10 classes" in err
-    assert "arch.args.num_classes" in err
+    assert "Set the model's number of classes (its num_classes arg" in err
 
 
 def test_a_label_outside_the_head_is_refused_when_the_data_does_not_say_its_classes(save_dir, capsys):

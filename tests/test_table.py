@@ -14,7 +14,7 @@ from model.builtin.metrics import mae, r2, rmse
 from model.builtin.models import MLP
 from trainer.checkpoint import load_checkpoint
 from trainer.metric_tracker import MetricTracker
-from utils.errors import CheckpointError, ConfigError, DataError
+from utils.errors import CheckpointError, DataError
 
 from conftest import REPO, only_run
 
@@ -100,7 +100,7 @@ def test_constant_column_becomes_zero_instead_of_a_division_by_zero(tmp_path):
 
 
 def test_missing_file_and_columns_are_named(tmp_path):
-    with pytest.raises(DataError, match=r"Table file '.*nowhere.csv' not found \(data_loader.args.csv_file\)"):
+    with pytest.raises(DataError, match=r"Table file '.*nowhere.csv' not found \(the data loader's csv_file\)"):
         TableDataLoader(csv_file=str(tmp_path / "nowhere.csv"))
     table = write_table(tmp_path / "t.csv", SMALL)
     with pytest.raises(DataError, match="lacks the column.s. target .*its columns: a, b, y, split"):
@@ -109,7 +109,7 @@ def test_missing_file_and_columns_are_named(tmp_path):
         TableDataLoader(csv_file=table, target="y", features=["a", "c"])
     with pytest.raises(DataError, match="other than the target 'y'"):
         TableDataLoader(csv_file=table, target="y", features=["a", "y"])
-    with pytest.raises(ConfigError, match="features must be a list of column names"):
+    with pytest.raises(ValueError, match="^features must be a list of column names"):
         TableDataLoader(csv_file=table, target="y", features="a")
 
 
@@ -163,9 +163,9 @@ def test_regression_metrics_and_loss_match_hand_computations():
     # A batch with a single target value: 1 when predicted exactly, else 0, not a division by zero.
     assert float(r2(torch.tensor([[2.0]]), torch.tensor([[2.0]]))) == 1.0
     assert float(r2(torch.tensor([[3.0], [1.0]]), torch.tensor([[2.0], [2.0]]))) == 0.0
-    with pytest.raises(ConfigError, match=r"mse_loss: the model.s outputs have the shape \(4, 2\) and the targets"):
+    with pytest.raises(ValueError, match=r"mse_loss: the model.s outputs have the shape \(4, 2\) and the targets"):
         mse_loss(torch.cat([OUTPUT, OUTPUT], 1), TARGET)
-    with pytest.raises(ConfigError, match="r2: .*arch.args.out_features"):
+    with pytest.raises(ValueError, match="r2: .*MLP's out_features"):
         r2(torch.zeros(4, 3), TARGET)
 
 
@@ -187,9 +187,9 @@ def test_mlp_maps_features_to_one_output_and_names_a_wrong_feature_count():
     assert model(torch.randn(5, 10)).shape == (5, 1)
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
     assert MLP(in_features=3, hidden=[], out_features=2)(torch.randn(4, 3)).shape == (4, 2)  # a linear model
-    with pytest.raises(ConfigError, match="the data has 9 feature columns but arch.args.in_features is 10"):
+    with pytest.raises(ValueError, match="the data has 9 feature columns but in_features is 10"):
         model(torch.randn(5, 9))
-    with pytest.raises(ConfigError, match="activation must be one of relu, swish"):
+    with pytest.raises(ValueError, match="^activation must be one of relu, swish"):
         MLP(in_features=10, activation="tanh")
 
 

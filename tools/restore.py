@@ -122,7 +122,7 @@ def eval_loader(trained: Restored, split: str) -> DataLoader | DeviceBatches:
     data = rebuilt_data(trained, training=split != "test")
     loader = data.test_loader(trained.device) if split == "test" else data.val_loader(trained.device)
     if loader is None:
-        raise CheckpointError("The checkpoint's config has no validation split (data_loader.args.validation_split "
+        raise CheckpointError("The checkpoint's config has no validation split (the data loader's validation_split "
                               "is 0); use --split test.")
     return loader
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from utils.config_file import parse_value
 from utils.errors import ConfigError
+from utils.schema import SHORT_FLAGS
 
 RANGES = ("uniform", "log-uniform", "int")
 KINDS = ("choice", *RANGES)
@@ -97,7 +98,7 @@ def split_items(items: list[str], mode: str) -> tuple[dict[str, Dimension], list
         key, sep, _ = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"Cannot read '{item}': write search items and overrides as key.path=value, e.g. "
-                              "optimizer.args.lr=1e-3,1e-2 or trainer.epochs=5.")
+                              f"{SHORT_FLAGS['lr']}=1e-3,1e-2 or trainer.epochs=5.")
         dimension = parse_dimension(item)
         if dimension is None:
             fixed.append(item)

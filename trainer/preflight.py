@@ -28,7 +28,7 @@ from utils.rng import get_rng_state, set_rng_state
 
 def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     """Run `trainer.training_step` on one training batch with the unwrapped model, then put everything back.
-    `num_classes` is the data's number of classes when the loader knows it (data_loader.args.num_classes)."""
+    `num_classes` is the data's number of classes when the loader knows it (its `num_classes`)."""
     model, loader = trainer.model, trainer.train_loader
     rng, buffers = get_rng_state(), [(b, b.clone()) for b in model.buffers()]
     grads, was_training = [(p, p.grad) for p in model.parameters()], model.training
@@ -43,7 +43,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             raise
         except Exception as e:  # a transform that cannot take the data (the usual cause), or the dataset's own code
             raise ConfigError(f"The training data's first batch cannot be made ({type(e).__name__}: "
-                              f"{reason(e).rstrip('.')}). When a transform is the cause, check data_loader.args."
+                              f"{reason(e).rstrip('.')}). When a transform is the cause, check the data loader's "
                               f"transform (or augment, batch_transform): each step's args, and their order "
                               f"({TRANSFORM_ORDER}). Nothing was written.") from None
         model.train()
@@ -160,14 +160,13 @@ def _checked_loss(criterion: Any, output: Any, target: Any, num_classes: int | N
         classes = output.shape[1]
         if num_classes is not None and classes != num_classes:
             raise ConfigError(f"The model gives {classes} outputs per sample, but the data has {num_classes} classes "
-                              "(data_loader.args.num_classes). Set the model's number of classes (arch.args."
-                              f"num_classes, or your model's equivalent) to {num_classes}. Nothing was written.")
+                              "(the data loader's num_classes). Set the model's number of classes (its num_classes "
+                              f"arg, or your model's equivalent) to {num_classes}. Nothing was written.")
         low, high = int(target.min()), int(target.max())
         if low < 0 or high >= classes:
             raise ConfigError(f"A batch holds label {high if high >= classes else low}, but the model gives {classes} "
-                              f"outputs per sample (classes 0..{classes - 1}). Set arch.args.num_classes (and "
-                              "data_loader.args.num_classes) to the number of classes in the data. Nothing was "
-                              "written.")
+                              f"outputs per sample (classes 0..{classes - 1}). Set the model's num_classes (and the "
+                              "data loader's) to the number of classes in the data. Nothing was written.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loss = criterion(output, target)
@@ -175,7 +174,7 @@ def _checked_loss(criterion: Any, output: Any, target: Any, num_classes: int | N
         if "target size" in str(warning.message):
             raise ConfigError(f"The model's output {describe(output)} and the target {describe(target)} have different "
                               "shapes, so the loss would broadcast them and compare every output with every target. "
-                              "Make the model's output shape match the target (e.g. arch.args.out_features), or "
+                              "Make the model's output shape match the target (e.g. MLP's out_features), or "
                               "reshape the target in the data loader. Nothing was written.")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return loss
@@ -189,23 +188,23 @@ def _check_loss(loss: Any) -> None:
     if not loss.requires_grad:
         raise ConfigError("The loss does not depend on any trainable parameter of the model (it has no gradient): "
                           "check that the training step computes it from the model's output, and that the model is "
-                          "not entirely frozen (arch.args.freeze). Nothing was written.")
+                          "not entirely frozen (TorchvisionClassifier's freeze). Nothing was written.")
 
 
 def _hint(message: str) -> str:
     """What to change for the usual ways a model and its data fail to fit."""
     if re.search(r"\bByte\b|unsigned char|uint8", message):
-        return ("The images reach the model as uint8 (0..255), and a model computes in floats: end data_loader.args."
+        return ("The images reach the model as uint8 (0..255), and a model computes in floats: end the data loader's "
                 "transform (and eval_transform, if set) with {type: ToDtype, args: {dtype: float32, scale: true}} "
                 "(docs/data.md).")
     if re.search(r"channels", message):
-        return ("The images' channel count differs from the model's: set arch.args.in_channels (or your model's "
-                "equivalent) to the data's, or convert the images when reading with data_loader.args.image_mode "
+        return ("The images' channel count differs from the model's: set the model's in_channels (or your model's "
+                "equivalent) to the data's, or convert the images when reading with the data loader's image_mode "
                 "(gray: 1 channel, rgb: 3).")
     if re.search(r"multi-target|target tensor", message):
-        return ("The loss takes class indices, but the targets are class probabilities (data_loader.args."
+        return ("The loss takes class indices, but the targets are class probabilities (the data loader's "
                 "batch_transform's MixUp and CutMix make them, as OneHot does): use cross_entropy or CrossEntropyLoss.")
     if re.search(r"shapes cannot be multiplied|size mismatch|must match the size", message):
-        return ("The data's shape does not fit the model's layer sizes: set the model's input size in arch.args to "
-                "the data's, or resize the data with a transform (data_loader.args.transform, eval_transform).")
-    return "Check that arch.args fit the data (the input shape above) and that the loss fits the model's output."
+        return ("The data's shape does not fit the model's layer sizes: set the model's input size in its args to "
+                "the data's, or resize the data with a transform (the data loader's transform, eval_transform).")
+    return "Check that the model's args fit the data (the input shape above) and that the loss fits the model's output."

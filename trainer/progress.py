@@ -120,10 +120,10 @@ class Progress:
             self._warned_data_wait = True
             log.warning("Training waited for data %.0f%% of the time. For data that fits in memory, "
                         "DeviceDataLoader (docs/speed.md) removes the wait; otherwise raise "
-                        "data_loader.args.num_workers if CPU cores are idle, set pin_memory: true on a GPU, or "
+                        "the data loader's num_workers if CPU cores are idle, set pin_memory: true on a GPU, or "
                         "make the dataset's __getitem__ cheaper.", 100 * self.throughput[1])
         if bad_samples:
-            log.warning("Skipped %d bad sample(s) in %s (data_loader.args.skip_bad: true); the reason for the "
+            log.warning("Skipped %d bad sample(s) in %s (skip_bad: true); the reason for the "
                         "first is logged above.", bad_samples, title.split("/")[0])
         if self.board is not None:
             self.board.epoch(epoch_log, lrs, self.throughput, step)

@@ -19,10 +19,7 @@ from torch import nn
 
 from trainer.confusion import ClassReport
 from utils.plots import confusion_matrix_image, scale_to_unit
-
-# Config keys shown as hyperparameters (scalar values below these sections; lists and mappings as text).
-HPARAM_SECTIONS = ("arch", "optimizer", "lr_scheduler", "loss", "seed", "data_loader.args.batch_size",
-                   "trainer.epochs", "trainer.amp", "trainer.accumulate_grad_batches", "trainer.grad_clip_norm")
+from utils.schema import HPARAMS
 
 
 class Board:
@@ -73,7 +70,7 @@ class Board:
     def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         """The run's hyperparameters and final values, in the HParams tab (written into the run's own folder)."""
         params = {}
-        for section in HPARAM_SECTIONS:
+        for section in HPARAMS:
             value: Any = config
             for part in section.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
@@ -85,7 +82,7 @@ class Board:
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-    """`{optimizer: {type: SGD, args: {lr: 0.1}}}` -> `{optimizer.type: SGD, optimizer.args.lr: 0.1}`."""
+    """`{a: {b: 1, c: {d: 2}}}` -> `{a.b: 1, a.c.d: 2}`."""
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in _flatten(f"{prefix}.{key}", item).items()}
     if value is None or isinstance(value, (bool, int, float, str)):

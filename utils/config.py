@@ -169,7 +169,7 @@ class Config:
             key, sep, text = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"Cannot read the override '{printable(item)}': write it as key.path=value, "
-                                  "e.g. optimizer.args.lr=3e-4 trainer.epochs=5.")
+                                  f"e.g. {SHORT_FLAGS['lr']}=3e-4 trainer.epochs=5.")
             settings.append((key.strip(), parse_value(text), printable(item)))
         set_by: dict[str, str] = {}
         flagged = {key: (value, item) for key, value, item in settings if item.startswith("--")}

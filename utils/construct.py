@@ -34,44 +34,65 @@ def accepted_args(factory: Any) -> list[str] | None:
     return None if any_keyword else list(params)
 
 
-def _check_booleans(factory: Any, kwargs: dict[str, Any], key: str, source: str) -> None:
+def _check_booleans(factory: Any, kwargs: dict[str, Any]) -> None:
     """An argument annotated `bool` must get true or false: YAML reads `off`, `no` as text here (for `amp: off`),
     and a non-empty text would silently count as true."""
     params, _ = _parameters(factory)
     for name, value in kwargs.items():
         if name in params and params[name].annotation in (bool, "bool") and not isinstance(value, bool):
-            raise ConfigError(f"{blame(source, f'{key}.args.{name}')}: '{key}.args.{name}' must be true or false; "
-                              f"got {value!r}.")
+            raise ValueError(f"{name} must be true or false; got {value!r}.")
 
 
-def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str,
+def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str | None,
                    supplied: Collection[str] = ()) -> Any:
     """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`
     and who set it (see Source). `supplied` are the arguments the code gives (an optimizer's `params`, a loader's
-    `seed`): they are not offered among those a config may set."""
+    `seed`): they are not offered among those a config may set. With `source` None (an object that a component
+    builds from its own args, such as DeviceDataLoader's source loader), the error stays a plain ValueError that
+    begins with the argument's name, for the call that built that component to name its key."""
     name = getattr(factory, "__name__", str(factory))
     accepted = accepted_args(factory)
     unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
     try:
-        if unknown:
-            raise TypeError(f"unexpected keyword argument '{unknown[0]}'")
-        _check_booleans(factory, kwargs, key, source)
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as e:
-        takes = ", ".join(a for a in accepted or [] if a not in supplied) or "no arguments"
-        where = blame(source, f"{key}.args.{unknown[0]}" if unknown else key)
-        raise ConfigError(f"{where}: wrong args for {key} type '{name}': {e}. It accepts: {takes}.") from None
-    except ValueError:
-        pass  # a builtin without a signature: let the call itself tell
-    try:
+        try:
+            if unknown:
+                raise TypeError(f"unexpected keyword argument '{unknown[0]}'")
+            inspect.signature(factory).bind(**kwargs)
+        except TypeError as e:
+            takes = ", ".join(a for a in accepted or [] if a not in supplied) or "no arguments"
+            if source is None:
+                raise ValueError(f"{unknown[0] if unknown else ''}: wrong args for type '{name}': {e}. It accepts: "
+                                 f"{takes}.") from None
+            where = blame(source, f"{key}.args.{unknown[0]}" if unknown else key)
+            raise ConfigError(f"{where}: wrong args for {key} type '{name}': {e}. It accepts: {takes}.") from None
+        except ValueError:
+            pass  # a builtin without a signature: let the call itself tell
+        _check_booleans(factory, kwargs)
         return factory(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {reason(e)}."
-                          f"{_text_for_numbers(factory, kwargs, key)} Check {key}.args.") from None
+        if source is None:
+            raise
+        raise refused(e, factory, kwargs, key, source) from None
+
+
+def refused(e: Exception, factory: Any, kwargs: dict[str, Any], key: str, source: str) -> ConfigError:
+    """A constructor's plain error as one message naming the config key: an error that begins with the name of one
+    of its arguments (`ValueError("width must be >= 1")`, `"augment.degrees must be ..."`) names that argument's key
+    and who set it; any other names the section."""
+    text = reason(e)
+    token = text.split(" ", 1)[0].rstrip(":")
+    arg = next((a for a in sorted(kwargs, key=len, reverse=True) if token == a or token.startswith((a + ".", a + "["))),
+               None)
+    if arg is not None:
+        where = f"{key}.args.{token}"
+        return ConfigError(f"{blame(source, where)}: '{where}'{text[len(token):]}")
+    name = getattr(factory, "__name__", str(factory))
+    return ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {text}."
+                       f"{_text_for_numbers(factory, kwargs, key)} Check {key}.args.")
 
 
 def _text_for_numbers(factory: Callable[..., Any], kwargs: dict[str, Any], key: str) -> str:
-    """A sentence naming each arg given as text whose default is a number (`optimizer.args.lr is 'abc'`): the usual
+    """A sentence naming each arg given as text whose default is a number (`<key>.args.lr is 'abc'`): the usual
     cause of a constructor's TypeError, whose own message names Python types rather than the key."""
     try:
         params = inspect.signature(factory).parameters

@@ -86,7 +86,7 @@ def network_error(e: BaseException) -> TemplateError:
         tb = tb.tb_next
     what = f" of {url}" if url else ""
     return TemplateError(f"A download{what} failed ({reason(e)}): this machine seems to be offline. The run needed "
-                         "the internet for pretrained weights (a model's constructor, arch.args.weights) or a data "
+                         "the internet for pretrained weights (a model's constructor, its weights) or a data "
                          "set (download: true). Run once on a machine with internet access and copy the files here "
                          "(pretrained weights go to the torch hub cache, ~/.cache/torch/hub/checkpoints/; data sets "
                          "to their data_dir), or point the config at local copies.")
@@ -135,7 +135,7 @@ class Source(str):
         return source
 
     def of(self, key: str) -> str:
-        """Who set `key` (`optimizer.args.lr`, `metrics[0]`): the command line when it set the key or a section
+        """Who set `key` (`trainer.epochs`, `metrics[0]`): the command line when it set the key or a section
         above it, the file with the command line's items when it set keys below it, else the file."""
         key = key.replace("[", ".").replace("]", "")
         above = [item for k, item in self.overrides.items() if key == k or key.startswith(k + ".")]

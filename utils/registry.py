@@ -94,11 +94,15 @@ def _names(module: ModuleType, user: bool) -> dict[str, Any]:
     return {n: getattr(module, n) for n in sorted(names) if callable(getattr(module, n, None))}
 
 
-def lookup(name: Any, section: str, key: str | None = None, source: str = "config") -> Any:
-    """The class or function `name` of the section's catalog (`key` is the config key, for messages)."""
+def lookup(name: Any, section: str, key: str | None = None, source: str | None = "config") -> Any:
+    """The class or function `name` of the section's catalog (`key` is the config key, for messages). With `source`
+    None (a step that a component builds from its own args), an unknown name is a ValueError that begins with
+    `key`, for the call that built the component to name its whole key."""
     catalog = CATALOGS[section]
     key = key or section
     if not isinstance(name, str):
+        if source is None:
+            raise ValueError(f"{key}.type must be the name of a class or function, got {name!r}.")
         raise ConfigError(f"{source}: '{key}' must be the name of a class or function, got {name!r}.")
     found: list[tuple[str, Any]] = []
     offered: set[str] = set()
@@ -110,6 +114,9 @@ def lookup(name: Any, section: str, key: str | None = None, source: str = "confi
         offered |= set(names)
         if name in names:
             found.append((module_name, names[name]))
+    if not found and source is None:
+        raise ValueError(f"{key}.type: unknown {section} type '{name}'.{suggest(name, sorted(offered))} "
+                         f"{_where(catalog)}")
     if not found:
         where = blame(source, key if key.endswith(".type") else f"{key}.type")
         raise ConfigError(f"{where}: unknown {key} type '{name}'.{suggest(name, sorted(offered))} {_where(catalog)}")

@@ -194,6 +194,10 @@ SCHEMA: list[Key] = [
 
 KEYS = {key.path: key for key in SCHEMA}
 
+# Config keys shown as TensorBoard hyperparameters (scalar values below these sections; lists and mappings as text).
+HPARAMS = ("arch", "optimizer", "lr_scheduler", "loss", "seed", "data_loader.args.batch_size", "trainer.epochs",
+           "trainer.amp", "trainer.accumulate_grad_batches", "trainer.grad_clip_norm")
+
 # Short command-line flags and the keys they set.
 SHORT_FLAGS = {
     "lr": "optimizer.args.lr",
@@ -247,8 +251,21 @@ def _check_warmup(config: dict[str, Any], source: str) -> None:
                           "in epochs with interval: epoch, or in steps with interval: step.")
 
 
+def _check_finite_optimizer(config: dict[str, Any], source: str) -> None:
+    """Refuse a learning rate (or another setting) of inf or nan, which optimizers accept: the run would only stop
+    at its first non-finite loss, its folder written."""
+    spec = config["optimizer"]
+    settings = [(f"optimizer.args.{k}", v) for k, v in spec["args"].items()] + \
+        [(f"optimizer.param_groups[{i}].{k}", v) for i, group in enumerate(spec.get("param_groups") or [])
+         if isinstance(group, dict) for k, v in group.items()]
+    for key, value in settings:
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{blame(source, key)}: '{key}' is {value!r}; an optimizer's settings must be finite "
+                              "numbers.")
+
+
 # Rules across keys, run on a config with every key resolved.
-CHECKS = [_check_warmup]
+CHECKS = [_check_warmup, _check_finite_optimizer]
 
 
 # ---------------------------------------------------------------------- the schema shown: docs and --help-config

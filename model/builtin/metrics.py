@@ -9,9 +9,7 @@ import logging
 
 import torch
 
-from utils.errors import ConfigError
-
-__all__ = ["accuracy", "top_k_acc", "mae", "rmse", "r2"]  # the names a config may give; not ConfigError
+__all__ = ["accuracy", "top_k_acc", "mae", "rmse", "r2"]  # the names a config may give
 
 log = logging.getLogger(__name__)
 _warned_top_k: set[tuple[int, int]] = set()  # (k, number of classes) already reported
@@ -32,8 +30,8 @@ def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.T
     """Share of samples whose target is among the `k` highest-scoring classes. With `k` at or above the number of
     classes every target is, so the value is always 1.0: said once in the log, since it looks like a perfect model."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"top_k_acc's k must be a whole number >= 1 (metrics: [{{type: top_k_acc, args: {{k: 3}}}}]); "
-                          f"got {k!r}.")
+        raise ValueError(f"top_k_acc's k must be a whole number >= 1 (metrics: [{{type: top_k_acc, args: {{k: 3}}}}]); "
+                         f"got {k!r}.")
     classes = output.size(1)
     if k >= classes and (k, classes) not in _warned_top_k:
         _warned_top_k.add((k, classes))
@@ -53,9 +51,9 @@ def _columns(output: torch.Tensor, target: torch.Tensor, name: str) -> tuple[tor
     dtype = torch.float32 if output.device.type == "mps" else torch.float64
     output, target = output.reshape(len(output), -1).to(dtype), target.reshape(len(target), -1).to(dtype)
     if output.shape != target.shape:
-        raise ConfigError(f"{name}: the model's outputs have the shape {shapes[0]} and the targets {shapes[1]}; "
-                          "they must match. Set the model's number of outputs (arch.args.out_features) to the "
-                          "number of target columns.")
+        raise ValueError(f"{name}: the model's outputs have the shape {shapes[0]} and the targets {shapes[1]}; "
+                         "they must match. Set the model's number of outputs (MLP's out_features) to the number of "
+                         "target columns.")
     return output, target
 
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.builtin.activation import Swish
-from utils.errors import ConfigError
 
 __all__ = ["DigitsCNN", "MLP", "MnistModel"]
 
@@ -16,7 +15,7 @@ _ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "swish": Swish}
 
 def _check_activation(activation: str) -> None:
     if activation not in _ACTIVATIONS:
-        raise ConfigError(f"arch.args.activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
+        raise ValueError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}.")
 
 
 def _conv_block(in_channels: int, out_channels: int, batch_norm: bool, activation: str) -> list[nn.Module]:
@@ -35,7 +34,7 @@ class DigitsCNN(nn.Module):
         _check_activation(activation)
         for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"arch.args.{key} must be a whole number >= 1, got {value!r}.")
+                raise ValueError(f"{key} must be a whole number >= 1, got {value!r}.")
         self.features = nn.Sequential(
             *_conv_block(in_channels, width, batch_norm, activation),
             *_conv_block(width, 2 * width, batch_norm, activation),
@@ -68,9 +67,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:  # else torch's "mat1 and mat2 shapes cannot be multiplied"
-            raise ConfigError(f"MLP: the data has {x.shape[-1]} feature columns but arch.args.in_features is "
-                              f"{self.in_features}. Set in_features to the number of features (TableDataLoader "
-                              "logs them at start).")
+            raise ValueError(f"MLP: the data has {x.shape[-1]} feature columns but in_features is {self.in_features}. "
+                             "Set the model's in_features to the number of features (TableDataLoader logs them at "
+                             "start).")
         return self.output(self.layers(x))
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from utils.errors import CheckpointError, ConfigError, plural, reason, suggest
+from utils.errors import plural, reason, suggest
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,12 @@ class TorchvisionClassifier(nn.Module):
         super().__init__()
         available = [n for n in models.list_models(module=models) if n not in _AUX_HEADS]
         if name in _AUX_HEADS:
-            raise ConfigError(f"arch.args.name: {name} is not supported here: in training it returns auxiliary "
-                              "outputs, and its architecture changes with the pretrained weights. Choose another "
-                              "model (e.g. resnet50, efficientnet_b0), or write a model class in model/model.py.")
+            raise ValueError(f"name: {name} is not supported here: in training it returns auxiliary "
+                             "outputs, and its architecture changes with the pretrained weights. Choose another "
+                             "model (e.g. resnet50, efficientnet_b0), or write a model class in model/model.py.")
         if name not in available:
-            raise ConfigError(f"arch.args.name: torchvision has no classifier '{name}'.{suggest(name, available)} "
-                              "Names are those of torchvision.models.list_models(), e.g. resnet18, efficientnet_b0.")
+            raise ValueError(f"name: torchvision has no classifier '{name}'.{suggest(name, available)} "
+                             "Names are those of torchvision.models.list_models(), e.g. resnet18, efficientnet_b0.")
         self.net = models.get_model(name, num_classes=num_classes) if weights is None else _pretrained(name, weights)
         head = _last_linear(self.net, name)
         self.head = f"net.{head}"
@@ -66,8 +66,8 @@ class TorchvisionClassifier(nn.Module):
         known = [n for n, _ in self.net.named_modules() if n]
         for name in _as_list(freeze or []):
             if name not in known:
-                raise ConfigError(f"arch.args.freeze: the model has no module '{name}'.{suggest(name, known)} Use "
-                                  f"'backbone' or module names such as {', '.join(known[:4])}.")
+                raise ValueError(f"freeze: the model has no module '{name}'.{suggest(name, known)} Use "
+                                 f"'backbone' or module names such as {', '.join(known[:4])}.")
             self.net.get_submodule(name).requires_grad_(False)
 
     def train(self, mode: bool = True) -> TorchvisionClassifier:
@@ -83,13 +83,13 @@ class TorchvisionClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels is not None and x.dim() == 4 and x.shape[1] != self.in_channels:
             mode = "gray" if self.in_channels == 1 else "rgb"
-            raise ConfigError(f"The model takes {self.in_channels}-channel images and got {x.shape[1]}-channel ones. "
-                              f"Set data_loader.args.image_mode: {mode} (or add a transform that converts them) so "
-                              f"that the images have {plural(self.in_channels, 'channel')}.")
+            raise ValueError(f"The model takes {self.in_channels}-channel images and got {x.shape[1]}-channel ones. "
+                             f"Set the data loader's image_mode: {mode} (or add a transform that converts them) so "
+                             f"that the images have {plural(self.in_channels, 'channel')}.")
         size = getattr(self.net, "image_size", None)  # vision transformers take one image size only
         if size is not None and tuple(x.shape[-2:]) != (size, size):
-            raise ConfigError(f"The model takes {size}x{size} images and got {x.shape[-2]}x{x.shape[-1]}. Add a "
-                              f"transform such as {{type: Resize, args: {{size: [{size}, {size}]}}}}.")
+            raise ValueError(f"The model takes {size}x{size} images and got {x.shape[-2]}x{x.shape[-1]}. Add a "
+                             f"transform such as {{type: Resize, args: {{size: [{size}, {size}]}}}}.")
         return self.net(x)
 
 
@@ -104,8 +104,8 @@ def _as_list(value: str | list[str]) -> list[str]:
 def _last_linear(net: nn.Module, name: str) -> str:
     linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ConfigError(f"arch.args.name: '{name}' has no nn.Linear classification head to replace (squeezenet's "
-                          "is a convolution). Choose another model, or write a model class in model/model.py.")
+        raise ValueError(f"name: '{name}' has no nn.Linear classification head to replace (squeezenet's "
+                         "is a convolution). Choose another model, or write a model class in model/model.py.")
     return linears[-1]
 
 
@@ -116,12 +116,12 @@ def _pretrained(name: str, weights: str) -> nn.Module:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"arch.args.weights: cannot read '{weights}' ({reason(e)}). Pass a "
+            raise ValueError(f"weights: cannot read '{weights}' ({reason(e)}). Pass a "
                                   "file written with torch.save(model.state_dict(), path).") from None
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a checkpoint of this template
             state = {k.removeprefix("net."): v for k, v in state["model"].items()}
         if not isinstance(state, dict):
-            raise CheckpointError(f"arch.args.weights: '{weights}' holds a {type(state).__name__}, not a state_dict. "
+            raise ValueError(f"weights: '{weights}' holds a {type(state).__name__}, not a state_dict. "
                                   "Pass a file written with torch.save(model.state_dict(), path).")
         head = _last_linear(net, name)
         file_head = state.get(f"{head}.weight")
@@ -131,18 +131,18 @@ def _pretrained(name: str, weights: str) -> nn.Module:
             net.load_state_dict(state)
         except RuntimeError as e:
             detail = " ".join(str(e).split("\n", 1)[-1].split())[:300]
-            raise CheckpointError(f"arch.args.weights: '{weights}' does not fit torchvision's {name} ({detail}). "
+            raise ValueError(f"weights: '{weights}' does not fit torchvision's {name} ({detail}). "
                                   "Pass a state_dict of the same model.") from None
         return net
     choices = models.get_model_weights(name)
     if weights not in choices.__members__:
-        raise ConfigError(f"arch.args.weights: '{weights}' is neither a file nor a weights name of {name} "
-                          f"({', '.join(choices.__members__)}). Give one of those, a path to a local file, or null.")
+        raise ValueError(f"weights: '{weights}' is neither a file nor a weights name of {name} "
+                         f"({', '.join(choices.__members__)}). Give one of those, a path to a local file, or null.")
     chosen = choices[weights]
     try:
         return models.get_model(name, weights=chosen)
     except (URLError, OSError, RuntimeError) as e:
-        raise ConfigError(f"arch.args.weights: cannot download the {weights} weights of {name} "
-                          f"({reason(e)}); this machine seems to be offline. On a machine with internet, "
-                          f"download {chosen.url}, copy the file here, and set arch.args.weights to its path "
-                          f"(or place it in {torch.hub.get_dir()}/checkpoints/).") from None
+        raise ValueError(f"weights: cannot download the {weights} weights of {name} "
+                         f"({reason(e)}); this machine seems to be offline. On a machine with internet, "
+                         f"download {chosen.url}, copy the file here, and set weights to its path "
+                         f"(or place it in {torch.hub.get_dir()}/checkpoints/).") from None
