@@ -1,100 +1,74 @@
-"""Shared helpers: run train.py / test.py on the bundled digits with small, fast settings."""
+"""Fixtures and settings for the whole suite; what the tests share otherwise is in tests/helpers.py.
+
+tests/unit runs in this process and fast (python -m pytest tests/unit); tests/e2e starts processes, kills them and
+runs torchrun, and is marked `slow`. python -m pytest runs both."""
 from __future__ import annotations
 
 import gc
-import os
-import signal
-import subprocess
-import sys
+import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
 
-import train  # noqa: F401  (torch, torchvision and the project, imported once for the whole session)
+import new_project
+import train  # torch, torchvision and the project, imported once for the whole session
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import DATA_LOADERS, MODEL, tiny_digits, train_args
 
 # As the entry points do: the millions of objects these imports made stay out of every garbage collection, which
 # would otherwise walk them again and again during the runs the tests make in this process.
 gc.freeze()
 
-TO_FLOAT = "{type: ToDtype, args: {dtype: float32, scale: true}}"
-NORMALIZE = "{type: Normalize, args: {mean: [0.3], std: [0.4]}}"
-# The ordinary (host-side, per-sample) loader on the bundled digits, with per-sample RandomAffine: the tests
-# of the trainer run on it, so that they keep exercising the general data path (workers, per-sample seeds,
-# bad samples) while the default example uses the device-resident loader (tests/test_speed_options.py).
-ORDINARY_LOADER = (
-    "data_loader={type: CsvImageDataLoader, args: {data_dir: data/digits, batch_size: 64, validation_split: 0.15, "
-    f"num_classes: 10, cache: true, transform: [{{type: RandomAffine, args: {{degrees: 10, translate: [0.1, 0.1]}}}}, "
-    f"{TO_FLOAT}, {NORMALIZE}], eval_transform: [{TO_FLOAT}, {NORMALIZE}]}}}}")
 
-# A small network and light transforms keep a digits epoch well under a second on two CPU cores. The tests
-# that read the monitored value expect val_accuracy (the default example monitors val_loss).
-FAST = [
-    "arch.args.width=8",
-    "trainer.tensorboard=false",
-    "trainer.epochs=2",
-    "trainer.monitor=max val_accuracy",
-    ORDINARY_LOADER,
-    f"data_loader.args.transform=[{TO_FLOAT}]",
-    f"data_loader.args.eval_transform=[{TO_FLOAT}]",
-]
-
-
-def fast_args(save_dir: Path, *extra: str) -> list[str]:
-    return ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST, *extra]
-
-
-def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None,
-               script_dir: Path = REPO) -> subprocess.CompletedProcess:
-    """Run one of the entry points (of this repository, or of a project copied from it) as a user would, in a
-    fresh interpreter; `env` adds environment variables."""
-    return subprocess.run([sys.executable, str(script_dir / script), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def torchrun(capfd: pytest.CaptureFixture, *args: str, script: str = "train.py", cwd: Path = REPO,
-             timeout: int = 300) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=2 <script> <args>`, with torchrun's own launcher running in this process
-    (one torch import less than its command line): it starts the two worker processes as the command does, and stops
-    them after `timeout` seconds (with SIGALRM: an alarm set before is cancelled). What the launcher changes here
-    (signal handlers, OMP_NUM_THREADS, the working folder) is put back afterwards. The workers' output is read back
-    through `capfd`, after what it held before the call is dropped."""
-    from torch.distributed import run as launcher
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    def too_long(signum, frame):
-        raise TimeoutError(f"torchrun {script} ran over {timeout} s")
-
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM)
-    handlers, environ, folder = {s: signal.getsignal(s) for s in handled}, dict(os.environ), os.getcwd()
-    capfd.readouterr()
-    signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(timeout)
-    try:
-        os.chdir(cwd)
-        launcher.main(["--standalone", "--nproc_per_node=2", str(cwd / script), *args])
-        code = 0
-    except ChildFailedError:
-        code = 1
-    finally:
-        signal.alarm(0)
-        os.chdir(folder)
-        os.environ.clear()
-        os.environ.update(environ)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(["torchrun", script, *args], code, out, err)
-
-
-def only_run(save_dir: Path) -> Path:
-    """The single run folder (checkpoints) under save_dir."""
-    runs = [p for p in (save_dir / "models").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of tests/e2e (processes, kills, torchrun) is `slow`: `-m "not slow"` leaves them out."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
 def save_dir(tmp_path: Path) -> Path:
     return tmp_path / "saved"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished run (1 epoch); tests copy it before they change anything."""
+    root = tmp_path_factory.mktemp("edges")
+    data = tiny_digits(root / "digits")
+    assert train.main(train_args(root / "saved", data, "--run-id", "r")) == 0
+    return root / "saved" / "models" / "digits_cnn" / "r"
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A copy of the trained run in its usual layout under tmp_path/saved."""
+    shutil.copytree(trained.parents[2], tmp_path / "saved")
+    return tmp_path / "saved" / "models" / "digits_cnn" / "r"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the template with the user's dict-batch loader and two-input model."""
+    folder = tmp_path_factory.mktemp("user") / "project"
+    assert new_project.main([str(folder)]) == 0
+    (folder / "data_loader" / "data_loaders.py").write_text(textwrap.dedent(DATA_LOADERS).lstrip())
+    (folder / "model" / "model.py").write_text(textwrap.dedent(MODEL).lstrip())
+    return folder
+
+
+@pytest.fixture
+def user_code(monkeypatch):
+    """The project copy's user code in this process too (one torch import less than a train.py process): its classes
+    set into this repository's data_loader/data_loaders.py and model/model.py modules as if defined there."""
+    import data_loader.data_loaders
+    import model.model
+
+    for module, text in ((data_loader.data_loaders, DATA_LOADERS), (model.model, MODEL)):
+        namespace = {"__name__": module.__name__}
+        exec(textwrap.dedent(text), namespace)
+        for name, obj in namespace.items():
+            if getattr(obj, "__module__", None) == module.__name__:
+                monkeypatch.setattr(module, name, obj, raising=False)

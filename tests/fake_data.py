@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from data_loader.datasets import CsvImageDataset
 
-from conftest import REPO
+from helpers import REPO
 
 
 def digits(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@
 Autograd would keep two tensors per call for the backward pass (x and sigmoid(x)); this Function keeps only
 x and recomputes the sigmoid, halving the activation memory of this layer. That is when to write one: to save
 memory or time that autograd cannot, or to define a gradient autograd cannot derive (a rounding step, a
-straight-through estimator). `tests/test_models.py` checks the backward with `torch.autograd.gradcheck`.
+straight-through estimator). `tests/unit/test_models.py` checks the backward with `torch.autograd.gradcheck`.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.metric_tracker import MetricTracker
 from utils.run import new_run
 
-from conftest import fast_args, only_run
+from helpers import fast_args, only_run
 
 
 def epoch_lines(save_dir):

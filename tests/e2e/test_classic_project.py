@@ -11,8 +11,8 @@ import torchvision
 
 from trainer.checkpoint import load_checkpoint
 
-from conftest import run_script
 from fake_data import write_mnist
+from helpers import run_script
 
 MODEL = '''
 import torch.nn as nn

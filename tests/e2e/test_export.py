@@ -12,7 +12,7 @@ import export
 import train
 from tools.restore import eval_loader, restore
 
-from conftest import fast_args, only_run
+from helpers import fast_args, only_run
 
 # How a user of each file loads it; `run` maps an input tensor to the output tensor.
 LOADERS = {

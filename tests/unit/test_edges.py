@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,42 +23,7 @@ from utils import run as run_module
 from utils.errors import DataError
 from utils.run import run_of_checkpoint
 
-from conftest import FAST, REPO
-
-DIGITS = REPO / "data" / "digits"
-
-
-def tiny_digits(root):
-    """60 training and 20 test digits of the bundled set: an epoch takes a fraction of a second."""
-    lines = (DIGITS / "labels.csv").read_text().splitlines()
-    rows = [r for r in lines[1:] if r.endswith(",train")][:60] + [r for r in lines[1:] if r.endswith(",test")][:20]
-    (root / "images").mkdir(parents=True)
-    for row in rows:
-        shutil.copy(DIGITS / row.split(",")[0], root / row.split(",")[0])
-    (root / "labels.csv").write_text("\n".join([lines[0], *rows]) + "\n")
-    return root
-
-
-def train_args(save_dir, data, *extra):
-    return ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST, "trainer.epochs=1",
-            f"data_loader.args.data_dir={data}", "data_loader.args.batch_size=20", "data_loader.args.validation_split=20",
-            *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One finished run (1 epoch); tests copy it before they change anything."""
-    root = tmp_path_factory.mktemp("edges")
-    data = tiny_digits(root / "digits")
-    assert train.main(train_args(root / "saved", data, "--run-id", "r")) == 0
-    return root / "saved" / "models" / "digits_cnn" / "r"
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path):
-    """A copy of the trained run in its usual layout under tmp_path/saved."""
-    shutil.copytree(trained.parents[2], tmp_path / "saved")
-    return tmp_path / "saved" / "models" / "digits_cnn" / "r"
+from helpers import FAST, REPO, tiny_digits, train_args
 
 
 def one_error(capsys) -> str:
@@ -175,7 +139,6 @@ def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, cap
     assert (victim / "keep.txt").read_text() == "mine"
 
 
-
 def test_tune_refuses_a_search_id_that_leads_elsewhere(tmp_path, capsys):
     args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", *FAST,
             "--grid", "optimizer.args.lr=1e-3,1e-2", "--search-id", "../../x"]
@@ -228,23 +191,6 @@ def test_new_project_names_the_environment_setup_before_training(tmp_path, capsy
     assert [s.split()[0:3] for s in steps] == [["cd", str(tmp_path / "mine")], ["python", "-m", "venv"],
                                                ["source", ".venv/bin/activate", "(Windows:"],
                                                ["pip", "install", "-r"], ["python", "train.py", "-c"]]
-
-
-# ---------------------------------------------------------------------- faults that lose or strand work
-def test_a_second_process_on_a_live_run_folder_is_refused(run_copy, capsys):
-    from utils.run import lock_run, release_runs
-
-    lock_run(run_copy)  # as the first training process holds it while it trains
-    try:
-        before = sorted(p.name for p in run_copy.iterdir())
-        result = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", str(run_copy)],
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2, result.stderr
-        assert f"The run folder '{run_copy}' is in use by another training process (pid {os.getpid()})" in result.stderr
-        assert sorted(p.name for p in run_copy.iterdir()) == before
-    finally:
-        release_runs()
-    assert train.main(["--resume", str(run_copy), "trainer.epochs=2"]) == 0  # free again once the holder is done
 
 
 def test_a_corrupt_image_found_in_the_first_epoch_removes_the_new_run(tmp_path, capsys):

@@ -10,6 +10,8 @@ from utils.config import Config
 from utils.config_file import parse_value
 from utils.errors import ConfigError
 
+from helpers import CLASSIC
+
 MINIMAL = """
 arch: {type: DigitsCNN}
 data_loader: {type: CsvImageDataLoader, args: {data_dir: data/digits}}
@@ -126,21 +128,6 @@ def test_code_supplied_args_cannot_be_set_in_config(tmp_path):
     config = Config.load(write(tmp_path, MINIMAL), ["optimizer.args.params=1"])
     with pytest.raises(ConfigError, match="set by the code"):
         config.init_obj("optimizer", params=[torch.zeros(1, requires_grad=True)])
-
-
-CLASSIC = {
-    "name": "Mnist_LeNet",
-    "n_gpu": 1,
-    "arch": {"type": "MnistModel", "args": {}},
-    "data_loader": {"type": "MnistDataLoader", "args": {"data_dir": "data/", "batch_size": 128, "shuffle": True,
-                                                         "validation_split": 0.1, "num_workers": 2}},
-    "optimizer": {"type": "Adam", "args": {"lr": 0.001, "weight_decay": 0, "amsgrad": True}},
-    "loss": "nll_loss",
-    "metrics": ["accuracy", "top_k_acc"],
-    "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
-    "trainer": {"epochs": 100, "save_dir": "saved/", "save_period": 1, "verbosity": 2,
-                "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
-}
 
 
 def test_classic_template_json_loads_unchanged(tmp_path):

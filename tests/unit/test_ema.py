@@ -14,7 +14,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.ema import ModelEMA
 from trainer.trainer import Trainer
 
-from conftest import REPO, fast_args, only_run, torchrun
+from helpers import REPO, fast_args, only_run
 
 EMA = "trainer.ema={decay: 0.999, every_steps: 3, warmup: 1}"
 
@@ -93,40 +93,6 @@ def test_ema_under_compile_keeps_plain_names(tmp_path):
     assert "val_accuracy_ema" in state["history"][0]
     ema = ModelEMA(torch.nn.Linear(2, 2), 0.9, 1, 0, compile={"backend": "eager"})
     assert isinstance(ema.eval_model, torch._dynamo.eval_frame.OptimizedModule) and ema.module is not ema.eval_model
-
-
-DDP_SCRIPT = """
-import sys
-sys.path.insert(0, {repo!r})
-import torch, train
-from trainer.trainer import Trainer
-
-fit = Trainer.fit
-
-def fit_and_keep(self, run):
-    result = fit(self, run)
-    torch.save({{"ema": self.ema.module.state_dict(), "model": self.model.state_dict()}},
-               f"{out}/rank{{self.dist.rank}}.pt")
-    return result
-
-Trainer.fit = fit_and_keep
-sys.exit(train.main(sys.argv[1:]))
-"""
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
-def test_ema_is_the_same_copy_in_every_ddp_process(tmp_path, capfd):
-    script = tmp_path / "keep_ema.py"
-    script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
-    result = torchrun(capfd, *fast_args(tmp_path, "trainer.epochs=1", "trainer.ema={decay: 0.9, every_steps: 2}"),
-                      script=str(script))
-    assert result.returncode == 0, result.stderr
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    saved = load_checkpoint(only_run(tmp_path) / "checkpoint-latest.pth")["ema"]["model"]
-    for name, value in ranks[0]["ema"].items():
-        assert torch.equal(value, ranks[1]["ema"][name]) and torch.equal(value, saved[name]), name
-    # Every process ends with rank 0's BatchNorm statistics, the saved ones (each updates its own while it trains).
-    assert torch.equal(ranks[0]["model"]["features.1.running_mean"], ranks[1]["model"]["features.1.running_mean"])
 
 
 def test_ema_switches_are_checked():

@@ -1,7 +1,7 @@
 """The project's layers only look down: utils; data_loader, model and base; trainer; tools; the entry points."""
 import ast
 
-from conftest import REPO
+from helpers import REPO
 
 LAYERS = {"utils": 0, "data_loader": 1, "model": 1, "base": 1, "trainer": 2, "tools": 3}
 ENTRY_POINTS = {path.stem for path in REPO.glob("*.py")}

@@ -1,15 +1,11 @@
 """test.py's evaluation report (tools/report.py, trainer/confusion.py): the figures against a hand count, exact under 2-process DDP,
 the files test.py writes on the digits, regression left out, the TensorBoard additions of training."""
 import json
-import os
 import re
-import socket
 from fractions import Fraction
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,33 +15,7 @@ from tools.report import format_report
 from trainer.confusion import ConfusionCollector
 from trainer.trainer import Step
 
-from conftest import REPO, fast_args
-
-# Six samples, three classes: true 0 0 0 1 1 2, predicted 0 0 1 1 2 2. Confusion matrix (rows true):
-#   [2 1 0]   class 0: precision 2/2, recall 2/3, F1 4/5        accuracy 4/6
-#   [0 1 1]   class 1: precision 1/2, recall 1/2, F1 1/2        macro:    P 2/3, R 13/18, F1 59/90
-#   [0 0 1]   class 2: precision 1/2, recall 1/1, F1 2/3        weighted: P 3/4, R 4/6,   F1 61/90
-TRUE = [0, 0, 0, 1, 1, 2]
-PREDICTED = [0, 0, 1, 1, 2, 2]
-CONFIDENCE = [0.9, 0.8, 0.7, 0.6, 0.95, 0.5]  # the mistakes: sample 4 (0.95) before sample 2 (0.7)
-MATRIX = [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-
-
-def logits(rows: range) -> torch.Tensor:
-    """Outputs whose softmax gives each sample's confidence to its predicted class (the rest shared evenly)."""
-    probabilities = torch.full((len(rows), 3), 0.0, dtype=torch.float64)
-    for k, i in enumerate(rows):
-        probabilities[k] = (1 - CONFIDENCE[i]) / 2
-        probabilities[k, PREDICTED[i]] = CONFIDENCE[i]
-    return probabilities.log().float()
-
-
-def feed(collector: ConfusionCollector, rows: range, one_hot: bool = False) -> None:
-    target = torch.tensor([TRUE[i] for i in rows])
-    if one_hot:
-        target = torch.nn.functional.one_hot(target, 3).float()
-    images = torch.arange(len(rows) * 4, dtype=torch.float32).reshape(len(rows), 1, 2, 2)
-    collector((images, target), Step(torch.tensor(0.0), logits(rows), target))
+from helpers import MATRIX, REPO, fast_args, feed
 
 
 @pytest.mark.parametrize("one_hot", [False, True])
@@ -94,27 +64,6 @@ def test_targets_outside_the_classes_are_counted_apart():
     collector(None, Step(torch.tensor(0.0), torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]), target))
     report = collector.result()
     assert report.matrix == [[1, 0], [0, 1]] and report.ignored == 1 and report.names == ["0", "1"]
-
-
-def _two_processes(rank: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        collector = ConfusionCollector(torch.device("cpu"))
-        feed(collector, range(0, 5) if rank == 0 else range(5, 6))  # unequal shares
-        report = collector.result()
-        queue.put((rank, report.matrix))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_counts_are_exact_over_two_processes():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_two_processes, args=(port, queue), nprocs=2, start_method="spawn")
-    assert sorted([queue.get(), queue.get()]) == [(0, MATRIX), (1, MATRIX)]
 
 
 @pytest.fixture(scope="module")

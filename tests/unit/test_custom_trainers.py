@@ -1,9 +1,5 @@
 """The example Trainer subclasses of trainer/custom.py: what their override points compute, and that a
 subclass keeps exact resume after SIGKILL and runs under 2-process DDP (gloo)."""
-import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,61 +12,7 @@ from trainer.factory import build_trainer
 from utils.config import Config
 from utils.errors import ConfigError
 
-from conftest import FAST, REPO, fast_args, run_script, torchrun
-from test_exact_resume import ARGS, assert_same_state
-
-REGULARIZED = ["trainer.type=RegularizedTrainer", "trainer.args={l1: 1.0e-4, l2: 1.0e-3}"]
-
-# A user's project with dict batches and a model with two inputs: the digits image and its mean brightness.
-DATA_LOADERS = '''
-from torch.utils.data import Dataset
-
-from data_loader.builtin import CsvImageDataLoader
-
-
-class AsDict(Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        return {"image": image, "brightness": image.mean().reshape(1), "label": label}
-
-
-class DigitsDictLoader(CsvImageDataLoader):
-    def make_dataset(self, train, transform):
-        return AsDict(super().make_dataset(train, transform))
-'''
-MODEL = '''
-from torch import nn
-
-from model.builtin.models import DigitsCNN
-
-
-class TwoInputNet(nn.Module):
-    def __init__(self, num_classes=10, width=8):
-        super().__init__()
-        self.cnn = DigitsCNN(num_classes, width=width)
-        self.brightness = nn.Linear(1, num_classes)
-
-    def forward(self, image, brightness):
-        return self.cnn(image) + self.brightness(brightness)
-'''
-DICT_BATCHES = ["data_loader.type=DigitsDictLoader", "arch.type=TwoInputNet", "arch.args={width: 8}",
-                "trainer.type=DictBatchTrainer", "trainer.args={inputs: [image, brightness], target: label}"]
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A copy of the template with the user's dict-batch loader and two-input model."""
-    folder = tmp_path_factory.mktemp("user") / "project"
-    assert run_script("new_project.py", str(folder)).returncode == 0
-    (folder / "data_loader" / "data_loaders.py").write_text(textwrap.dedent(DATA_LOADERS).lstrip())
-    (folder / "model" / "model.py").write_text(textwrap.dedent(MODEL).lstrip())
-    return folder
+from helpers import DICT_BATCHES, FAST, REGULARIZED, REPO, fast_args
 
 
 def small_trainer(*overrides: str):
@@ -99,59 +41,10 @@ def test_the_weight_penalty_is_added_to_the_training_loss_only():
         small_trainer("trainer.type=RegularizedTrainer", "trainer.args={l3: 1}")
 
 
-@pytest.fixture
-def user_code(monkeypatch):
-    """The project copy's user code in this process too (one torch import less than a train.py process): its classes
-    set into this repository's data_loader/data_loaders.py and model/model.py modules as if defined there."""
-    import data_loader.data_loaders
-    import model.model
-
-    for module, text in ((data_loader.data_loaders, DATA_LOADERS), (model.model, MODEL)):
-        namespace = {"__name__": module.__name__}
-        exec(textwrap.dedent(text), namespace)
-        for name, obj in namespace.items():
-            if getattr(obj, "__module__", None) == module.__name__:
-                monkeypatch.setattr(module, name, obj, raising=False)
-
-
 def test_dict_batches_name_the_missing_key(user_code, tmp_path, capsys):
     args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}", *FAST, *DICT_BATCHES]
     assert train.main([*args, "trainer.args.target=digit"]) == 2 and not tmp_path.joinpath("models").exists()
     assert "DictBatchTrainer: the batch has no 'digit' (it holds image, brightness, label)" in capsys.readouterr().err
-
-
-def killed_and_resumed(folder, tmp_path, *extra):
-    """Train uninterrupted, then again with a SIGKILL at step 7 of the epoch's 20 and a resume; the two final
-    checkpoints. The killed run is a process of its own, started in `folder` (this repository or a project copied
-    from it); the uninterrupted run and the resume run in this process."""
-    args = [*ARGS, "trainer.epochs=1", "lr_scheduler.args.T_max=1", *extra]
-    assert train.main([*args, f"trainer.save_dir={tmp_path}", "--run-id", "ref"]) == 0
-    killed = subprocess.run([sys.executable, str(folder / "tests" / "interrupt.py"), "--at", "step:7", "--send", "KILL",
-                             "--", *args, f"trainer.save_dir={tmp_path}", "--run-id", "killed"], cwd=folder,
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    runs = tmp_path / "models" / "digits_cnn"
-    assert train.main(["--resume", str(runs / "killed")]) == 0
-    return runs / "ref" / "checkpoint-latest.pth", runs / "killed" / "checkpoint-latest.pth"
-
-
-def test_regularized_trainer_resumes_bit_identically_after_sigkill(tmp_path):
-    assert_same_state(*killed_and_resumed(REPO, tmp_path, *REGULARIZED))
-
-
-def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, user_code, tmp_path):
-    assert_same_state(*killed_and_resumed(project, tmp_path, *DICT_BATCHES))
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
-@pytest.mark.parametrize("subclass", ["regularized", "dict"])
-def test_subclasses_train_under_two_process_ddp(project, tmp_path, subclass, capfd):
-    extra = REGULARIZED if subclass == "regularized" else DICT_BATCHES
-    result = torchrun(capfd, "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}", *FAST,
-                      "trainer.epochs=1", *extra, cwd=project)
-    assert result.returncode == 0, result.stderr
-    state = load_checkpoint(next((tmp_path / "models" / "digits_cnn").iterdir()) / "checkpoint-latest.pth")
-    assert state["world_size"] == 2 and state["config"]["trainer"]["type"] == extra[-2].split("=")[1]
 
 
 def test_a_subclass_keeps_its_own_state_across_a_resume(tmp_path, monkeypatch):

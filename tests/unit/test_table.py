@@ -16,7 +16,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.metric_tracker import MetricTracker
 from utils.errors import CheckpointError, DataError
 
-from conftest import REPO, only_run
+from helpers import REPO, only_run
 
 TABLE = REPO / "data" / "diabetes" / "diabetes.csv"
 COLUMNS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]

@@ -14,7 +14,7 @@ import tune
 from tools.lr_find import SKIP_START, schedule, suggest
 from utils.config import Config
 
-from conftest import FAST, REPO, fast_args
+from helpers import FAST, REPO, fast_args
 
 
 def test_schedule_rises_by_a_constant_factor():

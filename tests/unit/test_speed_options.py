@@ -1,5 +1,4 @@
 """The speed switches of the trainer and the device-resident loader: each trains, and each keeps its promise."""
-import signal
 
 import pytest
 import torch
@@ -15,14 +14,10 @@ from trainer.trainer import Trainer
 from utils.config import Config
 from utils.errors import DataError
 
-from conftest import REPO, fast_args, only_run
-from test_exact_resume import assert_same_state, interrupted
+from helpers import REPO, fast_args, only_run
 
 EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}, {"type": "Normalize", "args": {"mean": [0.3], "std": [0.4]}}]
 SOURCE = {"data_dir": str(REPO / "data" / "digits"), "batch_size": 50, "validation_split": 0.2, "eval_transform": EVAL}
-DEVICE_LOADER = ("data_loader={{type: DeviceDataLoader, args: {{source: {{type: CsvImageDataLoader, args: "
-                 "{{data_dir: data/digits, batch_size: 64, validation_split: 0.15, eval_transform: "
-                 "[{{type: ToDtype, args: {{dtype: float32, scale: true}}}}]}}}}, augment: {augment}}}}}")
 AUGMENTS = {"crop+flip": {"crop_padding": 2, "hflip": True}, "affine": {"degrees": 10, "translate": [0.1, 0.1]},
             "all": {"crop_padding": 1, "hflip": True, "degrees": 15, "translate": [0.2, 0.1]}}
 
@@ -117,7 +112,7 @@ def test_source_args_beside_it_reach_the_source_so_short_flags_work():
 def test_device_loader_checks_samples_as_the_ordinary_loader_does(tmp_path, caplog):
     from torchvision.io import write_png
 
-    from test_data import small_copy
+    from helpers import small_copy
 
     root = small_copy(tmp_path, rows=40)
     source = {**SOURCE, "data_dir": str(root), "validation_split": 0}
@@ -142,18 +137,6 @@ def test_device_loader_refuses_data_that_does_not_fit():
     for fraction in (0, 1.5, "half"):
         with pytest.raises(ValueError, match=r"^memory_fraction must be a share of the free memory in \(0, 1\]"):
             DeviceDataLoader({"type": "CsvImageDataLoader", "args": SOURCE}, memory_fraction=fraction)
-
-
-def test_training_on_the_device_loader_resumes_exactly(tmp_path):
-    # Every augmentation at once (crop, flip and affine draw from the same generator), so one killed run replays them all.
-    augment = "{crop_padding: 1, hflip: true, degrees: 10, translate: [0.1, 0.1]}"
-    args = fast_args(tmp_path, DEVICE_LOADER.format(augment=augment), "trainer.save_every_steps=5")
-    assert train.main([*args, "--run-id", "ref"]) == 0  # in this process: only the killed run needs its own
-    run = tmp_path / "models" / "digits_cnn" / "cut"
-    result = interrupted("step:12", "KILL", *args, "--run-id", "cut")
-    assert result.returncode == -signal.SIGKILL
-    assert train.main(["--resume", str(run)]) == 0
-    assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
 
 
 def linear_trainer(overrides, batch_size):

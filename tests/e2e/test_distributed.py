@@ -11,8 +11,7 @@ import test as test_script
 import train
 from trainer.checkpoint import load_checkpoint
 
-from conftest import REPO, fast_args, only_run, torchrun
-from test_exact_resume import assert_same_state
+from helpers import REPO, assert_same_state, fast_args, only_run, torchrun
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 
@@ -118,7 +117,7 @@ def test_a_check_failing_on_one_process_stops_every_process_before_anything_is_w
     from data_loader.datasets import CsvImageDataset
     from data_loader.sampling import ResumableSampler
 
-    from test_edges import tiny_digits, train_args
+    from helpers import tiny_digits, train_args
 
     # A label outside the model's 10 classes in rank 1's first batch only: the check fails there alone.
     data = tiny_digits(tmp_path / "digits")

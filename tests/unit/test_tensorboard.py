@@ -6,7 +6,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import train
 
-from conftest import fast_args
+from helpers import fast_args
 
 
 def test_events_hold_what_the_trainer_logged(save_dir, capsys):

@@ -1,7 +1,6 @@
 """The switches of torchvision's classification reference, from the config (docs/recipes.md): each one does what
 the reference's does, on the bundled digits."""
 import math
-import signal
 
 import pytest
 import torch
@@ -23,10 +22,8 @@ from trainer.trainer import Trainer
 from utils.config import Config
 from utils.errors import ConfigError
 
-from conftest import FAST, REPO, fast_args, only_run
 from fake_data import patch_cifar10_sums, write_cifar10
-from test_datasets import train_example
-from test_exact_resume import assert_same_state, interrupted
+from helpers import FAST, REPO, fast_args, only_run, train_example
 
 EVAL = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
 DIGITS = {"data_dir": str(REPO / "data" / "digits"), "batch_size": 32, "num_classes": 10, "eval_transform": EVAL}
@@ -268,27 +265,6 @@ def test_unknown_policy_names_the_key_and_the_choices():
     with pytest.raises(ValueError, match=r"^transform\[0\]\.args\.policy must be one of imagenet, cifar10, svhn; got "
                                          r"'imagenet1k'"):
         build_transforms([{"type": "AutoAugment", "args": {"policy": "imagenet1k"}}], "transform")
-
-
-def test_killed_run_with_ema_mixup_and_warmup_resumes_bit_identical(tmp_path):
-    args = fast_args(tmp_path, "trainer.save_every_steps=4", "trainer.monitor=max val_accuracy_ema",
-                     "trainer.ema={decay: 0.999, every_steps: 3, warmup: 1}",
-                     "data_loader.args.batch_transform={mixup_alpha: 0.2, cutmix_alpha: 1.0}",
-                     "lr_scheduler.interval=step", "lr_scheduler.args.T_max=30", "lr_scheduler.warmup={steps: 10}",
-                     "optimizer.no_decay=true", "data_loader.args.repeated_augmentations=2",
-                     "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
-                     "{type: ToDtype, args: {dtype: float32, scale: true}}]")
-    assert train.main([*args, "--run-id", "ref"]) == 0  # in this process: only the killed run needs its own
-    run = tmp_path / "models" / "digits_cnn" / "cut"
-    killed = interrupted("step:7", "KILL", *args, "--run-id", "cut")  # mid-epoch, 3 steps after a checkpoint
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
-    assert train.main(["--resume", str(run)]) == 0
-    ref = tmp_path / "models" / "digits_cnn" / "ref"
-    assert_same_state(ref / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
-    assert_same_state(ref / "model_best.pth", run / "model_best.pth")
-    state = load_checkpoint(run / "checkpoint-latest.pth")
-    assert state["ema"] is not None and state["lr_scheduler"]["_milestones"] == [10]
 
 
 def test_recipe_config_trains_with_every_switch(tmp_path, monkeypatch):

@@ -19,9 +19,8 @@ from trainer.hooks import ActivationStats
 from utils.config import Config
 from utils.errors import ConfigError
 
-from conftest import REPO, fast_args, only_run
 from fake_data import patch_cifar10_sums, write_cifar10
-from test_datasets import train_example
+from helpers import REPO, fast_args, only_run, train_example
 
 
 def test_swish_function_backward_passes_gradcheck_and_saves_one_tensor():

@@ -11,7 +11,7 @@ from utils import files
 from utils.errors import CheckpointError, TrainingError
 from utils.files import atomic_write
 
-from conftest import REPO
+from helpers import REPO
 
 
 def state(value: float) -> dict:

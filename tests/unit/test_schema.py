@@ -10,7 +10,7 @@ from utils.config_file import parse_value
 from utils.errors import ConfigError
 from utils.schema import REQUIRED, SCHEMA, markdown_table
 
-from conftest import REPO
+from helpers import REPO
 
 MINIMAL = {"arch": "DigitsCNN", "data_loader": "CsvImageDataLoader", "optimizer": "Adam", "loss": "nll_loss"}
 # With every optional section on, so that each key is there.
@@ -20,7 +20,7 @@ EVERY_KEY = {**MINIMAL, "lr_scheduler": {"type": "StepLR", "args": {"step_size":
 
 def test_the_config_reference_in_the_docs_is_the_schema():
     docs = (REPO / "docs" / "config.md").read_text()
-    generated = docs.split("tests/test_schema.py checks it -->\n", 1)[1].split("<!-- end of the generated table", 1)[0]
+    generated = docs.split("tests/unit/test_schema.py checks it -->\n", 1)[1].split("<!-- end of the generated table", 1)[0]
     assert generated == markdown_table(), "run: python -m utils.schema, and paste its table into docs/config.md"
 
 

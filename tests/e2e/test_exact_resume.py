@@ -1,45 +1,14 @@
 """A run that is killed (SIGKILL) or stopped (SIGTERM, SIGINT, SIGUSR1) and resumed, as many times as it
 was interrupted, ends bit-identical to the same run left alone: weights, buffers and optimizer state."""
 import signal
-import subprocess
-import sys
 
 import pytest
-import torch
 
 import train
 from trainer.checkpoint import load_checkpoint
 
-from conftest import ORDINARY_LOADER, REPO
+from helpers import ARGS, assert_same_state, interrupted
 from interrupt import interrupting
-
-# Two epochs of 20 steps, with random augmentation (RandomAffine) and dropout, so the data order and
-# every random draw have to be replayed exactly.
-ARGS = ["-c", str(REPO / "configs" / "config.yaml"), ORDINARY_LOADER, "arch.args.width=8", "trainer.tensorboard=false",
-        "trainer.epochs=2", "trainer.save_every_steps=4", "trainer.monitor=min val_loss",
-        "data_loader.args.batch_size=64", "lr_scheduler.args.T_max=2"]
-
-
-def interrupted(at: str, sig: str, *train_args: str, group: bool = False) -> subprocess.CompletedProcess:
-    """train.py with `sig` sent at `at`; with `group`, to its whole process group (in a session of its own)."""
-    return subprocess.run([sys.executable, str(REPO / "tests" / "interrupt.py"), "--at", at, "--send", sig,
-                           *(["--group"] if group else []), "--", *train_args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, start_new_session=group)
-
-
-def assert_same_state(a_path, b_path):
-    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
-    assert a["loop"] == b["loop"]
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    for index, param_state in a["optimizer"]["state"].items():
-        for key, value in param_state.items():
-            assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
-    assert a["lr_scheduler"] == b["lr_scheduler"]
-    assert a["monitor"] == b["monitor"]
-    assert (a.get("ema") is None) == (b.get("ema") is None)
-    for name, tensor in (a.get("ema") or {"model": {}})["model"].items():
-        assert torch.equal(tensor, b["ema"]["model"][name]), f"ema {name}"
 
 
 @pytest.fixture(scope="module")

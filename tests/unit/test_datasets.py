@@ -17,17 +17,8 @@ from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, Torch
 from utils.config import Config
 from utils.errors import DataError
 
-from conftest import ORDINARY_LOADER, REPO, only_run
 from fake_data import patch_cifar10_sums, write_cifar10, write_mnist
-from test_data import TO_FLOAT, small_copy
-
-QUICK = ["trainer.epochs=1", "trainer.tensorboard=false", "data_loader.args.num_workers=0",
-         "data_loader.args.download=false", "data_loader.args.validation_split=32"]
-
-
-def train_example(config: str, tmp_path, *overrides: str) -> int:
-    return train.main(["-c", str(REPO / "configs" / config), f"trainer.save_dir={tmp_path / 'saved'}",
-                       f"data_loader.args.data_dir={tmp_path / 'data'}", *QUICK, *overrides])
+from helpers import ORDINARY_LOADER, REPO, TO_FLOAT, only_run, small_copy, train_example
 
 
 @pytest.mark.parametrize("config, folder", [("mnist.yaml", "MNIST"), ("fashion_mnist.yaml", "FashionMNIST")])

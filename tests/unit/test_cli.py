@@ -1,9 +1,6 @@
 """The entry points as a user runs them: subprocesses, exit codes, messages, nothing written on bad input."""
 import json
 import re
-import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -11,9 +8,8 @@ import test as test_script
 import train
 from utils.errors import reason
 
-from conftest import REPO, fast_args, only_run, run_script
 from fake_data import write_mnist
-from test_config import CLASSIC
+from helpers import CLASSIC, REPO, fast_args, only_run
 
 CONFIG = (REPO / "configs" / "config.yaml").read_text()
 BROKEN = {
@@ -72,27 +68,6 @@ def test_broken_configs_give_one_message_exit_2_and_write_nothing(tmp_path, case
     assert [p.name for p in tmp_path.iterdir()] == (["broken.yaml"] if text is not None else [])
 
 
-def test_train_resume_and_test_as_subprocesses(tmp_path, capsys):
-    # The entry points as a user runs them: a process each (tests/test_classic_project.py runs them so too).
-    save_dir = tmp_path / "saved"
-    first = run_script("train.py", *fast_args(save_dir, "trainer.epochs=1", "--run-id", "cli"))
-    assert first.returncode == 0, first.stderr
-    assert "Evaluate with: python test.py --resume" in first.stdout
-    assert "total" in first.stdout and "buffers" in first.stdout
-    run = only_run(save_dir)
-    assert train.main(["--resume", str(run), "--epochs", "2"]) == 0
-    resumed = capsys.readouterr().out
-    assert "epoch 2/2" in resumed and "epoch 1/" not in resumed
-    tested = run_script("test.py", "--resume", str(run / "checkpoint-latest.pth"), "--device", "cpu")
-    assert tested.returncode == 0, tested.stderr
-    assert "on the test split: 360 samples" in tested.stdout
-    broken = tmp_path / "broken.pth"
-    broken.write_bytes((run / "checkpoint-latest.pth").read_bytes()[:1000])
-    assert test_script.main(["--resume", str(broken)]) == 2
-    err = capsys.readouterr().err
-    assert "broken.pth' is truncated or corrupt" in err and "Traceback" not in err
-
-
 def test_classic_template_config_json_trains_without_edits(tmp_path, monkeypatch, capsys):
     write_mnist(tmp_path / "data")
     (tmp_path / "config.json").write_text(json.dumps(CLASSIC, indent=4))
@@ -113,34 +88,6 @@ def test_missing_mnist_without_download_is_explained(tmp_path, monkeypatch, caps
     assert not (tmp_path / "saved").exists()
 
 
-def test_new_project_copies_a_clean_template(tmp_path):
-    target = tmp_path / "my_project"
-    result = run_script("new_project.py", str(target))
-    assert result.returncode == 0, result.stderr
-    for name in ("train.py", "test.py", "configs/config.yaml", "data/digits/labels.csv", "trainer/trainer.py",
-                 "requirements.txt", "README.md"):
-        assert (target / name).is_file(), name
-    for name in (".git", "saved", "__pycache__", ".pytest_cache"):
-        assert not list(target.rglob(name)), name
-    again = run_script("new_project.py", str(target))
-    assert again.returncode == 2 and "not empty" in again.stderr
-    # An option is never taken for the new folder's name, even outside the template.
-    helped = run_script("new_project.py", "--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "usage: new_project.py [-h] folder" in helped.stdout
-    assert run_script("new_project.py", "--folder", "x", cwd=tmp_path).returncode == 2
-    for folder, message in [(str(target / "README.md"), "is a file; choose a new folder"),
-                            ("", "the folder name is empty"),
-                            ("/proc/new_project", "could not copy the template into '/proc/new_project'")]:
-        refused = run_script("new_project.py", folder, cwd=tmp_path)
-        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, folder
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_project"]
-    # predict.py's default output in the top folder stays behind; a user's file of that name elsewhere is copied.
-    (target / "predictions.csv").write_text("file,label\n")
-    (target / "data" / "predictions.csv").write_text("file,label\n")
-    assert run_script("new_project.py", str(tmp_path / "next"), script_dir=target).returncode == 0
-    assert not (tmp_path / "next" / "predictions.csv").exists() and (tmp_path / "next" / "data" / "predictions.csv").is_file()
-
-
 def test_reason_keeps_one_readable_line_of_any_exception():
     native = RuntimeError("decode_image, /src/io/image/cpu/decode_image.cpp:43, Unsupported image file.\nDetails")
     assert reason(native) == "Unsupported image file."
@@ -149,13 +96,3 @@ def test_reason_keeps_one_readable_line_of_any_exception():
     assert reason(AssertionError()) == "AssertionError"
 
 
-def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
-    # `python test.py ... | head -1`: the reader closes the pipe; the run ends as Unix tools do, with no error.
-    script = tmp_path / "many_lines.py"
-    script.write_text(f"import logging, sys\nsys.path.insert(0, {str(REPO)!r})\nfrom utils.errors import report_errors\n"
-                      "sys.exit(report_errors(lambda: [print('line', i) for i in range(10**6)], logging.getLogger()))\n")
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout.readline() == b"line 0\n"
-    process.stdout.close()
-    assert process.wait(timeout=60) == 128 + signal.SIGPIPE
-    assert process.stderr.read() == b""

@@ -17,13 +17,8 @@ import train
 from data_loader.inputs import find_images
 from tools.restore import eval_loader, restore
 
-from conftest import REPO, fast_args, only_run
 from fake_data import digits, write_mnist
-from test_class_names import NAMES, image_classes, named_copy
-from test_data import TO_FLOAT
-from test_datasets import train_example
-
-DIGITS = REPO / "data" / "digits"
+from helpers import DIGITS, NAMES, REPO, TO_FLOAT, fast_args, image_classes, named_copy, only_run, train_example
 
 
 def read_csv(path):

@@ -16,7 +16,7 @@ from trainer.factory import build_trainer
 from trainer.metric_tracker import as_scalar
 from utils.config import Config
 
-from conftest import FAST, REPO, fast_args, only_run
+from helpers import FAST, REPO, fast_args, only_run
 
 RGB = "data_loader.args.image_mode=rgb"
 

@@ -1,5 +1,4 @@
 import random
-import shutil
 
 import pytest
 import torch
@@ -12,21 +11,7 @@ from data_loader.transforms import OneHot, build_transforms
 from utils.config import Config
 from utils.errors import ConfigError, DataError
 
-from conftest import FAST, REPO
-
-DIGITS = REPO / "data" / "digits"
-TO_FLOAT = [{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}}]
-
-
-def small_copy(tmp_path, rows=20):
-    """A copy of the first `rows` digits, to edit freely."""
-    root = tmp_path / "digits"
-    (root / "images").mkdir(parents=True)
-    lines = (DIGITS / "labels.csv").read_text().splitlines()[: rows + 1]
-    for line in lines[1:]:
-        shutil.copy(DIGITS / line.split(",")[0], root / line.split(",")[0])
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    return root
+from helpers import DIGITS, FAST, REPO, TO_FLOAT, small_copy
 
 
 def test_bundled_digits_are_real_and_split():

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from torchvision.io import write_png
 
 import test as test_script
 import train
@@ -14,32 +13,8 @@ from data_loader.device_loader import DeviceDataLoader
 from trainer.checkpoint import class_names, load_checkpoint
 from utils.errors import CheckpointError, DataError
 
-from conftest import REPO, only_run
 from fake_data import write_mnist
-from test_data import TO_FLOAT, small_copy
-
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-def named_copy(tmp_path, rows=20):
-    """A copy of the first `rows` digits whose labels.csv gives each label as a name (zero, one, ...)."""
-    root = small_copy(tmp_path, rows)
-    lines = (root / "labels.csv").read_text().splitlines()
-    lines[1:] = [f"{file},{NAMES[int(label)]},{split}" for file, label, split in (x.split(",") for x in lines[1:])]
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def image_classes(root, classes=("cat", "dog"), per_class=6, splits=("train", "test")):
-    """`root/<split>/<class>/<n>.png`: tiny random 8x8 grey images, a folder per class."""
-    generator = torch.Generator().manual_seed(0)
-    for split in splits:
-        for name in classes:
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                image = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8, generator=generator)
-                write_png(image, str(root / split / name / f"{i:03d}.png"))
-    return root
+from helpers import NAMES, REPO, TO_FLOAT, image_classes, named_copy, only_run, small_copy
 
 
 def test_csv_label_names_are_numbered_in_sorted_order_and_logged(tmp_path, caplog):

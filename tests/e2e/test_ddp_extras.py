@@ -1,0 +1,79 @@
+"""More under two-process DDP (torchrun, gloo): Trainer subclasses, the EMA copy, the evaluation report."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainer.checkpoint import load_checkpoint
+from trainer.confusion import ConfusionCollector
+
+from helpers import DICT_BATCHES, FAST, MATRIX, REGULARIZED, REPO, fast_args, feed, only_run, torchrun
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+@pytest.mark.parametrize("subclass", ["regularized", "dict"])
+def test_subclasses_train_under_two_process_ddp(project, tmp_path, subclass, capfd):
+    extra = REGULARIZED if subclass == "regularized" else DICT_BATCHES
+    result = torchrun(capfd, "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path}", *FAST,
+                      "trainer.epochs=1", *extra, cwd=project)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(next((tmp_path / "models" / "digits_cnn").iterdir()) / "checkpoint-latest.pth")
+    assert state["world_size"] == 2 and state["config"]["trainer"]["type"] == extra[-2].split("=")[1]
+
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+import torch, train
+from trainer.trainer import Trainer
+
+fit = Trainer.fit
+
+def fit_and_keep(self, run):
+    result = fit(self, run)
+    torch.save({{"ema": self.ema.module.state_dict(), "model": self.model.state_dict()}},
+               f"{out}/rank{{self.dist.rank}}.pt")
+    return result
+
+Trainer.fit = fit_and_keep
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_ema_is_the_same_copy_in_every_ddp_process(tmp_path, capfd):
+    script = tmp_path / "keep_ema.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))
+    result = torchrun(capfd, *fast_args(tmp_path, "trainer.epochs=1", "trainer.ema={decay: 0.9, every_steps: 2}"),
+                      script=str(script))
+    assert result.returncode == 0, result.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    saved = load_checkpoint(only_run(tmp_path) / "checkpoint-latest.pth")["ema"]["model"]
+    for name, value in ranks[0]["ema"].items():
+        assert torch.equal(value, ranks[1]["ema"][name]) and torch.equal(value, saved[name]), name
+    # Every process ends with rank 0's BatchNorm statistics, the saved ones (each updates its own while it trains).
+    assert torch.equal(ranks[0]["model"]["features.1.running_mean"], ranks[1]["model"]["features.1.running_mean"])
+
+
+def _two_processes(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        collector = ConfusionCollector(torch.device("cpu"))
+        feed(collector, range(0, 5) if rank == 0 else range(5, 6))  # unequal shares
+        report = collector.result()
+        queue.put((rank, report.matrix))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_counts_are_exact_over_two_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_two_processes, args=(port, queue), nprocs=2, start_method="spawn")
+    assert sorted([queue.get(), queue.get()]) == [(0, MATRIX), (1, MATRIX)]

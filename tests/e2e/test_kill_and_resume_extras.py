@@ -1,0 +1,70 @@
+"""More kills (SIGKILL) and resumes that must end bit-identical: Trainer subclasses, the recipes, the device-resident loader."""
+import signal
+import subprocess
+import sys
+
+import train
+from trainer.checkpoint import load_checkpoint
+
+from helpers import ARGS, DICT_BATCHES, REGULARIZED, REPO, assert_same_state, fast_args, interrupted
+
+
+def killed_and_resumed(folder, tmp_path, *extra):
+    """Train uninterrupted, then again with a SIGKILL at step 7 of the epoch's 20 and a resume; the two final
+    checkpoints. The killed run is a process of its own, started in `folder` (this repository or a project copied
+    from it); the uninterrupted run and the resume run in this process."""
+    args = [*ARGS, "trainer.epochs=1", "lr_scheduler.args.T_max=1", *extra]
+    assert train.main([*args, f"trainer.save_dir={tmp_path}", "--run-id", "ref"]) == 0
+    killed = subprocess.run([sys.executable, str(folder / "tests" / "interrupt.py"), "--at", "step:7", "--send", "KILL",
+                             "--", *args, f"trainer.save_dir={tmp_path}", "--run-id", "killed"], cwd=folder,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    runs = tmp_path / "models" / "digits_cnn"
+    assert train.main(["--resume", str(runs / "killed")]) == 0
+    return runs / "ref" / "checkpoint-latest.pth", runs / "killed" / "checkpoint-latest.pth"
+
+
+def test_regularized_trainer_resumes_bit_identically_after_sigkill(tmp_path):
+    assert_same_state(*killed_and_resumed(REPO, tmp_path, *REGULARIZED))
+
+
+def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, user_code, tmp_path):
+    assert_same_state(*killed_and_resumed(project, tmp_path, *DICT_BATCHES))
+
+
+def test_killed_run_with_ema_mixup_and_warmup_resumes_bit_identical(tmp_path):
+    args = fast_args(tmp_path, "trainer.save_every_steps=4", "trainer.monitor=max val_accuracy_ema",
+                     "trainer.ema={decay: 0.999, every_steps: 3, warmup: 1}",
+                     "data_loader.args.batch_transform={mixup_alpha: 0.2, cutmix_alpha: 1.0}",
+                     "lr_scheduler.interval=step", "lr_scheduler.args.T_max=30", "lr_scheduler.warmup={steps: 10}",
+                     "optimizer.no_decay=true", "data_loader.args.repeated_augmentations=2",
+                     "data_loader.args.transform=[{type: RandomAffine, args: {degrees: 10}}, "
+                     "{type: ToDtype, args: {dtype: float32, scale: true}}]")
+    assert train.main([*args, "--run-id", "ref"]) == 0  # in this process: only the killed run needs its own
+    run = tmp_path / "models" / "digits_cnn" / "cut"
+    killed = interrupted("step:7", "KILL", *args, "--run-id", "cut")  # mid-epoch, 3 steps after a checkpoint
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["global_step"] == 4
+    assert train.main(["--resume", str(run)]) == 0
+    ref = tmp_path / "models" / "digits_cnn" / "ref"
+    assert_same_state(ref / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
+    assert_same_state(ref / "model_best.pth", run / "model_best.pth")
+    state = load_checkpoint(run / "checkpoint-latest.pth")
+    assert state["ema"] is not None and state["lr_scheduler"]["_milestones"] == [10]
+
+
+DEVICE_LOADER = ("data_loader={{type: DeviceDataLoader, args: {{source: {{type: CsvImageDataLoader, args: "
+                 "{{data_dir: data/digits, batch_size: 64, validation_split: 0.15, eval_transform: "
+                 "[{{type: ToDtype, args: {{dtype: float32, scale: true}}}}]}}}}, augment: {augment}}}}}")
+
+
+def test_training_on_the_device_loader_resumes_exactly(tmp_path):
+    # Every augmentation at once (crop, flip and affine draw from the same generator), so one killed run replays them all.
+    augment = "{crop_padding: 1, hflip: true, degrees: 10, translate: [0.1, 0.1]}"
+    args = fast_args(tmp_path, DEVICE_LOADER.format(augment=augment), "trainer.save_every_steps=5")
+    assert train.main([*args, "--run-id", "ref"]) == 0  # in this process: only the killed run needs its own
+    run = tmp_path / "models" / "digits_cnn" / "cut"
+    result = interrupted("step:12", "KILL", *args, "--run-id", "cut")
+    assert result.returncode == -signal.SIGKILL
+    assert train.main(["--resume", str(run)]) == 0
+    assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
