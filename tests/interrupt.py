@@ -4,8 +4,7 @@
 
 Points: `step:N` after optimizer step N, `epoch-start:E` before epoch E's first batch, `save:N` inside the
 N-th checkpoint file write (after the temporary file is written, before it is renamed), `validation:E` at
-the start of epoch E's validation, `fail-rank1:N` a DataError raised by rank 1 alone after step N, `kill-rank1:N`
-SIGKILL to rank 1 alone after step N (DDP).
+the start of epoch E's validation, `fail-rank1:N` a DataError raised by rank 1 alone after step N (DDP).
 With `--group` the signal goes to the whole process group (DataLoader workers included), as a terminal's
 `kill`, a job scheduler or Kubernetes send it; start the script in a session of its own.
 
@@ -72,13 +71,6 @@ def interrupting(at: str, send: str = "KILL", group: bool = False) -> Iterator[N
             original(self)
             if self.global_step == number and self.dist.rank == 1:
                 raise DataError("Cannot read image 'images/0042.png': simulated failure on rank 1.")
-    elif where == "kill-rank1":
-        owner, name, original = Trainer, "optimizer_step", Trainer.optimizer_step
-
-        def patched(self):
-            original(self)
-            if self.global_step == number and self.dist.rank == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
     elif where == "validation":
         owner, name, original = Trainer, "validate", Trainer.validate
 

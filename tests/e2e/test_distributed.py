@@ -78,16 +78,12 @@ def test_a_failing_process_brings_the_run_down_with_its_message(tmp_path, capfd)
     started = time.monotonic()
     result = torchrun(capfd, "--at", "fail-rank1:3", "--", *fast_args(tmp_path), script="tests/interrupt.py")
     assert result.returncode != 0
-    assert "error: [rank 1] Cannot read image 'images/0042.png'" in result.stdout + result.stderr
-    assert time.monotonic() - started < 120
-
-
-def test_the_surviving_process_of_a_killed_peer_says_it_lost_contact(tmp_path, capfd):
-    result = torchrun(capfd, "--at", "kill-rank1:3", "--", *fast_args(tmp_path), script="tests/interrupt.py")
     output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert "error: [rank 1] Cannot read image 'images/0042.png'" in output
+    # The other process says that it lost contact with it (a gloo error inside DDP's collective), not a traceback.
     assert "error: [rank 0] Lost contact with the other training processes (" in output, output
     assert "[rank0]: Traceback" not in output and "RuntimeError" not in output
+    assert time.monotonic() - started < 120
 
 
 def test_sigterm_stops_all_processes_with_a_checkpoint(tmp_path, capfd):
