@@ -125,6 +125,8 @@ def run_export(args: argparse.Namespace) -> float:
                           f"{type(reference).__name__}.")
     path = Path(args.output) if args.output else trained.path.with_name(trained.path.stem + SUFFIXES[args.format])
     check_output_file(path, chosen=args.output is not None)
+    if args.output is None and args.format == "onnx":  # the weights of a large model go into a file beside it
+        check_output_file(path.with_name(path.name + ".data"), chosen=False)
     check_not_an_input(path, [trained.path, *([Path(args.config)] if args.config else [])])
     existed = path.exists()
     try:

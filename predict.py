@@ -181,14 +181,15 @@ def summary(header: list[str], rows: list[list[Any]], outputs: torch.Tensor) -> 
 
 def write_output(output: Path, data: bytes) -> None:
     """The CSV into `output`: this process's standard output (`-`, `/dev/stdout` even when the shell sends it to a
-    file) through it, in order with the lines printed; a pipe or a device as it is; a file replaced atomically
-    (never half written), through a symbolic link into its target."""
+    file) through it, in order with the lines printed; a pipe, a device or a descriptor (/dev, /proc) appended to,
+    so that a file behind it is never replaced; a file replaced atomically (never half written), through a symbolic
+    link into its target."""
     if str(output) == "-" or same_file(output, sys.stdout):
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    elif output.exists() and not output.is_file():
-        with open(output, "ab") as f:  # a device or a pipe
+    elif output.absolute().parts[1:2] in (("dev",), ("proc",)) or (output.exists() and not output.is_file()):
+        with open(output, "ab") as f:  # a device or descriptor (/dev/stderr to a file): appending never truncates it
             f.write(data)
     else:
         atomic_write(output.resolve(), data)

@@ -19,7 +19,7 @@ from utils.config_file import save_config
 from utils.errors import TemplateError, reason, report_errors
 from utils.files import remove_temp_files
 from utils.log import setup_logging
-from utils.run import RunPaths, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
+from utils.run import InUse, RunPaths, lock_run, new_run, release_runs, remove_run, run_of_checkpoint
 from utils.schema import add_config_arguments, describe, unused_keys
 from utils.signals import StopRequested
 from utils.summary import model_summary
@@ -54,8 +54,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             remove_temp_files(run.models)
             setup_logging(trainer_cfg["verbosity"], run.log / "train.log")
             save_config(config.data, run.models / "config.yaml")
-        except BaseException:
-            if not args.resume:
+        except BaseException as e:
+            if not args.resume and not isinstance(e, InUse):  # a process on the same --run-id owns the folder
                 setup_logging(trainer_cfg["verbosity"])  # closes train.log
                 remove_run(run)
             raise
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except (torch.distributed.DistError, RuntimeError) as e:
         if not distributed.lost_contact(e):
             raise
+        log.debug("The collective's own error:", exc_info=True)
         log.error("%sLost contact with the other training processes (%s). Another process most likely failed: "
                   "its own message comes first in the output.", distributed.rank_prefix(), reason(e).split(". ")[0])
         return 1

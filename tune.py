@@ -30,7 +30,7 @@ from typing import Any
 
 from tools.lr_find import DIVERGED, SKIP_START, RangeTest, range_test, schedule
 from tools.search import Dimension, check_key, grid_trials, random_trials, split_items
-from tools.trials import FINISHED, STATE, Search, new_trial, override
+from tools.trials import FINISHED, MAX_TRIALS, STATE, Search, new_trial, override
 from trainer.setup import build
 from trainer.state import HISTORY
 from utils.config import Config
@@ -45,7 +45,6 @@ from utils.schema import add_config_arguments, describe
 log = logging.getLogger("tune")
 
 LR_FIND = {"steps": 200, "start_lr": 1e-7, "end_lr": 10.0}  # the defaults of --lr-find's own flags
-MAX_TRIALS = 10_000  # a search's trials are listed and checked in advance
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

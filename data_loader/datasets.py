@@ -79,7 +79,7 @@ def read_csv(path: Path) -> csv.DictReader:
                         "'CSV' format). Save it as UTF-8 (Excel: 'CSV UTF-8').") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
-    twice = [name for name in columns if columns.count(name) > 1]
+    twice = [name for name in columns if name and columns.count(name) > 1]  # unnamed: a trailing comma
     if twice:
         raise DataError(f"'{path}': the column {twice[0]!r} appears twice in the header, and the second would silently "
                         "replace the first. Rename or remove one of them.")
@@ -91,7 +91,7 @@ def _is_whole_number(label: str) -> bool:
         int(label)
     except ValueError:
         return False
-    return True
+    return "_" not in label  # Python reads 1_0 as 10; a label file does not
 
 
 class CsvImageDataset(Dataset):

@@ -138,8 +138,15 @@ class DeviceDataLoader:
             raise ValueError("transform: DeviceDataLoader does not use it: eval_transform prepares each image once, and "
                              "random augmentation is augment (crop_padding, hflip, degrees, translate), done on the "
                              "device. Move the random steps there.")
-        spec = {"type": source["type"], "args": {**(source.get("args") or {}), **source_args}}
-        self.source: BaseDataLoader = build_data_loader(spec, seed, source=None)  # its errors name its args
+        nested = source.get("args") or {}
+        try:  # errors name the source's args: those beside it as they are, those of `source: {type, args}` below it
+            self.source: BaseDataLoader = build_data_loader({"type": source["type"], "args": {**nested, **source_args}},
+                                                            seed, key="source", source=None)
+        except ValueError as e:
+            arg = str(e).split(" ", 1)[0].rstrip(":").split(".")[0].split("[")[0]
+            if arg in nested and arg not in source_args:
+                raise ValueError(f"source.args.{e}") from None
+            raise
         self.crop_padding, self.hflip, self.degrees, self.translate = _augment_settings(augment)
         if isinstance(memory_fraction, bool) or not isinstance(memory_fraction, Real) or not 0 < memory_fraction <= 1:
             raise ValueError(f"memory_fraction must be a share of the free memory in (0, 1], e.g. 0.5; got "
@@ -158,9 +165,9 @@ class DeviceDataLoader:
             free = _free_memory(device)
             if free is not None and needed > self.memory_fraction * free:
                 raise DataError(f"The {what} data needs {needed / 2**30:.2f} GiB on {device}, more than "
-                             f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use "
-                             f"the ordinary loader (data_loader.type: {type(self.source).__name__}) for this data "
-                             "set.")
+                                f"memory_fraction={self.memory_fraction} of the {free / 2**30:.2f} GiB free there. Use "
+                                f"the ordinary loader (data_loader.type: {type(self.source).__name__}) for this data "
+                                "set.")
             loader = DataLoader(checked, batch_size=512, num_workers=self.source.num_workers,
                                 collate_fn=collate_or_none)
             batches = [batch for batch in batches_of(loader) if batch is not None]
@@ -168,8 +175,8 @@ class DeviceDataLoader:
             raise
         except Exception as e:  # eval_transform cannot take the images (the usual cause), or the dataset's own code
             raise ConfigError(f"The {what} data cannot be prepared ({type(e).__name__}: {reason(e).rstrip('.')}). "
-                             "When eval_transform is the cause, check the data loader's eval_transform: each step's "
-                             f"args, and their order ({TRANSFORM_ORDER}).") from None
+                              "When eval_transform is the cause, check the data loader's eval_transform: each step's "
+                              f"args, and their order ({TRANSFORM_ORDER}).") from None
         try:
             images, targets = (torch.cat(parts) for parts in zip(*batches))
         except RuntimeError as e:  # batches of different shapes
@@ -261,12 +268,12 @@ def _augment_settings(augment: Any) -> tuple[int, bool, float, tuple[float, floa
     degrees = augment.get("degrees", 0)
     if not number(degrees) or not 0 <= degrees <= 180:
         raise ValueError(f"{where}.degrees must be a number from 0 to 180 (each image is rotated by an angle drawn "
-                             f"from -degrees..degrees), got {degrees!r}.")
+                         f"from -degrees..degrees), got {degrees!r}.")
     translate = augment.get("translate", [0, 0])
     if (not isinstance(translate, (list, tuple)) or len(translate) != 2
             or not all(number(t) and 0 <= t <= 1 for t in translate)):
         raise ValueError(f"{where}.translate must be two fractions from 0 to 1, [width, height]: each image is "
-                             f"shifted by up to that share of its width and height; got {translate!r}.")
+                         f"shifted by up to that share of its width and height; got {translate!r}.")
     return crop_padding, hflip, float(degrees), (float(translate[0]), float(translate[1]))
 
 

@@ -8,23 +8,27 @@ import torch
 
 from data_loader.checks import BadSamples
 from utils.construct import accepted_args, call_with_args
-from utils.errors import ConfigError
+from utils.errors import ConfigError, blame
 from utils.registry import lookup
 
 
 def build_data_loader(spec: dict[str, Any], seed: int, training: bool = True, key: str = "data_loader",
-                      source: str = "config") -> Any:
+                      source: str | None = "config") -> Any:
     """The loader of `spec` ({type, args}), given the run's `seed` if its constructor takes one.
 
     With `training=False` (test.py's test split), a loader whose constructor takes `training`, as the classic
-    template's do, is built with `training=False`, no validation split and no shuffling.
+    template's do, is built with `training=False`, no validation split and no shuffling. With `source` None (a
+    loader that another builds from its own args), errors are plain ValueErrors that begin with `key`'s args.
     """
     factory = lookup(spec["type"], "data_loader", key, source)
     args = dict(spec.get("args") or {})
     accepted = accepted_args(factory)
     takes = (lambda name: True) if accepted is None else (lambda name: name in accepted)
     if "seed" in args and takes("seed"):
-        raise ConfigError(f"{source}: '{key}.args.seed' is set from the config's top-level `seed`; remove it there.")
+        if source is None:
+            raise ValueError("seed: it is set from the config's top-level `seed`; remove it here.")
+        raise ConfigError(f"{blame(source, key + '.args.seed')}: '{key}.args.seed' is set from the config's top-level "
+                          "`seed`; remove it there.")
     code = {"seed": seed} if takes("seed") else {}
     if not training and accepted is not None and "training" in accepted:
         code.update({"training": False}, **{k: v for k, v in (("validation_split", 0.0), ("shuffle", False))
@@ -47,8 +51,9 @@ class TrainingData:
 
 
 def training_data(data: Any, device: torch.device, name: str) -> TrainingData:
-    """The TrainingData of the loader `data` (the config's `data_loader.type` `name`), for training on `device`.
-    Its `batch_transform` and `bad_samples`, when it has them (BaseDataLoader's arguments of the same names)."""
+    """The TrainingData of the loader `data` (the config's `data_loader.type` `name`), for training on `device`:
+    its `batch_transform` (a callable of a training batch, its sampler and its number) and `bad_samples` (a
+    BadSamples counter) when it has them, as BaseDataLoader builds them from its args of the same names."""
     train = data.train_loader(device)
     check_training_loader(train, name)
     return TrainingData(train, data.val_loader(device), getattr(data, "batch_transform", None),

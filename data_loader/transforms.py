@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torchvision.transforms import v2
 
-from utils.construct import call_with_args
+from utils.construct import arg_path, call_with_args
 from utils.errors import reason
 from utils.registry import lookup
 
@@ -70,7 +70,6 @@ def build_transforms(steps: list[dict[str, Any]] | Callable | None, name: str) -
             built.append(call_with_args(factory, args, where, None))
         except (TypeError, ValueError) as e:
             text = reason(e)
-            arg = text.split(" ", 1)[0].rstrip(":")
-            raise ValueError(f"{where}.args.{text}" if arg in args else f"{where}: {step['type']} refused its "
-                             f"arguments: {text}") from None
+            raise ValueError(f"{where}.args.{text}" if arg_path(text, args) else f"{where}: {step['type']} refused "
+                             f"its arguments: {text}") from None
     return built[0] if len(built) == 1 else v2.Compose(built)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from model.builtin.metrics import SummedMetric
 from model.init import init_weights
 from model.weight_decay import split_groups
 from utils.config import Config
@@ -130,6 +131,10 @@ def build_metrics(config: Config) -> dict[str, Callable]:
         spec = {"type": spec} if isinstance(spec, str) else spec
         args = spec.get("args") or {}
         fn = lookup(spec["type"], "metrics", f"metrics[{i}]", config.source)
+        if hasattr(fn, "sums") and hasattr(fn, "finish") and not isinstance(fn, SummedMetric):
+            raise ConfigError(f"{blame(config.source, f'metrics[{i}]')}: the metric '{spec['type']}' carries sums and "
+                              "finish as attributes, which the trainer no longer reads: make it an instance of a "
+                              "SummedMetric subclass (model/builtin/metrics.py; docs/models.md shows how).")
         name = spec["type"] + "".join(f"_{k}{v}" for k, v in args.items())
         if name in metrics or name == "loss":
             raise ConfigError(f"{blame(config.source, 'metrics')}: the metric '{name}' is listed twice; remove one.")
@@ -142,5 +147,6 @@ def _bind(fn: Callable, args: dict, key: str, source: str) -> Callable:
     try:
         inspect.signature(fn).bind(None, None, **args)
     except TypeError as e:
-        raise ConfigError(f"{blame(source, key)}: wrong args for {key} '{fn.__name__}': {e}.") from None
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise ConfigError(f"{blame(source, key)}: wrong args for {key} '{name}': {e}.") from None
     return functools.partial(fn, **args) if args else fn

@@ -3,14 +3,13 @@ the files it writes: report.json, confusion_matrix.png and mistakes.png (the fig
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from trainer.confusion import ClassReport
 from utils.errors import TemplateError
-from utils.files import atomic_write
+from utils.files import atomic_write, refuse_link
 from utils.plots import confusion_matrix_image, image_grid, png_bytes
 
 TABLE_CLASSES = 20  # the confusion matrix is printed as a table up to this many classes
@@ -49,11 +48,8 @@ def check_output_dir(folder: Path, chosen: bool = True) -> None:
     """Refuse an output folder that cannot be created or written, before the evaluation (creating nothing); and the
     default folder (not `chosen` on the command line), which lies in a run folder that may come from elsewhere,
     when it is a symbolic link."""
-    if not chosen and folder.is_symlink():
-        raise TemplateError(f"'{folder}' is a symbolic link (to '{os.readlink(folder)}'). test.py writes its report "
-                            "into a folder of its own beside the checkpoint and never through a link, so that a run "
-                            "folder from elsewhere cannot make it write outside: remove the link, or give "
-                            "--output-dir.")
+    if not chosen:
+        refuse_link(folder, "remove it, or give --output-dir", folder=True)
     existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.exists())
     problem = "is a file" if not existing.is_dir() else ""
     if not problem:

@@ -22,8 +22,9 @@ from tools.search import parse_dimension
 from trainer.checkpoint import find_checkpoint
 from trainer.state import HISTORY
 from utils.errors import CheckpointError, ConfigError, TrainingError, reason
-from utils.files import atomic_write, open_regular
-from utils.run import RunPaths, folder_name, lock_run, new_run, remove_run, run_of_checkpoint
+from utils.files import atomic_write, open_regular, refuse_link
+from utils.run import InUse, RunPaths, folder_name, lock_run, new_run, remove_run, run_of_checkpoint
+from utils.schema import KEYS, is_number
 
 STATE = "search.json"
 RESULTS = "results.csv"
@@ -32,6 +33,7 @@ STATUSES = ("pending", "running", *FINISHED)
 TRAIN = str(Path(__file__).resolve().parents[1] / "train.py")
 # The parts of a search's definition that must match when a search is continued.
 DEFINITION = ("mode", "n", "seed", "space", "train_args")
+MAX_TRIALS = 10_000  # a search's trials are listed and checked in advance
 
 log = logging.getLogger("tune")
 
@@ -39,8 +41,6 @@ log = logging.getLogger("tune")
 def override(key: str, value: Any) -> str:
     """`key=value` that train.py reads back as exactly `value` (JSON is YAML)."""
     return f"{key}={json.dumps(value)}"
-
-
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -60,9 +60,6 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def _state_problem(state: Any) -> str | None:
     """What is wrong in a search record, or None."""
-    def number(value: Any, whole: bool = False) -> bool:
-        return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
-
     if not isinstance(state, dict):
         return "it is not a mapping"
     kinds = {"name": str, "mode": str, "seed": int, "space": dict, "train_args": list, "monitor": str, "cwd": str,
@@ -74,23 +71,25 @@ def _state_problem(state: Any) -> str | None:
         folder_name(state["name"], "the name", nested=True)
         space = {key: parse_dimension(f"{key}={text}") for key, text in state["space"].items()}
         for trial in state["trials"]:
-            folder_name(trial["id"] if isinstance(trial, dict) else None, "a trial id")
+            folder_name(trial.get("id") if isinstance(trial, dict) else None, "a trial id")
     except (ConfigError, TypeError) as e:
         return f"its name, space or trial ids cannot be read: {reason(e)}"
     if not _is_train_args(state["train_args"]):
         return f"train_args {state['train_args']!r} is not -c CONFIG followed by --device, --lr, --bs, --epochs and " \
                "key=value items"
-    if state["mode"] not in ("grid", "random", "optuna") or not (state.get("n") is None or number(state["n"], True)):
-        return f"the mode {state['mode']!r} and n {state.get('n')!r} are not a search's"
-    if None in space.values() or len(state["monitor"].split()) != 2 or state["monitor"].split()[0] not in ("min", "max"):
+    n = state.get("n")
+    if state["mode"] not in ("grid", "random", "optuna") or not (n is None or (is_number(n, True) and 1 <= n <= MAX_TRIALS)) \
+            or len(state["trials"]) > MAX_TRIALS:
+        return f"the mode {state['mode']!r}, n {n!r} and {len(state['trials'])} trials are not a search's"
+    if None in space.values() or state["monitor"] == "off" or not KEYS["trainer.monitor"].rule.test(state["monitor"]):
         return f"the space or the monitor ({state['monitor']!r}) cannot be read"
     if not Path(state["cwd"]).is_dir():
         return f"the working folder of its trials, '{state['cwd']}', does not exist"
     for trial in state["trials"]:
         if not isinstance(trial.get("params"), dict) or trial.get("status") not in STATUSES:
             return f"{trial['id']} lacks params or a known status"
-        if not (trial.get("best") is None or (number(trial["best"]) and math.isfinite(trial["best"]))) or \
-                not number(trial.get("epochs"), True) or not number(trial.get("seconds")) or \
+        if not (trial.get("best") is None or (is_number(trial["best"]) and math.isfinite(trial["best"]))) or \
+                not is_number(trial.get("epochs"), True) or not is_number(trial.get("seconds")) or \
                 not isinstance(trial.get("error"), str) or set(trial["params"]) - set(space):
             return f"{trial['id']}'s best, epochs, seconds, error or params are not what tune.py writes"
     return None
@@ -136,8 +135,9 @@ class Search:
         try:
             lock_run(paths.models, "search folder", "tune.py process")
             search.save()
-        except BaseException:
-            remove_run(paths)
+        except BaseException as e:
+            if not isinstance(e, InUse):  # a tune.py on the same --search-id owns the folder
+                remove_run(paths)
             raise
         return search
 
@@ -175,9 +175,12 @@ class Search:
         try:
             atomic_write(self.paths.models / name, data)
         except OSError as e:
-            raise TrainingError(f"Could not write '{self.paths.models / name}': {e.strerror or e}. The search stopped "
-                                "with its trials recorded as they were; free disk space and continue it with: "
-                                f"python tune.py --resume {self.paths.models}") from None
+            raise self._stopped(self.paths.models / name, e) from None
+
+    def _stopped(self, path: Path, e: OSError) -> TrainingError:
+        return TrainingError(f"Could not write '{path}': {e.strerror or e}. The search stopped with its trials "
+                             "recorded as they were; free disk space (or fix the folder's permissions) and continue "
+                             f"it with: python tune.py --resume {self.paths.models}")
 
     # ------------------------------------------------------------------ trials
     def run_trial(self, trial: dict[str, Any], on_epoch: Callable[[dict], bool] | None = None) -> None:
@@ -185,6 +188,8 @@ class Search:
         (train.py --resume), or starts over if it had none yet. `on_epoch` sees each epoch's values as the trial
         writes them; when it returns True the trial is stopped (it saves and exits) and recorded as pruned."""
         run, log_dir = self.paths.models / trial["id"], self.paths.log / trial["id"]
+        for folder in (run, log_dir):  # deleted or written below: never through a link
+            refuse_link(folder, "remove it, then continue the search", folder=True)
         if trial["status"] == "running" and any(run.glob("*.pth")):
             argv, how = ["--resume", str(run)], "continued from its checkpoint"
         else:
@@ -200,9 +205,13 @@ class Search:
         self.save()
         log.info("%s  %s%s", trial["id"], " ".join(f"{k}={_shown(v)}" for k, v in trial["params"].items()),
                  f"  ({how})" if how else "")
-        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            err = open_regular(log_dir / "stderr.txt", "a")
+        except OSError as e:
+            raise self._stopped(log_dir / "stderr.txt", e) from None
         started = time.monotonic()
-        with open_regular(log_dir / "stderr.txt", "a") as err:
+        with err:
             offset = err.tell()
             child = subprocess.Popen([sys.executable, TRAIN, *argv], stdout=subprocess.DEVNULL, stderr=err,
                                      cwd=self.state["cwd"])

@@ -118,9 +118,9 @@ def _refuse(path: Path, e: Exception) -> None:
                        "unpickling error")
         raise CheckpointError(
             f"Refused to load '{path}': it contains pickled Python objects, not only tensors and plain values "
-            f"({refused}). Loading such a file could run code it carries, so this template reads checkpoints with "
-            "torch.load(weights_only=True) only. train.py never writes such objects: the file was written by other "
-            f"code. {_WRITTEN_BY_TRAIN}") from None
+                              f"({refused}). Loading such a file could run code it carries, so this template reads checkpoints with "
+                              "torch.load(weights_only=True) only. train.py never writes such objects: the file was written by other "
+                              f"code. {_WRITTEN_BY_TRAIN}") from None
     raise CheckpointError(f"Checkpoint '{path}' is truncated or corrupt ({reason(e)}). It was probably cut off "
                           "while being written or copied; use another checkpoint of the run (e.g. pass the run "
                           "folder to --resume to pick the newest intact one).") from None

@@ -24,7 +24,7 @@ class RegularizedTrainer(Trainer):
     def __init__(self, *args: Any, l1: float = 0.0, l2: float = 0.0, **kwargs: Any):
         for key, value in (("l1", l1), ("l2", l2)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"trainer.args.{key} must be a number >= 0, got {value!r}.")
+                raise ValueError(f"{key} must be a number >= 0, got {value!r}.")
         super().__init__(*args, **kwargs)
         self.l1, self.l2 = l1, l2
         self.weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
@@ -48,7 +48,7 @@ class DictBatchTrainer(Trainer):
 
     def __init__(self, *args: Any, inputs: Sequence[str] = ("input",), target: str = "target", **kwargs: Any):
         if isinstance(inputs, str) or not all(isinstance(name, str) for name in inputs) or not inputs:
-            raise ConfigError(f"trainer.args.inputs must be a list of batch keys, e.g. [image, size]; got {inputs!r}.")
+            raise ValueError(f"inputs must be a list of batch keys, e.g. [image, size]; got {inputs!r}.")
         super().__init__(*args, **kwargs)
         self.inputs, self.target = list(inputs), target
 
@@ -57,5 +57,5 @@ class DictBatchTrainer(Trainer):
         if missing:
             found = ", ".join(batch) if isinstance(batch, dict) else f"a {type(batch).__name__}, not a dict"
             raise ConfigError(f"DictBatchTrainer: the batch has no {', '.join(repr(k) for k in missing)} (it holds "
-                              f"{found}). Set trainer.args.inputs and trainer.args.target to the batch's keys.")
+                              f"{found}). Set the trainer's inputs and target args to the batch's keys.")
         return model(**{key: batch[key] for key in self.inputs}), batch[self.target]

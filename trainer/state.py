@@ -120,10 +120,10 @@ class TrainingState:
         if self._any_rank(torch.tensor(bool(bad), device=self.device)):
             raise TrainingError(
                 f"The model's weights or buffers hold NaN or Inf values ({', '.join(bad[:3]) or 'on another process'}"
-                f"{', ...' if len(bad) > 3 else ''}) at step {self.global_step}, so {', '.join(names)} was not "
-                "written: the checkpoints saved before are finite and intact. Lower the learning rate, set "
-                "trainer.grad_clip_norm, or check the data; then continue from the last checkpoint with --resume or "
-                "start again.")
+                                f"{', ...' if len(bad) > 3 else ''}) at step {self.global_step}, so {', '.join(names)} was not "
+                                "written: the checkpoints saved before are finite and intact. Lower the learning rate, set "
+                                "trainer.grad_clip_norm, or check the data; then continue from the last checkpoint with --resume or "
+                                "start again.")
         paths = [self.run.models / name for name in names]
         distributed.on_main(save_checkpoint, self.state_dict(), paths)
         self.last_save_time = time.monotonic()

@@ -301,8 +301,8 @@ class Trainer(TrainingState):
         if self.cfg["on_nan"] == "stop" and not math.isfinite(loss):
             raise TrainingError(
                 f"The training loss became {loss} in epoch {self.epoch} (by optimizer step {self.global_step}). "
-                "Training stopped without saving these weights; earlier checkpoints are intact. Lower the learning "
-                "rate, set trainer.grad_clip_norm, check the data for bad values, or set trainer.on_nan: skip_batch.")
+                                "Training stopped without saving these weights; earlier checkpoints are intact. Lower the learning "
+                                "rate, set trainer.grad_clip_norm, check the data for bad values, or set trainer.on_nan: skip_batch.")
 
     # ------------------------------------------------------------------ agreement between processes
     def _agree(self, signum: int | None, flag: bool) -> tuple[int | None, bool]:

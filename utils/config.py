@@ -29,7 +29,7 @@ def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str
         elif not isinstance(node, dict):
             raise ConfigError(f"{source}: cannot set '{dotted}': '{'.'.join(parts[:depth])}' is not a mapping.")
         elif part not in node and not (last and parts[depth - 1:depth] == ["args"]):
-            raise ConfigError(f"{source}: unknown key '{here}' in the override '{dotted}=...'."
+            raise ConfigError(f"{source}: unknown key '{printable(here)}' in the override '{printable(dotted)}=...'."
                               f"{suggest(part, [str(k) for k in node], here[:len(here) - len(part)])} "
                               "Only keys under an 'args' mapping may be added; see docs/config.md (config reference).")
         if last:
@@ -63,7 +63,7 @@ def _mapping(user: dict[str, Any], parent: str, source: str, extra: tuple[str, .
         if parent or close:
             where = _path(parent, name)
             keys = ", ".join([*extra, *known])
-            raise ConfigError(f"{blame(source, where)}: unknown key '{where}'."
+            raise ConfigError(f"{blame(source, where)}: unknown key '{printable(where)}'."
                               f"{suggest(str(name), [*extra, *known], parent + '.' if parent else '')} "
                               f"Known keys here: {keys}.")
     resolved = {name: user[name] for name in extra if name in user}
@@ -102,6 +102,9 @@ def _value(key: Key, value: Any, source: str) -> Any:
         return _mapping(value, key.path, source)
     if key.kind == "object":
         return _object(key, value, source)
+    if key.kind == "spec":
+        _object(key, value, source)
+        return value
     if key.kind == "objects":
         _check(key, value, where)
         for i, item in enumerate(value):

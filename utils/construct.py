@@ -48,8 +48,9 @@ def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str |
     """Call `factory(**kwargs)`, turning a wrong argument or a rejected value into a ConfigError that names `key`
     and who set it (see Source). `supplied` are the arguments the code gives (an optimizer's `params`, a loader's
     `seed`): they are not offered among those a config may set. With `source` None (an object that a component
-    builds from its own args, such as DeviceDataLoader's source loader), the error stays a plain ValueError that
-    begins with the argument's name, for the call that built that component to name its key."""
+    builds from its own args, such as DeviceDataLoader's source loader), the error stays a plain ValueError (or the
+    constructor's TypeError), beginning with the argument's name where one is at fault, for the call that built
+    that component to name its key."""
     name = getattr(factory, "__name__", str(factory))
     accepted = accepted_args(factory)
     unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
@@ -61,8 +62,8 @@ def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str |
         except TypeError as e:
             takes = ", ".join(a for a in accepted or [] if a not in supplied) or "no arguments"
             if source is None:
-                raise ValueError(f"{unknown[0] if unknown else ''}: wrong args for type '{name}': {e}. It accepts: "
-                                 f"{takes}.") from None
+                raise ValueError(f"{unknown[0] + ': ' if unknown else ''}wrong args for type '{name}': {e}. It "
+                                 f"accepts: {takes}.") from None
             where = blame(source, f"{key}.args.{unknown[0]}" if unknown else key)
             raise ConfigError(f"{where}: wrong args for {key} type '{name}': {e}. It accepts: {takes}.") from None
         except ValueError:
@@ -72,7 +73,14 @@ def call_with_args(factory: Any, kwargs: dict[str, Any], key: str, source: str |
     except (TypeError, ValueError) as e:
         if source is None:
             raise
-        raise refused(e, factory, kwargs, key, source) from None
+        raise refused(e, factory, {k: v for k, v in kwargs.items() if k not in supplied}, key, source) from None
+
+
+def arg_path(text: str, args: Collection[str]) -> str | None:
+    """The path an error message begins with when it begins with one of `args` (`width`, `augment.degrees`,
+    `transform[1].type`), else None."""
+    token = text.split(" ", 1)[0].rstrip(":")
+    return token if any(token == a or token.startswith((a + ".", a + "[")) for a in args) else None
 
 
 def refused(e: Exception, factory: Any, kwargs: dict[str, Any], key: str, source: str) -> ConfigError:
@@ -80,14 +88,12 @@ def refused(e: Exception, factory: Any, kwargs: dict[str, Any], key: str, source
     of its arguments (`ValueError("width must be >= 1")`, `"augment.degrees must be ..."`) names that argument's key
     and who set it; any other names the section."""
     text = reason(e)
-    token = text.split(" ", 1)[0].rstrip(":")
-    arg = next((a for a in sorted(kwargs, key=len, reverse=True) if token == a or token.startswith((a + ".", a + "["))),
-               None)
-    if arg is not None:
+    token = arg_path(text, kwargs)
+    if token is not None:
         where = f"{key}.args.{token}"
         return ConfigError(f"{blame(source, where)}: '{where}'{text[len(token):]}")
     name = getattr(factory, "__name__", str(factory))
-    return ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {text}."
+    return ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {text.rstrip('.')}."
                        f"{_text_for_numbers(factory, kwargs, key)} Check {key}.args.")
 
 

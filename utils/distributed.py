@@ -56,11 +56,15 @@ def is_main() -> bool:
     return not active() or dist.get_rank() == 0
 
 
+# What gloo and NCCL say inside a collective (DDP's included) when a peer is gone.
+_PEER_GONE = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|communicator was aborted")
+
+
 def lost_contact(e: BaseException) -> bool:
     """Whether `e` says that the other processes can no longer be reached (one of them died): torch's DistError, or
-    the RuntimeError that gloo and NCCL raise inside a collective, DDP's included."""
+    the RuntimeError of a collective whose peer is gone."""
     return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and active()
-                                             and re.search(r"gloo|nccl|ProcessGroup", str(e), re.I) is not None)
+                                             and _PEER_GONE.search(str(e)) is not None)
 
 
 def rank_prefix() -> str:

@@ -10,6 +10,7 @@ from typing import IO
 from utils.errors import ConfigError
 
 _TEMP_MARK = ".tmp-"
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -19,7 +20,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     temp = path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}")
     temp.unlink(missing_ok=True)  # left by a killed save of a process that had this pid
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o644)
         with open(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -46,7 +47,7 @@ def open_regular(path: Path, mode: str = "a") -> IO:
     `train.log`): a symbolic link, a pipe or a device found at `path` is refused instead of being followed or
     blocked on. Created if missing."""
     def opener(name: str, flags: int) -> int:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        fd = os.open(name, flags | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0), 0o644)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise IsADirectoryError(name)
@@ -55,9 +56,20 @@ def open_regular(path: Path, mode: str = "a") -> IO:
     try:
         return open(path, mode, opener=opener)
     except OSError:
-        if not (os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path))):
-            raise
-        what = f"a symbolic link (to '{os.readlink(path)}')" if os.path.islink(path) else "not a regular file"
-        raise ConfigError(f"'{path}' is {what}. The template writes this file itself and never through a link or "
-                          "into a device, so that a run folder from elsewhere cannot make it write outside: remove "
-                          f"'{path}' and try again.") from None
+        refuse_link(path, f"remove '{path}' and try again")
+        raise
+
+
+def refuse_link(path: Path, fix: str, folder: bool = False) -> None:
+    """Refuse a symbolic link at `path`, or anything but a regular file (a folder with `folder`), where the template
+    writes in a folder that may come from elsewhere (a copied run folder): it never writes through a link or into a
+    device there. `fix` says what to do instead."""
+    path = Path(path)
+    if path.is_symlink():
+        what = f"a symbolic link (to '{os.readlink(path)}')"
+    elif path.exists() and not (path.is_dir() if folder else path.is_file()):
+        what = f"not a {'folder' if folder else 'regular file'}"
+    else:
+        return
+    raise ConfigError(f"'{path}' is {what}. The template writes there itself and never through a link or into a "
+                      f"device, so that a folder from elsewhere cannot make it write outside: {fix}.")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import ConfigError
-from utils.files import open_regular
+from utils.files import open_regular, refuse_link
 
 try:
     import fcntl
@@ -66,15 +66,13 @@ def shown(path: Path) -> Path:
 
 def check_output_file(path: Path, chosen: bool = True) -> None:
     """Refuse an `--output` file that is a folder or whose folder does not exist (predict.py, export.py); and a
-    default name (not `chosen` on the command line) that is a symbolic link, as it lies beside a checkpoint in a
-    run folder that may come from elsewhere."""
+    default name (not `chosen` on the command line) that is a symbolic link or not a regular file, as it lies beside a
+    checkpoint in a run folder that may come from elsewhere."""
     if path.is_dir() or not path.parent.is_dir():
         raise ConfigError(f"--output '{path}' must be a file in an existing folder; "
                           f"{'it is a folder' if path.is_dir() else 'its folder does not exist'}.")
-    if not chosen and path.is_symlink():
-        raise ConfigError(f"'{path}' is a symbolic link (to '{os.readlink(path)}'), where the output would go by "
-                          "default. It is never written through a link, so that a run folder from elsewhere cannot "
-                          "make it write outside: remove the link, or give --output.")
+    if not chosen:
+        refuse_link(path, "remove it, or give --output")
 
 
 def check_not_an_input(output: Path, inputs: Iterable[Path]) -> None:
@@ -138,7 +136,11 @@ def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
     models = Path(os.path.abspath(checkpoint)).parent
     parts = Path(folder_name(name, f"The experiment name saved in '{checkpoint}'", nested=True)).parts
     if models.parts[-len(parts) - 2:-1] == ("models", *parts) and len(models.parts) > len(parts) + 2:
-        log_dir = models.parents[len(parts) + 1] / "log" / name / models.name
+        save_dir = models.parents[len(parts) + 1]
+        log_dir = save_dir / "log" / name / models.name
+        for depth in range(1, len(parts) + 3):  # <save_dir>/log, .../<name parts>, .../<run_id>: not links
+            refuse_link(Path(*log_dir.parts[:len(save_dir.parts) + depth]), "remove it, or copy the run folder (its "
+                        "checkpoints) elsewhere and resume the copy", folder=True)
     else:
         log_dir = models
         log.info("'%s' is not in a <save_dir>/models/%s/<run_id> folder: the run goes on in '%s', log included.",
@@ -148,6 +150,10 @@ def run_of_checkpoint(checkpoint: Path, name: str) -> RunPaths:
     for folder in (models, log_dir):
         _make_writable(folder, fix)
     return RunPaths(shown(models), shown(log_dir))
+
+
+class InUse(ConfigError):
+    """Another process holds the folder's lock: what it wrote there is its own, and stays."""
 
 
 def lock_run(models: Path, what: str = "run folder", holder: str = "training process") -> None:
@@ -173,9 +179,9 @@ def lock_run(models: Path, what: str = "run folder", holder: str = "training pro
         handle.seek(0)
         holder_pid = handle.read().strip()
         handle.close()
-        raise ConfigError(f"The {what} '{models}' is in use by another {holder}"
-                          f"{f' (pid {holder_pid})' if holder_pid.isdigit() else ''}. Let it finish or stop it first; "
-                          "to work from the same checkpoint at the same time, copy the folder and use the copy."
+        raise InUse(f"The {what} '{models}' is in use by another {holder}"
+                    f"{f' (pid {holder_pid})' if holder_pid.isdigit() else ''}. Let it finish or stop it first; "
+                    "to work from the same checkpoint at the same time, copy the folder and use the copy."
                           ) from None
     try:
         os.ftruncate(handle.fileno(), 0)

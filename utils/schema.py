@@ -7,8 +7,9 @@ prints it.
 Kinds of key: a `value`; a `section` (a mapping of the keys below it, each with its default); an `object`
 (`{type, args}` plus the keys below it, or a name alone for `{type: name}`), whose args the class's own signature
 checks when it is built (utils/construct.py); an `optional` section (null or false: off; true: the keys below
-with their defaults; or a mapping of them); `objects` (a list of names or `{type, args}`). Top-level keys the
-schema does not know are kept for the user's own code; anywhere else they are refused.
+with their defaults; or a mapping of them); a `spec` (a name or `{type, args}`, kept as written); `objects` (a
+list of those). Top-level keys the schema does not know are kept for the user's own code; anywhere else they are
+refused.
 """
 from __future__ import annotations
 
@@ -40,19 +41,20 @@ class Rule:
     test: Callable[[Any], bool]
 
 
-def _is_number(value: Any, whole: bool = False) -> bool:
+def is_number(value: Any, whole: bool = False) -> bool:
+    """A number (a whole one with `whole`), not a bool."""
     return not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
 
 
 def whole(minimum: int, maximum: int | None = None, what: str = "", null: bool = False) -> Rule:
     """A whole number from `minimum` (to `maximum`), or null when `null`."""
     return Rule(what or f"a whole number >= {minimum}",
-                lambda v: (null and v is None) or (_is_number(v, True) and minimum <= v
+                lambda v: (null and v is None) or (is_number(v, True) and minimum <= v
                                                    and (maximum is None or v <= maximum)))
 
 
 def number(test: Callable[[float], bool], what: str, null: bool = False) -> Rule:
-    return Rule(what, lambda v: (null and v is None) or (_is_number(v) and math.isfinite(v) and test(v)))
+    return Rule(what, lambda v: (null and v is None) or (is_number(v) and math.isfinite(v) and test(v)))
 
 
 def choice(*values: Any) -> Rule:
@@ -70,7 +72,7 @@ class Key:
     default: Any
     help: str
     rule: Rule | None = None  # None: anything (or, for an object, what its class takes)
-    kind: str = "value"  # value | section | object | optional | objects
+    kind: str = "value"  # value | section | object | optional | spec | objects
     null: Any = None  # for a value: what null stands for, when it is not null itself (trainer.early_stop: 0)
     convert: Callable[[Any, str], Any] | None = None  # checks and returns the value itself, for its own message
 
@@ -110,7 +112,7 @@ SCHEMA: list[Key] = [
         "list of `norm`, `bias` and parameter names (`pos_embedding`, `head.weight`): each parameter group is split, "
         "those parameters going to a copy with `weight_decay: 0` ([recipes.md](recipes.md))", _NO_DECAY),
     Key("loss", REQUIRED, "a name in `model/loss.py`, the template's losses or `torch.nn`, or `{type, args}`",
-        kind="object"),
+        kind="spec"),
     Key("metrics", [], "names in `model/metric.py` or the template's metrics, or `{type, args}` entries",
         Rule("a list of names, e.g. [accuracy, top_k_acc]", lambda v: isinstance(v, list)), kind="objects"),
     Key("lr_scheduler", None, "`{type, args}` from `torch.optim.lr_scheduler` (`optimizer` is supplied); "

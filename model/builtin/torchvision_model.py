@@ -117,12 +117,12 @@ def _pretrained(name: str, weights: str) -> nn.Module:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"weights: cannot read '{weights}' ({reason(e)}). Pass a "
-                                  "file written with torch.save(model.state_dict(), path).") from None
+                             "file written with torch.save(model.state_dict(), path).") from None
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a checkpoint of this template
             state = {k.removeprefix("net."): v for k, v in state["model"].items()}
         if not isinstance(state, dict):
             raise ValueError(f"weights: '{weights}' holds a {type(state).__name__}, not a state_dict. "
-                                  "Pass a file written with torch.save(model.state_dict(), path).")
+                             "Pass a file written with torch.save(model.state_dict(), path).")
         head = _last_linear(net, name)
         file_head = state.get(f"{head}.weight")
         if file_head is not None and file_head.dim() == 2 and file_head.shape[0] != net.get_submodule(head).out_features:
@@ -132,7 +132,7 @@ def _pretrained(name: str, weights: str) -> nn.Module:
         except RuntimeError as e:
             detail = " ".join(str(e).split("\n", 1)[-1].split())[:300]
             raise ValueError(f"weights: '{weights}' does not fit torchvision's {name} ({detail}). "
-                                  "Pass a state_dict of the same model.") from None
+                             "Pass a state_dict of the same model.") from None
         return net
     choices = models.get_model_weights(name)
     if weights not in choices.__members__:

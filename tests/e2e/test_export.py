@@ -2,6 +2,7 @@
 import contextlib
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 
@@ -127,3 +128,7 @@ def test_an_output_that_is_the_checkpoint_or_a_planted_link_is_refused(run_folde
     assert export.main(["--resume", str(checkpoint), "--format", "exported"]) == 2
     assert f"'{tmp_path / 'best.pt2'}' is a symbolic link (to '{victim}')" in capsys.readouterr().err
     assert victim.read_text() == "precious\n"
+    (tmp_path / "best.pt2").unlink()
+    os.mkfifo(tmp_path / "best.pt2")  # opening it to write would wait for a reader forever
+    assert export.main(["--resume", str(checkpoint), "--format", "exported"]) == 2
+    assert f"'{tmp_path / 'best.pt2'}' is not a regular file" in capsys.readouterr().err

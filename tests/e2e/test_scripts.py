@@ -72,6 +72,29 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
 
 
 # ---------------------------------------------------------------------- faults that lose or strand work
+def test_a_new_run_that_loses_the_race_for_its_run_id_leaves_the_winners_folder(tmp_path, monkeypatch, capsys):
+    holder, new_run = None, train.new_run
+
+    def racing(*args):
+        """Two runs given the same --run-id both find its folder empty; the other one locks it first."""
+        nonlocal holder
+        paths = new_run(*args)
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                                   "fcntl.lockf(f, fcntl.LOCK_EX); print(1, flush=True); time.sleep(60)",
+                                   str(paths.models / ".lock")], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "1\n"
+        return paths
+
+    monkeypatch.setattr(train, "new_run", racing)
+    try:
+        assert train.main([*fast_args(tmp_path / "saved"), "--run-id", "same"]) == 2
+        assert "is in use by another training process" in capsys.readouterr().err
+        assert (tmp_path / "saved" / "models" / "digits_cnn" / "same" / ".lock").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_process_on_a_live_run_folder_is_refused(run_copy, capsys):
     from utils.run import lock_run, release_runs
 

@@ -51,6 +51,11 @@ BROKEN = {
                                  f"{REPO / 'data' / 'digits'}}}}}", "data_loader.args.batch_size=0"],
                           r"^error: command line \(data_loader\.args\.batch_size=0\): 'data_loader\.args\.batch_size' "
                           r"must be a whole number >= 1, got 0\.$"),
+    "device nested source arg": (None, [f"data_loader={{type: DeviceDataLoader, args: {{source: {{type: CsvImageDataLoader, "
+                                        f"args: {{data_dir: {REPO / 'data' / 'digits'}, batch_size: 0}}}}}}}}"],
+                                 r"'data_loader\.args\.source\.args\.batch_size' must be a whole number >= 1, got 0\.$"),
+    "device source type": (None, ["data_loader={type: DeviceDataLoader, args: {source: Nope, data_dir: x}}"],
+                           r"'data_loader\.args\.source\.type': unknown data_loader type 'Nope'"),
 }
 
 

@@ -35,7 +35,7 @@ def test_the_weight_penalty_is_added_to_the_training_loss_only():
     with torch.no_grad():
         val = trainer.validation_step(trainer.model, (data, target))
         assert torch.allclose(val.loss, trainer.criterion(val.output, target))
-    with pytest.raises(ConfigError, match="trainer.args.l2 must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"^command line \(trainer\.args=\{l2: -1\}\): 'trainer\.args\.l2' must be a number >= 0"):
         small_trainer("trainer.type=RegularizedTrainer", "trainer.args={l2: -1}")
     with pytest.raises(ConfigError, match="wrong args for trainer type 'RegularizedTrainer'.*'l3'"):
         small_trainer("trainer.type=RegularizedTrainer", "trainer.args={l3: 1}")

@@ -161,6 +161,18 @@ def test_a_csv_with_excels_byte_order_mark_is_read(tmp_path):
     assert len(CsvImageDataset(root, split="train")) == 20
 
 
+def test_a_header_with_trailing_commas_is_read_and_a_column_named_twice_is_refused(tmp_path):
+    root = small_copy(tmp_path)
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join([lines[0] + ",,", *(line + ",," for line in lines[1:])]) + "\n")
+    assert len(CsvImageDataset(root, split="train")) == 20  # Excel writes empty columns so
+    (root / "labels.csv").write_text("\n".join([lines[0] + ",label", *(line + ",7" for line in lines[1:])]) + "\n")
+    with pytest.raises(DataError, match="the column 'label' appears twice in the header"):
+        CsvImageDataset(root, split="train")
+    (root / "labels.csv").write_text("\n".join([lines[0], lines[1].rsplit(",", 2)[0] + ",1_0,train"]) + "\n")
+    assert CsvImageDataset(root, split="train").classes == ["1_0"]  # a name, not the number 10
+
+
 def test_split_values_are_read_without_case_or_spaces_and_others_name_their_line(tmp_path):
     root = small_copy(tmp_path)
     lines = (root / "labels.csv").read_text().splitlines()

@@ -286,6 +286,17 @@ def test_a_link_or_pipe_planted_in_a_handed_run_folder_is_refused_and_its_target
     assert sorted(p.name for p in handed.iterdir()) == sorted({"checkpoint-latest.pth", name, ".lock"})
 
 
+def test_a_linked_log_folder_of_a_handed_run_is_refused(run_copy, tmp_path, capsys):
+    log_dir = run_copy.parents[2] / "log" / "digits_cnn" / "r"
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(log_dir, elsewhere)
+    log_dir.symlink_to(elsewhere)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    assert train.main(["--resume", str(run_copy), "--epochs", "2"]) == 2
+    assert f"'{log_dir}' is a symbolic link (to '{elsewhere}')" in one_error(capsys)
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+
+
 def test_a_config_key_with_a_newline_cannot_forge_a_line_of_the_log(run_copy, capsys):
     path = run_copy / "checkpoint-latest.pth"
     state = torch.load(path, weights_only=True)

@@ -140,6 +140,11 @@ def test_the_output_goes_through_a_link_and_into_a_pipe(digits_best, tmp_path, c
     assert predict.main(["--resume", str(digits_best), image, "--output", "/dev/stdout"]) == 0
     out = capfd.readouterr().out
     assert out.startswith("earlier lines\n") and "\nfile,label,index,probability" in out, out
+    # /dev/stderr, which the shell sends to a file too (2>>err.log): appended to, never replacing the file.
+    os.write(2, b"earlier errors\n")
+    assert predict.main(["--resume", str(digits_best), image, "--output", "/dev/stderr"]) == 0
+    err = capfd.readouterr().err
+    assert err.startswith("earlier errors\n") and "file,label,index,probability" in err, err
 
 
 def test_an_output_that_is_one_of_the_inputs_is_refused(digits_best, tmp_path, capsys):

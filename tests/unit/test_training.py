@@ -8,13 +8,14 @@ import torch
 
 import model.builtin.losses
 import model.builtin.metrics
+import model.metric
 import test as test_script
 import train
 from trainer.checkpoint import load_checkpoint
 from trainer.metric_tracker import MetricTracker
 from utils.run import new_run
 
-from helpers import fast_args, only_run
+from helpers import REPO, fast_args, only_run
 
 
 def epoch_lines(save_dir):
@@ -262,6 +263,25 @@ def test_a_summed_metric_of_your_own_is_exact_over_the_epoch():
     tracker.update(torch.tensor(0.0), torch.zeros(3, 1), torch.tensor([1.0, 2.0, 3.0]))
     tracker.update(torch.tensor(0.0), torch.zeros(1, 1), torch.tensor([4.0]))
     assert tracker.result()["largest"] == 7.0  # the sums add up: 3 + 4, not (3 * 3 + 4) / 4
+
+
+def test_wrong_args_for_a_summed_metric_and_an_old_style_one_are_named(tmp_path, monkeypatch):
+    from model.factory import build_metrics
+    from utils.config import Config
+    from utils.errors import ConfigError
+
+    config = Config.load(REPO / "configs" / "config.yaml", ["metrics=[{type: rmse, args: {k: 3}}]"])
+    with pytest.raises(ConfigError, match=r"wrong args for metrics\[0\] 'RootMeanSquaredError'.*'k'"):
+        build_metrics(config)
+
+    def my_rmse(output, target):
+        return output.new_tensor(0.0)
+
+    my_rmse.sums, my_rmse.finish = lambda output, target: output.new_zeros(2), lambda totals: totals[0]
+    monkeypatch.setattr(model.metric, "my_rmse", my_rmse, raising=False)
+    my_rmse.__module__ = "model.metric"
+    with pytest.raises(ConfigError, match=r"'my_rmse' carries sums and finish as attributes.*SummedMetric subclass"):
+        build_metrics(Config.load(REPO / "configs" / "config.yaml", ["metrics=[my_rmse]"]))
 
 
 def test_plateau_scheduler_per_step_and_changed_scheduler_on_resume_are_refused(save_dir, capsys):

@@ -77,10 +77,22 @@ TAMPERED = {
     "seconds": ({"seconds": "x"}, "trial-000's best, epochs, seconds"),
     "params as a list": ({"params": [1]}, "trial-000 lacks params or a known status"),
     "no params": ({"no_params": None}, "trial-000 lacks params or a known status"),
+    "no id": ({"no_id": None}, "a trial id must be a folder name such as run1"),
     "monitor": ({"monitor": "bad"}, "the space or the monitor ('bad') cannot be read"),
     "cwd": ({"cwd": "/no/such/folder"}, "the working folder of its trials, '/no/such/folder', does not exist"),
     "train_args": ({"train_args": ["--resume", "/elsewhere"]}, "train_args ['--resume', '/elsewhere'] is not -c CONFIG"),
 }
+
+
+def test_a_trial_folder_that_is_a_link_is_neither_deleted_through_nor_written_into(tmp_path, capsys):
+    folder = a_search(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (folder / "trial-000").symlink_to(elsewhere)
+    assert tune.main(["--resume", str(folder)]) == 2
+    assert f"'{folder / 'trial-000'}' is a symbolic link" in capsys.readouterr().err
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.parametrize("case", TAMPERED)
