@@ -43,7 +43,7 @@ def read_image(path: str | Path, mode: ImageReadMode = ImageReadMode.UNCHANGED, 
         return decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw
                             else torch.empty(0, dtype=torch.uint8), mode=mode)
     except (RuntimeError, OSError, ValueError) as e:
-        raise DataError(f"Cannot read image '{printable(path)}': {reason(e).rstrip('.')}.{hint}") from None
+        raise DataError(f"Cannot read image '{printable(path)}': {reason(e)}.{hint}") from None
 
 
 def check_size(raw: bytes) -> None:

@@ -174,7 +174,7 @@ class DeviceDataLoader:
         except TemplateError:
             raise
         except Exception as e:  # eval_transform cannot take the images (the usual cause), or the dataset's own code
-            raise ConfigError(f"The {what} data cannot be prepared ({type(e).__name__}: {reason(e).rstrip('.')}). "
+            raise ConfigError(f"The {what} data cannot be prepared ({type(e).__name__}: {reason(e)}). "
                               "When eval_transform is the cause, check the data loader's eval_transform: each step's "
                               f"args, and their order ({TRANSFORM_ORDER}).") from None
         try:

@@ -53,7 +53,7 @@ def _read_state(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         problem = reason(e)
     if problem:
-        raise ConfigError(f"'{path}' is damaged ({problem.rstrip('.')}); tune.py writes it whole, so it was edited or cut off. "
+        raise ConfigError(f"'{path}' is damaged ({problem}); tune.py writes it whole, so it was edited or cut off. "
                           "Restore it from a backup, or start a new search with another --search-id.")
     return state
 

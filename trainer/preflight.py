@@ -43,7 +43,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             raise
         except Exception as e:  # a transform that cannot take the data (the usual cause), or the dataset's own code
             raise ConfigError(f"The training data's first batch cannot be made ({type(e).__name__}: "
-                              f"{reason(e).rstrip('.')}). When a transform is the cause, check the data loader's "
+                              f"{reason(e)}). When a transform is the cause, check the data loader's "
                               f"transform (or augment, batch_transform): each step's args, and their order "
                               f"({TRANSFORM_ORDER}). Nothing was written.") from None
         model.train()
@@ -54,7 +54,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             raise
         except Exception as e:
             raise ConfigError(f"One batch of the training data (inputs {describe(batch)}) does not go through the "
-                              f"model and the loss: {reason(e).rstrip('.')}. {_hint(reason(e))} Nothing was written.") from None
+                              f"model and the loss: {reason(e)}. {_hint(reason(e))} Nothing was written.") from None
         _check_loss(step.loss)
         output = step.output.float() if isinstance(step.output, torch.Tensor) and step.output.is_floating_point() \
             else step.output
@@ -65,7 +65,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                 raise
             except Exception as e:
                 raise ConfigError(f"The metric '{name}' fails on a batch of the model's output {describe(output)} and "
-                                  f"target {describe(step.target)}: {reason(e).rstrip('.')}. Fix the function or remove it from "
+                                  f"target {describe(step.target)}: {reason(e)}. Fix the function or remove it from "
                                   "the config's metrics.") from None
         step.loss.backward()
         check_scheduler(trainer)
@@ -96,7 +96,7 @@ def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
     except (RuntimeError, ValueError) as e:
         inputs = f" (inputs {describe(batch)})" if batch is not None else ""
         raise ConfigError(f"One batch of the {what}{inputs} does not go through the trained model and the loss: "
-                          f"{reason(e).rstrip('.')}. The data must have the form of the training data (-c replaces "
+                          f"{reason(e)}. The data must have the form of the training data (-c replaces "
                           "only the data_loader section): the same channels, size and transforms for images, the "
                           "same columns for tables.") from None
     finally:
@@ -120,7 +120,7 @@ def check_scheduler(trainer: Any) -> None:
     except Exception as e:
         name = trainer.config["lr_scheduler"]["type"]
         raise ConfigError(f"{blame(trainer.config.source, 'lr_scheduler.args')}: lr_scheduler '{name}' fails on its "
-                          f"next step: {reason(e).rstrip('.')}. Check lr_scheduler.args: a number written as text, or a schedule "
+                          f"next step: {reason(e)}. Check lr_scheduler.args: a number written as text, or a schedule "
                           "shorter than the run (e.g. OneCycleLR's total_steps). Nothing was written.") from None
     finally:
         scheduler.load_state_dict(state)

@@ -91,9 +91,9 @@ def refused(e: Exception, factory: Any, kwargs: dict[str, Any], key: str, source
     token = arg_path(text, kwargs)
     if token is not None:
         where = f"{key}.args.{token}"
-        return ConfigError(f"{blame(source, where)}: '{where}'{text[len(token):]}")
+        return ConfigError(f"{blame(source, where)}: '{where}'{text[len(token):]}.")
     name = getattr(factory, "__name__", str(factory))
-    return ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {text.rstrip('.')}."
+    return ConfigError(f"{blame(source, key)}: {key} type '{name}' refused its arguments: {text}."
                        f"{_text_for_numbers(factory, kwargs, key)} Check {key}.args.")
 
 

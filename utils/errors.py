@@ -67,10 +67,10 @@ class ExportError(TemplateError):
 
 def reason(e: BaseException) -> str:
     """The first line of an exception's message, for a one-paragraph error: without the C++ source location that
-    torch's native errors start with, nor a trailing colon that introduced the lines left out; the exception's type
-    name when the message is empty."""
+    torch's native errors start with, nor a trailing colon that introduced the lines left out, nor a closing full
+    stop (the sentence around it has its own); the exception's type name when the message is empty."""
     lines = str(e).strip().splitlines()
-    first = re.sub(r"^([\w()]+, \S+:\d+, |\[\S+:\d+\] )", "", lines[0]).rstrip(": ") if lines else ""
+    first = re.sub(r"^([\w()]+, \S+:\d+, |\[\S+:\d+\] )", "", lines[0]).rstrip(": ").rstrip(".") if lines else ""
     return first or type(e).__name__
 
 

@@ -95,7 +95,9 @@ def test_missing_mnist_without_download_is_explained(tmp_path, monkeypatch, caps
 
 def test_reason_keeps_one_readable_line_of_any_exception():
     native = RuntimeError("decode_image, /src/io/image/cpu/decode_image.cpp:43, Unsupported image file.\nDetails")
-    assert reason(native) == "Unsupported image file."
+    assert reason(native) == "Unsupported image file"  # the sentence around it ends with its own full stop
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error: Connection reset")
+    assert reason(gloo) == "Read error: Connection reset"
     assert reason(OSError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error>")) == \
         "Error downloading train-images-idx3-ubyte.gz"
     assert reason(AssertionError()) == "AssertionError"
