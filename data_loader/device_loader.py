@@ -23,6 +23,7 @@ from data_loader.checks import CheckedDataset, collate_or_none, misfit
 from data_loader.factory import build_data_loader, data_state
 from data_loader.sampling import ResumableSampler
 from data_loader.transforms import TRANSFORM_ORDER
+from utils.construct import arg_path
 from utils.errors import ConfigError, DataError, TemplateError, reason
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ class DeviceDataLoader:
             self.source: BaseDataLoader = build_data_loader({"type": source["type"], "args": {**nested, **source_args}},
                                                             seed, key="source", source=None)
         except ValueError as e:
-            arg = str(e).split(" ", 1)[0].rstrip(":").split(".")[0].split("[")[0]
-            if arg in nested and arg not in source_args:
+            if arg_path(str(e), nested) and not arg_path(str(e), source_args):
                 raise ValueError(f"source.args.{e}") from None
             raise
         self.crop_padding, self.hflip, self.degrees, self.translate = _augment_settings(augment)
