@@ -72,11 +72,7 @@ def _mapping(user: dict[str, Any], parent: str, source: str, extra: tuple[str, .
     return {**resolved, **{k: v for k, v in user.items() if k not in resolved}}
 
 
-class _Missing:
-    pass
-
-
-_MISSING = _Missing()
+_MISSING = object()  # a key the config leaves out
 
 
 def _value(key: Key, value: Any, source: str) -> Any:
