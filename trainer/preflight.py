@@ -3,15 +3,18 @@ metrics and backward, and the LR scheduler takes one step, before the run folder
 does not fit its data, a label outside the model's classes, a metric of the wrong kind or a scheduler that cannot
 step stops with one message and writes nothing.
 
-The check leaves no trace: the random state, BatchNorm statistics, gradients, learning rates and the data order are
-as they were, so a run with it is bit-identical to one without it.
+The check leaves no trace, whatever the training step does: the parameters, buffers, gradients, the optimizer's,
+scheduler's and scaler's state, learning rates, the random state, the trainer's own attributes and the data order
+are as they were, so a run with it is bit-identical to one without it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -30,12 +33,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     """Run `trainer.training_step` on one training batch with the unwrapped model, then put everything back.
     `num_classes` is the data's number of classes when the loader knows it (its `num_classes`)."""
     model, loader = trainer.model, trainer.train_loader
-    rng, buffers = get_rng_state(), [(b, b.clone()) for b in model.buffers()]
-    grads, was_training = [(p, p.grad) for p in model.parameters()], model.training
-    criterion = trainer.criterion
-    trainer.criterion = lambda output, target: _checked_loss(criterion, output, target, num_classes)
-    trainer.checking = True  # for a subclass whose training_step keeps state of its own
-    try:
+    with _leaves_no_trace(trainer):
         try:
             batch = training_batch(first_batch(loader), trainer.data.batch_transform, loader.sampler, 0,
                                    trainer.device, trainer.cfg["channels_last"])
@@ -47,14 +45,17 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                               f"transform (or augment, batch_transform): each step's args, and their order "
                               f"({TRANSFORM_ORDER}). Nothing was written.") from None
         model.train()
+        _check_labels(trainer, batch, num_classes)
         try:
-            with autocast(trainer.device, trainer.amp_dtype):
+            with autocast(trainer.device, trainer.amp_dtype), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 step = trainer.training_step(model, batch)
         except TemplateError:
             raise
         except Exception as e:
             raise ConfigError(f"One batch of the training data (inputs {describe(batch)}) does not go through the "
                               f"model and the loss: {reason(e)}. {_hint(reason(e))} Nothing was written.") from None
+        _check_warnings(caught, step)
         _check_loss(step.loss)
         output = step.output.float() if isinstance(step.output, torch.Tensor) and step.output.is_floating_point() \
             else step.output
@@ -69,17 +70,56 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                                   "the config's metrics.") from None
         step.loss.backward()
         check_scheduler(trainer)
+
+
+@contextlib.contextmanager
+def _leaves_no_trace(trainer: Any) -> Iterator[None]:
+    """Whatever the step inside does, put back afterwards: the parameters and buffers (copied to the CPU, so the
+    check takes no device memory of its own), gradients, the optimizer's, scheduler's, scaler's and EMA's state,
+    the random state, the trainer's own attributes (tensors, numbers, lists and dicts by value, so a subclass's
+    running state is put back too) and the samples the check skipped; the model goes back to its mode."""
+    model = trainer.model
+    tensors = [(t, t.detach().to("cpu", copy=True)) for t in [*model.parameters(), *model.buffers()]]
+    grads, was_training, rng = [(p, p.grad) for p in model.parameters()], model.training, get_rng_state()
+    optimizer = trainer.optimizer
+    groups, optimizer_state = _saved_groups(optimizer), {p: _by_value(s) for p, s in optimizer.state.items()}
+    states = {name: copy.deepcopy(part.state_dict()) for name in ("lr_scheduler", "scaler")
+              if (part := getattr(trainer, name)) is not None}
+    ema = copy.deepcopy(trainer.ema.state_dict()) if trainer.ema is not None else None
+    attributes = {name: _by_value(value) for name, value in vars(trainer).items()}
+    try:
+        yield
     finally:
-        trainer.criterion, trainer.checking = criterion, False
         with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+            for tensor, saved in tensors:
+                tensor.copy_(saved)
         for param, grad in grads:
             param.grad = grad
         model.train(was_training)
+        _restore_groups(optimizer, groups)
+        optimizer.state.clear()
+        optimizer.state.update(optimizer_state)
+        for name, state in states.items():
+            getattr(trainer, name).load_state_dict(state)
+        if ema is not None:
+            trainer.ema.load_state_dict(ema, model)
+        for name in set(vars(trainer)) - set(attributes):
+            delattr(trainer, name)
+        vars(trainer).update(attributes)
         set_rng_state(rng)
         if trainer.data.bad_samples is not None:
             trainer.data.bad_samples.take()  # samples the check skipped are counted again in the epoch
+
+
+def _by_value(value: Any) -> Any:
+    """A copy of the tensors, lists, tuples, dicts and sets in `value`; any other object is kept as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple, set)) and not hasattr(value, "_fields"):
+        return type(value)(_by_value(v) for v in value)
+    if type(value) is dict:
+        return {k: _by_value(v) for k, v in value.items()}
+    return value
 
 
 @torch.no_grad()
@@ -110,9 +150,7 @@ def check_scheduler(trainer: Any) -> None:
     scheduler, optimizer = trainer.lr_scheduler, trainer.optimizer
     if scheduler is None or trainer.epoch > trainer.epochs:
         return
-    state = copy.deepcopy(scheduler.state_dict())
-    groups = [{key: value.clone() if isinstance(value, torch.Tensor) else copy.copy(value)
-               for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    state, groups = copy.deepcopy(scheduler.state_dict()), _saved_groups(optimizer)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": this step is a trial
@@ -124,12 +162,22 @@ def check_scheduler(trainer: Any) -> None:
                           "shorter than the run (e.g. OneCycleLR's total_steps). Nothing was written.") from None
     finally:
         scheduler.load_state_dict(state)
-        for group, saved in zip(optimizer.param_groups, groups):
-            for key, value in saved.items():
-                if isinstance(value, torch.Tensor) and isinstance(group[key], torch.Tensor):
-                    group[key].copy_(value)  # a scheduler steps a tensor learning rate in place
-                else:
-                    group[key] = value
+        _restore_groups(optimizer, groups)
+
+
+def _saved_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """A copy of each parameter group's settings (learning rate, momentum, ...), for `_restore_groups`."""
+    return [{key: value.clone() if isinstance(value, torch.Tensor) else copy.copy(value)
+             for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+
+
+def _restore_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    for group, saved in zip(optimizer.param_groups, groups):
+        for key, value in saved.items():
+            if isinstance(value, torch.Tensor) and isinstance(group[key], torch.Tensor):
+                group[key].copy_(value)  # a scheduler steps a tensor learning rate in place
+            else:
+                group[key] = value
 
 
 def first_batch(loader: Any) -> Any:
@@ -152,32 +200,40 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _checked_loss(criterion: Any, output: Any, target: Any, num_classes: int | None) -> torch.Tensor:
-    """The loss, after checking that class-index targets fit the model's outputs, and with torch's warning about
-    a target that would be broadcast against the output turned into an error."""
-    if isinstance(output, torch.Tensor) and output.dim() == 2 and isinstance(target, torch.Tensor) \
-            and target.dim() == 1 and not target.is_floating_point():
-        classes = output.shape[1]
-        if num_classes is not None and classes != num_classes:
-            raise ConfigError(f"The model gives {classes} outputs per sample, but the data has {num_classes} classes "
-                              "(the data loader's num_classes). Set the model's number of classes (its num_classes "
-                              f"arg, or your model's equivalent) to {num_classes}. Nothing was written.")
-        low, high = int(target.min()), int(target.max())
-        if low < 0 or high >= classes:
-            raise ConfigError(f"A batch holds label {high if high >= classes else low}, but the model gives {classes} "
-                              f"outputs per sample (classes 0..{classes - 1}). Set the model's num_classes (and the "
-                              "data loader's) to the number of classes in the data. Nothing was written.")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loss = criterion(output, target)
+def _check_labels(trainer: Any, batch: Any, num_classes: int | None) -> None:
+    """Class-index targets against the model's outputs, before a loss sees them (on CUDA, a label outside the
+    outputs is a device-side assert that ends the process). The output comes from `trainer.forward`; a subclass
+    whose batches it cannot take is left to its own step."""
+    try:
+        with torch.no_grad(), autocast(trainer.device, trainer.amp_dtype):
+            output, target = trainer.forward(trainer.model, batch)
+    except Exception:
+        return
+    if not (isinstance(output, torch.Tensor) and output.dim() == 2 and isinstance(target, torch.Tensor)
+            and target.dim() == 1 and not target.is_floating_point()):
+        return
+    classes = output.shape[1]
+    if num_classes is not None and classes != num_classes:
+        raise ConfigError(f"The model gives {classes} outputs per sample, but the data has {num_classes} classes "
+                          "(the data loader's num_classes). Set the model's number of classes (its num_classes "
+                          f"arg, or your model's equivalent) to {num_classes}. Nothing was written.")
+    low, high = int(target.min()), int(target.max())
+    if low < 0 or high >= classes:
+        raise ConfigError(f"A batch holds label {high if high >= classes else low}, but the model gives {classes} "
+                          f"outputs per sample (classes 0..{classes - 1}). Set the model's num_classes (and the "
+                          "data loader's) to the number of classes in the data. Nothing was written.")
+
+
+def _check_warnings(caught: list[warnings.WarningMessage], step: Any) -> None:
+    """torch's warning about a loss target that would be broadcast against the output, as an error; the step's
+    other warnings are shown as they were."""
     for warning in caught:
         if "target size" in str(warning.message):
-            raise ConfigError(f"The model's output {describe(output)} and the target {describe(target)} have different "
-                              "shapes, so the loss would broadcast them and compare every output with every target. "
-                              "Make the model's output shape match the target (e.g. MLP's out_features), or "
-                              "reshape the target in the data loader. Nothing was written.")
+            raise ConfigError(f"The model's output {describe(step.output)} and the target {describe(step.target)} "
+                              "have different shapes, so the loss would broadcast them and compare every output with "
+                              "every target. Make the model's output shape match the target (e.g. MLP's "
+                              "out_features), or reshape the target in the data loader. Nothing was written.")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return loss
 
 
 def _check_loss(loss: Any) -> None:

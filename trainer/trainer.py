@@ -92,7 +92,7 @@ class Trainer(TrainingState):
         logged = ["loss", *metrics] + [f"val_{n}{suffix}" for suffix in self.validated for n in ["loss", *metrics]]
         self.monitor = Monitor(self.cfg["monitor"] if data is not None else "off", logged, config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
-        self.stop, self.run, self.checking = StopSignals(), None, False  # checking: see trainer/preflight.py
+        self.stop, self.run = StopSignals(), None
 
         # Loop state: everything below goes into checkpoints (trainer/state.py).
         self.epoch, self.batch_idx, self.global_step = 1, 0, 0

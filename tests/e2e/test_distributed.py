@@ -157,7 +157,7 @@ def counted_batch(self, batch):
 
 def poisoned_step(self, model, batch):  # a NaN loss on the last batch of the second window, in every process
     step = training_step(self, model, batch)
-    return step._replace(loss=step.loss * float("nan")) if not self.checking and self.batch_idx == 3 else step
+    return step._replace(loss=step.loss * float("nan")) if self.batch_idx == 3 else step
 
 def kept_average(self):
     averaged["local"] = {{n: p.grad.clone() for n, p in self.model.named_parameters()}}

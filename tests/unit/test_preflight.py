@@ -134,6 +134,39 @@ def test_the_check_puts_back_buffers_gradients_and_random_state():
     assert torch.equal(rng, torch.get_rng_state()) and model.training
 
 
+def test_the_check_puts_back_whatever_a_step_with_side_effects_changed():
+    from trainer.trainer import Trainer
+
+    class SideEffects(Trainer):
+        """A step that steps the optimizer itself, and keeps a counter, a list and a tensor of its own."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls, self.seen, self.hidden = 0, [], torch.zeros(3)
+
+        def training_step(self, model, batch):
+            super().training_step(model, batch).loss.backward()  # a step of its own, as a GAN's discriminator takes
+            self.optimizer.step()
+            self.calls += 1
+            self.seen.append(self.calls)
+            self.hidden += 1
+            self.added = True
+            return super().training_step(model, batch)
+
+    config = Config.load(REPO / "configs" / "config.yaml", [*FAST, "optimizer.type=Adam"])
+    data = build_data_loader(config["data_loader"], config["seed"])
+    model = build_model(config)
+    optimizer = build_optimizer(config, model)
+    trainer = SideEffects(model, build_criterion(config), build_metrics(config), optimizer, config,
+                          torch.device("cpu"), data=training_data(data, torch.device("cpu"), "CsvImageDataLoader"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    preflight.check_one_batch(trainer, 10)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "parameters changed"
+    assert not optimizer.state and all(p.grad is None for p in model.parameters())
+    assert trainer.calls == 0 and trainer.seen == [] and torch.equal(trainer.hidden, torch.zeros(3))
+    assert not hasattr(trainer, "added")
+
+
 def test_a_scheduler_that_cannot_step_is_refused_before_writing(save_dir, capsys):
     err = refused(save_dir, capsys, "lr_scheduler.args.T_max=abc")
     assert "command line's lr_scheduler.args.T_max=abc: lr_scheduler 'CosineAnnealingLR' fails on its next step" in err
