@@ -4,8 +4,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from trainer.callbacks import misspelt_event
 from trainer.trainer import Trainer
 from utils.config import Config
+from utils.construct import call_with_args
 from utils.errors import ConfigError, blame
 from utils.registry import lookup
 
@@ -27,6 +29,26 @@ def build_trainer(config: Config, resume: dict[str, Any] | None = None, **parts:
                           "would be silently ignored. Move that logic to training_step / validation_step "
                           "(docs/training_step.md, docs/classic.md).")
     trainer = config.init_obj("trainer", config=config, **parts)
+    trainer.callbacks = build_callbacks(config)
+    misspelt = misspelt_event(trainer)
+    if misspelt:
+        raise ConfigError(f"{blame(config.source, 'trainer.type')}: trainer.type '{name}' {misspelt}")
     if resume is not None:
         trainer.load_state_dict(resume)
     return trainer
+
+
+def build_callbacks(config: Config) -> list[Any]:
+    """The config's `callbacks`, each built from its `type` (trainer/custom.py, or trainer/callbacks.py) and
+    `args`."""
+    callbacks = []
+    for i, spec in enumerate(config["callbacks"]):
+        spec = {"type": spec} if isinstance(spec, str) else spec
+        key = f"callbacks[{i}]"
+        cls = lookup(spec["type"], "callbacks", key, config.source)
+        callback = call_with_args(cls, spec.get("args") or {}, key, config.source)
+        misspelt = misspelt_event(callback)
+        if misspelt:
+            raise ConfigError(f"{blame(config.source, key)}: {key}, the callback '{spec['type']}', {misspelt}")
+        callbacks.append(callback)
+    return callbacks

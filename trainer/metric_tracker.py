@@ -60,6 +60,16 @@ class MetricTracker:
         self.sums = torch.zeros(len(self.names), device=device, dtype=self.dtype)
         self.totals: dict[str, torch.Tensor] = {}  # the summed metrics' totals, created on the first batch
         self.count = 0
+        self.logged: dict[str, torch.Tensor] = {}  # Trainer.log's values: [sum, calls] by name
+
+    def log(self, name: str, value: Any) -> None:
+        """Add one value of `name`; its figure is the mean over the calls."""
+        if name in self.names or name.startswith("val_"):
+            raise ValueError(f"log('{name}'): that name is taken by the loss, a metric or validation's values; "
+                             "log under another name")
+        pair = torch.stack([as_scalar(value, name, self.device).to(self.dtype), torch.ones((), dtype=self.dtype,
+                                                                                           device=self.device)])
+        self.logged[name] = self.logged[name] + pair if name in self.logged else pair
 
     def update(self, loss: torch.Tensor, output: Any, target: Any) -> None:
         n = batch_size(target)
@@ -80,7 +90,9 @@ class MetricTracker:
         """Figures over every sample seen, by all processes under DDP (sums and counts are all-reduced, so the
         figures are exact, not an average of per-process averages). A collective call under DDP."""
         summed = [name for name in self.summed if name in self.totals]
-        parts = [self.sums, self.sums.new_tensor([self.count]), *(self.totals[name] for name in summed)]
+        logged = sorted(self.logged)
+        parts = [self.sums, self.sums.new_tensor([self.count]), *(self.totals[name] for name in summed),
+                 *(self.logged[name] for name in logged)]
         flat = distributed.all_reduce(torch.cat(parts))
         *sums, count = flat[:len(self.names) + 1].tolist()
         result = {prefix + name: total / max(count, 1) for name, total in zip(self.names, sums)}
@@ -89,13 +101,19 @@ class MetricTracker:
             size = len(self.totals[name])
             result[prefix + name] = float(self.summed[name][1](flat[offset:offset + size]))
             offset += size
+        for name in logged:
+            total, calls = flat[offset:offset + 2].tolist()
+            result[prefix + name] = total / calls
+            offset += 2
         return result
 
     def state_dict(self) -> dict:
         return {"sums": self.sums.cpu(), "count": self.count,
-                "totals": {name: total.cpu() for name, total in self.totals.items()}}
+                "totals": {name: total.cpu() for name, total in self.totals.items()},
+                "logged": {name: pair.cpu() for name, pair in self.logged.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums = state["sums"].to(self.sums.device)
         self.count = state["count"]
         self.totals = {name: total.to(self.device) for name, total in state.get("totals", {}).items()}
+        self.logged = {name: pair.to(self.device) for name, pair in state.get("logged", {}).items()}

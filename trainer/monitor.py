@@ -15,19 +15,24 @@ log = logging.getLogger(__name__)
 class Monitor:
     """Tracks `min <key>` or `max <key>` of the logged values: the best so far and epochs since it improved."""
 
-    def __init__(self, spec: str, logged: list[str], source: str):
+    def __init__(self, spec: str, source: str):
         self.mode, self.key = ("off", None) if spec == "off" else spec.split()
-        if self.key is not None and self.key not in logged:
-            raise ConfigError(f"{blame(source, 'trainer.monitor')}: trainer.monitor names '{self.key}', which is not logged. "
-                              f"Logged values: {', '.join(logged)}.")
+        self.source = source
         self.best = math.inf if self.mode == "min" else -math.inf
         self.not_improved = 0
         self.kept: list[list] = []  # [value, file name] of the epoch checkpoints kept
+
+    def check(self, logged: list[str]) -> None:
+        """The monitored value must be among the `logged` ones (the check before writing knows them all)."""
+        if self.key is not None and self.key not in logged:
+            raise ConfigError(f"{blame(self.source, 'trainer.monitor')}: trainer.monitor names '{self.key}', which is "
+                              f"not logged. Logged values: {', '.join(logged)}.")
 
     def update(self, epoch_log: dict[str, float]) -> bool:
         """Record an epoch's values; whether the monitored one improved (a NaN never does)."""
         if self.key is None:
             return False
+        self.check(list(epoch_log))
         value = epoch_log[self.key]
         improved = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
         if improved:

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from data_loader.batch_transforms import training_batch
 from data_loader.transforms import TRANSFORM_ORDER
-from trainer.metric_tracker import as_scalar
+from trainer.callbacks import EVENTS
+from trainer.metric_tracker import MetricTracker, as_scalar
 from utils.device import autocast, to_device
 from utils.errors import ConfigError, TemplateError, blame, reason
 from utils.rng import get_rng_state, set_rng_state
@@ -45,6 +46,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                               f"transform (or augment, batch_transform): each step's args, and their order "
                               f"({TRANSFORM_ORDER}). Nothing was written.") from None
         model.train()
+        trainer.logging_to = trainer.tracker
         _check_labels(trainer, batch, num_classes)
         try:
             with autocast(trainer.device, trainer.amp_dtype), warnings.catch_warnings(record=True) as caught:
@@ -70,6 +72,31 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                                   "the config's metrics.") from None
         step.loss.backward()
         check_scheduler(trainer)
+        val_logged = _check_validation_step(trainer)
+        names = ["loss", *trainer.metrics, *trainer.tracker.logged]
+        names += [f"val_{name}{suffix}" for suffix in trainer.validated for name in ["loss", *trainer.metrics,
+                                                                                    *val_logged]]
+        if not (trainer.callbacks or any(hasattr(trainer, event) for event in EVENTS)):
+            trainer.monitor.check(names)  # else events may log more; the first epoch's end checks it
+
+
+@torch.no_grad()
+def _check_validation_step(trainer: Any) -> list[str]:
+    """One batch of the validation data through `validation_step` in eval mode; the names it logs."""
+    if not trainer.validated:
+        return []
+    trainer.model.eval()
+    trainer.logging_to = MetricTracker(trainer.metrics, trainer.device)
+    try:
+        batch = to_device(first_batch(trainer.val_loader), trainer.device, trainer.cfg["channels_last"])
+        with autocast(trainer.device, trainer.amp_dtype):
+            trainer.validation_step(trainer.model, batch)
+    except TemplateError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"One batch of the validation data does not go through the validation step: {reason(e)}. "
+                          "Nothing was written.") from None
+    return list(trainer.logging_to.logged)
 
 
 @contextlib.contextmanager
@@ -77,7 +104,8 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
     """Whatever the step inside does, put back afterwards: the parameters and buffers (copied to the CPU, so the
     check takes no device memory of its own), gradients, the optimizer's, scheduler's, scaler's and EMA's state,
     the random state, the trainer's own attributes (tensors, numbers, lists and dicts by value, so a subclass's
-    running state is put back too) and the samples the check skipped; the model goes back to its mode."""
+    running state is put back too), the running sums, the callbacks' state and the samples the check skipped;
+    the model goes back to its mode."""
     model = trainer.model
     tensors = [(t, t.detach().to("cpu", copy=True)) for t in [*model.parameters(), *model.buffers()]]
     grads, was_training, rng = [(p, p.grad) for p in model.parameters()], model.training, get_rng_state()
@@ -87,6 +115,8 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
               if (part := getattr(trainer, name)) is not None}
     ema = copy.deepcopy(trainer.ema.state_dict()) if trainer.ema is not None else None
     attributes = {name: _by_value(value) for name, value in vars(trainer).items()}
+    tracker = _by_value(trainer.tracker.state_dict())
+    callbacks = [(c, _by_value(c.state_dict())) for c in trainer.callbacks if hasattr(c, "load_state_dict")]
     try:
         yield
     finally:
@@ -106,6 +136,9 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
         for name in set(vars(trainer)) - set(attributes):
             delattr(trainer, name)
         vars(trainer).update(attributes)
+        trainer.tracker.load_state_dict(tracker)
+        for callback, state in callbacks:
+            callback.load_state_dict(state)
         set_rng_state(rng)
         if trainer.data.bad_samples is not None:
             trainer.data.bad_samples.take()  # samples the check skipped are counted again in the epoch

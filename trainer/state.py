@@ -40,8 +40,9 @@ class TrainingState:
     """The checkpoint side of the Trainer: `state_dict`, `load_state_dict` and the saves during a run."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly: tensors and plain values only."""
-        return {
+        """Everything needed to continue the run exactly: tensors and plain values only. The `on_save_checkpoint`
+        event may add entries of its own."""
+        state = {
             "format": FORMAT,
             "torch_version": str(torch.__version__),
             "config": self.config.data,
@@ -58,7 +59,11 @@ class TrainingState:
             "world_size": self.dist.world_size,
             # Each process's own random state and running sums, in rank order (one entry without DDP).
             "per_rank": distributed.gather({"rng": get_rng_state(), "tracker": self.tracker.state_dict()}),
+            "callbacks": [{"type": type(c).__name__, "state": c.state_dict() if hasattr(c, "state_dict") else None}
+                          for c in self.callbacks],
         }
+        self.call("on_save_checkpoint", state)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
@@ -92,6 +97,19 @@ class TrainingState:
         else:
             self._rederive_position(ranks, world, saved_batch)
         set_rng_state(ranks[min(self.dist.rank, len(ranks) - 1)]["rng"])
+        self._load_callbacks(state.get("callbacks", []))
+        self.call("on_load_checkpoint", state)
+
+    def _load_callbacks(self, saved: list[dict[str, Any]]) -> None:
+        """Each callback's saved state, matched by position and class; a callback the checkpoint lacks starts
+        fresh, and the log says so."""
+        for i, callback in enumerate(self.callbacks):
+            name = type(callback).__name__
+            entry = saved[i] if i < len(saved) and saved[i]["type"] == name else None
+            if entry is None:
+                log.warning("The checkpoint holds no state for callbacks[%d] (%s): it starts fresh.", i, name)
+            elif entry["state"] is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(entry["state"])
 
     def _rederive_position(self, ranks: list[dict], world: int, saved_batch: int) -> None:
         """Resume with another number of processes or batch size: continue from the same global sample
@@ -101,9 +119,11 @@ class TrainingState:
         self.batch_idx = seen // (batch * self.dist.world_size)
         if self.dist.is_main:
             totals = [r["tracker"].get("totals", {}) for r in ranks]
+            logged = [r["tracker"].get("logged", {}) for r in ranks]
             self.tracker.load_state_dict({"sums": sum(r["tracker"]["sums"] for r in ranks),
                                           "count": sum(r["tracker"]["count"] for r in ranks),
-                                          "totals": {k: sum(t[k] for t in totals if k in t) for k in totals[0]}})
+                                          "totals": {k: sum(t[k] for t in totals if k in t) for k in totals[0]},
+                                          "logged": {k: sum(t[k] for t in logged if k in t) for k in logged[0]}})
         if seen:
             log.warning("The checkpoint was written by %d process(es) with batch size %d, this run has %d with %d: "
                         "the data order of epoch %d is re-derived from sample %d on (batch %d); random draws will "

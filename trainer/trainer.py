@@ -5,7 +5,9 @@ stop), progress.py (log lines, progress bar, TensorBoard), signals.py (stop sign
 weights), data_loader/batch_transforms.py (MixUp, CutMix).
 
 To change what a step computes, subclass `Trainer`, override `forward`, `compute_loss`, `training_step` or
-`validation_step`, and name the subclass in the config's `trainer.type` (examples: trainer/custom.py).
+`validation_step`, and name the subclass in the config's `trainer.type` (examples: trainer/custom.py). To act at
+points of the run (epoch start, before the optimizer step, ...), define the events of trainer/callbacks.py on the
+subclass or list callbacks in the config; `self.log(name, value)` logs a value of your own from any of them.
 """
 from __future__ import annotations
 
@@ -89,10 +91,11 @@ class Trainer(TrainingState):
         # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
         self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
             if self.val_loader else {}
-        logged = ["loss", *metrics] + [f"val_{n}{suffix}" for suffix in self.validated for n in ["loss", *metrics]]
-        self.monitor = Monitor(self.cfg["monitor"] if data is not None else "off", logged, config.source)
+        self.monitor = Monitor(self.cfg["monitor"] if data is not None else "off", config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
         self.stop, self.run = StopSignals(), None
+        self.callbacks: list[Any] = []  # trainer/factory.py sets the config's `callbacks`
+        self.logging_to: MetricTracker | None = None  # where `log` adds values: this epoch's or validation's
 
         # Loop state: everything below goes into checkpoints (trainer/state.py).
         self.epoch, self.batch_idx, self.global_step = 1, 0, 0
@@ -125,6 +128,26 @@ class Trainer(TrainingState):
         output, target = self.forward(model, batch)
         return Step(self.criterion(output, target), output, target)
 
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Log one number from a training or validation step, or from an event between an epoch's start and its
+        last batch: its mean over the epoch's calls (over every process under DDP) appears in the progress line,
+        history.jsonl and TensorBoard as `name` in training and `val_<name>` in validation, and `trainer.monitor`
+        can name it. Log the same names on every process."""
+        if self.logging_to is None:
+            raise ValueError(f"log('{name}') was called outside an epoch's training or validation; call it from a "
+                             "step, or from an event between on_train_epoch_start and the last on_train_batch_end")
+        self.logging_to.log(name, value)
+
+    def call(self, event: str, *args: Any) -> None:
+        """The event (trainer/callbacks.py) on this trainer, when a subclass defines it, then on each callback."""
+        own = getattr(self, event, None)
+        if own is not None:
+            own(*args)
+        for callback in self.callbacks:
+            hook = getattr(callback, event, None)
+            if hook is not None:
+                hook(self, *args)
+
     # ------------------------------------------------------------------ the loop
     def fit(self, run: RunPaths) -> dict[str, float]:
         """Train until `epochs` or early stopping, writing logs and checkpoints into `run`; return the last
@@ -137,26 +160,37 @@ class Trainer(TrainingState):
                         self.epoch - 1, self.epochs)
             return {}
         last: dict[str, float] = {}
-        with self.stop, self.progress.open(run.log, self.model, self.global_step):
-            while self.epoch <= self.epochs and not self.monitor.early_stopped(self.cfg["early_stop"]):
-                started = time.perf_counter()
-                last = {**self.train_epoch(), **self.validate()}
-                self.end_epoch(last, time.perf_counter() - started)
-            best = {f"best_{self.monitor.key}": self.monitor.best} if self.monitor.key else {}
-            self.progress.finish(self.config.data, best, last, self.global_step, self.data.state)
+        try:
+            with self.stop, self.progress.open(run.log, self.model, self.global_step):
+                self.call("on_fit_start")
+                while self.epoch <= self.epochs and not self.monitor.early_stopped(self.cfg["early_stop"]):
+                    started = time.perf_counter()
+                    last = {**self.train_epoch(), **self.validate()}
+                    self.end_epoch(last, time.perf_counter() - started)
+                self.call("on_fit_end", last)
+                best = {f"best_{self.monitor.key}": self.monitor.best} if self.monitor.key else {}
+                self.progress.finish(self.config.data, best, last, self.global_step, self.data.state)
+        except BaseException as e:
+            self.call("on_exception", e)
+            raise
         return last
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training data (from `batch_idx` on, after a resume); the epoch's mean values."""
         self.model.train()
+        self.logging_to = self.tracker
+        if self.batch_idx == 0:
+            self.call("on_train_epoch_start")
         loader = self.train_loader
         loader.sampler.set_epoch(self.epoch)
         loader.sampler.skip(self.batch_idx * loader.batch_size)
         for batch in self.progress.batches(loader, len(loader), self.batch_idx, f"epoch {self.epoch}/{self.epochs}"):
             self.train_batch(training_batch(batch, self.data.batch_transform, loader.sampler, self.batch_idx,
                                             self.device, self.cfg["channels_last"]))
+        self.logging_to = None
         result = self.tracker.result()
         self.check_finite(result["loss"])
+        self.call("on_train_epoch_end", result)
         return result
 
     def train_batch(self, batch: Any) -> None:
@@ -167,12 +201,15 @@ class Trainer(TrainingState):
         if self.batch_idx == window_start:
             self.optimizer.zero_grad(set_to_none=True)
             self.window_has_grad = False
+        self.call("on_train_batch_start", batch)
+        step = None
         # Under DDP the processes average their gradients in the backward of a window's last batch only.
         local = self.train_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
         with self.progress.watch(batch, self.epoch, self.global_step, self.batch_idx == window_start), local:
             with autocast(self.device, self.amp_dtype):
                 step = self.training_step(self.train_model, batch)
             if self.cfg["on_nan"] == "skip_batch" and self._any_rank(~torch.isfinite(step.loss)):
+                step = None
                 self.progress.skipped_batches += 1
                 if last and self.window_has_grad and self.dist.enabled:
                     self._average_gradients()  # the window's earlier batches kept theirs local
@@ -181,14 +218,19 @@ class Trainer(TrainingState):
                 self.tracker.update(*step)
                 self.window_has_grad = True
         self.batch_idx += 1
-        if self.batch_idx - window_start == window and self.window_has_grad:
+        stepped = self.batch_idx - window_start == window and self.window_has_grad
+        if stepped:
             self.optimizer_step()
-            self.after_step()
+        self.call("on_train_batch_end", batch, step)
+        if stepped:
+            self.after_step()  # logging and step-level saves, after every event of the batch
 
     def optimizer_step(self) -> None:
+        """Unscale (fp16), clip, step, count; then the scheduler's step-level schedule and the EMA."""
+        self.scaler.unscale_(self.optimizer)  # what scaler.step does anyway; events and clipping see true gradients
         if self.cfg["grad_clip_norm"]:
-            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip_norm"])
+        self.call("on_before_optimizer_step", self.optimizer)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
@@ -196,6 +238,7 @@ class Trainer(TrainingState):
             self.step_scheduler()
         if self.ema is not None:
             self.ema.update(self.model, self.epoch, self.global_step)
+        self.call("on_after_optimizer_step", self.optimizer)
 
     def step_scheduler(self, *value: float) -> None:
         """The LR scheduler's step. Under fp16 the scaler skips an optimizer step whose gradients overflow (often the
@@ -213,6 +256,9 @@ class Trainer(TrainingState):
         if self.ema is not None:
             self.ema.follow(self.model)
         values: dict[str, float] = {}
+        if not self.validated:
+            return values
+        self.call("on_validation_start")
         for suffix, model in self.validated.items():
             # Under DDP a stop waits for the end of validation, so that all processes stop at the same point.
             result = self.evaluate(self.val_loader, f"valid{suffix} {self.epoch}/{self.epochs}", model=model,
@@ -221,6 +267,7 @@ class Trainer(TrainingState):
             if result is None:
                 self.stop_now(self.stop.requested)
             values.update({f"val_{name}{suffix}": value for name, value in result.items()})
+        self.call("on_validation_end", values)
         return values
 
     @torch.no_grad()
@@ -234,6 +281,7 @@ class Trainer(TrainingState):
         was_training = model.training
         model.eval()
         tracker = MetricTracker(self.metrics, self.device)
+        outer, self.logging_to = self.logging_to, tracker
         try:
             for batch in tqdm(batches_of(loader), total=len(loader), desc=desc, leave=False,
                               disable=None if self.dist.is_main else True, dynamic_ncols=True):
@@ -247,6 +295,7 @@ class Trainer(TrainingState):
                     observe(batch, step)
         finally:
             model.train(was_training)
+            self.logging_to = outer
         return tracker.result()
 
     def end_epoch(self, epoch_log: dict[str, float], seconds: float) -> None:

@@ -37,6 +37,7 @@ CATALOGS = {
     "metrics": Catalog(("model.metric",), ("model.builtin.metrics",)),
     "data_loader": Catalog(("data_loader.data_loaders",), ("data_loader.builtin", "data_loader.device_loader")),
     "trainer": Catalog(("trainer.custom",), ("trainer.trainer",)),
+    "callbacks": Catalog(("trainer.custom",), ("trainer.callbacks",)),
     "optimizer": Catalog((), ("torch.optim",)),
     "lr_scheduler": Catalog((), ("torch.optim.lr_scheduler",)),
     "arch.init": Catalog((), ("torch.nn.init",)),

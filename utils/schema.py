@@ -115,6 +115,9 @@ SCHEMA: list[Key] = [
         kind="spec"),
     Key("metrics", [], "names in `model/metric.py` or the template's metrics, or `{type, args}` entries",
         Rule("a list of names, e.g. [accuracy, top_k_acc]", lambda v: isinstance(v, list)), kind="objects"),
+    Key("callbacks", [], "objects whose methods run at the run's events (epoch start, before the optimizer step, "
+        "...; [callbacks.md](callbacks.md)): names of classes in `trainer/custom.py`, or `{type, args}` entries",
+        Rule("a list of callback class names, e.g. [MyCallback]", lambda v: isinstance(v, list)), kind="objects"),
     Key("lr_scheduler", None, "`{type, args}` from `torch.optim.lr_scheduler` (`optimizer` is supplied); "
         "`ReduceLROnPlateau` is fed the monitored value", kind="object"),
     Key("lr_scheduler.interval", "epoch", "`epoch` steps the scheduler after each epoch, `step` after each optimizer "

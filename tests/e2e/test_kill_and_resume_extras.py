@@ -68,3 +68,40 @@ def test_training_on_the_device_loader_resumes_exactly(tmp_path):
     assert result.returncode == -signal.SIGKILL
     assert train.main(["--resume", str(run)]) == 0
     assert_same_state(tmp_path / "models" / "digits_cnn" / "ref" / "checkpoint-latest.pth", run / "checkpoint-latest.pth")
+
+
+STATEFUL_CALLBACK = '''
+
+class LossAverage(Callback):
+    """A running average of the training loss, logged after every batch: state that a resume must give back."""
+
+    def __init__(self, decay: float = 0.9):
+        self.decay, self.average = decay, None
+
+    def on_train_batch_end(self, trainer, batch, step):
+        loss = step.loss.detach().double()
+        self.average = loss if self.average is None else self.decay * self.average + (1 - self.decay) * loss
+        trainer.log("loss_average", self.average)
+
+    def state_dict(self):
+        return {"average": self.average}
+
+    def load_state_dict(self, state):
+        self.average = state["average"]
+'''
+
+
+def test_a_stateful_callback_and_logged_values_resume_bit_identically_after_sigkill(project, tmp_path, monkeypatch):
+    import trainer.custom
+
+    (project / "trainer" / "custom.py").write_text((project / "trainer" / "custom.py").read_text()
+                                                   + "\nfrom trainer.callbacks import Callback\n" + STATEFUL_CALLBACK)
+    namespace = {"__name__": "trainer.custom"}
+    exec("from trainer.callbacks import Callback\n" + STATEFUL_CALLBACK, namespace)
+    monkeypatch.setattr(trainer.custom, "LossAverage", namespace["LossAverage"], raising=False)
+    ref, resumed = killed_and_resumed(project, tmp_path, "callbacks=[{type: LossAverage, args: {decay: 0.8}}]",
+                                      "trainer.monitor=min loss_average")
+    assert_same_state(ref, resumed)
+    a, b = load_checkpoint(ref), load_checkpoint(resumed)
+    assert a["callbacks"] == b["callbacks"] and a["callbacks"][0]["state"]["average"] > 0
+    assert a["history"] == b["history"] and "loss_average" in a["history"][0]

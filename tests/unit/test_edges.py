@@ -195,14 +195,15 @@ def test_new_project_names_the_environment_setup_before_training(tmp_path, capsy
 
 def test_a_corrupt_image_found_in_the_first_epoch_removes_the_new_run(tmp_path, capsys):
     data = tiny_digits(tmp_path / "digits")
-    # A validation image: the check before writing reads a training batch only, so training starts and writes.
+    # The last validation image: the check before writing reads the first batch of each split only, so training
+    # starts and writes.
     from data_loader.builtin import CsvImageDataLoader
 
     loader = CsvImageDataLoader(data_dir=str(data), validation_split=20, seed=0)
     dataset = loader.make_dataset(True, None)
-    victim = data / dataset.samples[loader.split()[1][0]][0]
+    victim = data / dataset.samples[loader.split()[1][-1]][0]
     victim.write_bytes(b"not a png")
-    assert train.main(train_args(tmp_path / "saved", data)) == 2
+    assert train.main(train_args(tmp_path / "saved", data, "data_loader.args.batch_size=10")) == 2
     err = capsys.readouterr().err
     assert f"Cannot read image '{victim}'" in err
     assert not list((tmp_path / "saved" / "models" / "digits_cnn").iterdir())

@@ -297,7 +297,8 @@ def test_plateau_scheduler_per_step_and_changed_scheduler_on_resume_are_refused(
 def test_an_fp16_step_skipped_for_overflow_does_not_warn_about_the_scheduler(save_dir, monkeypatch):
     # A loss near 1e34 is finite, but scaled by the gradient scaler (65536) it overflows: the first optimizer
     # step is skipped, as often at the start of fp16 training, while the per-step scheduler steps.
-    poison_loss(monkeypatch, lambda n: n <= 2, factor=1e34)  # the check before writing, then the first batch
+    poison_loss(monkeypatch, lambda n: n <= 3, factor=1e34)  # the check (a training and a validation batch), then
+    # the first batch
     one_cycle = "lr_scheduler={type: OneCycleLR, args: {max_lr: 0.01, total_steps: 20}, interval: step}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -309,7 +310,7 @@ def test_an_fp16_step_skipped_for_overflow_does_not_warn_about_the_scheduler(sav
 
 
 def test_fp16_window_with_every_batch_skipped_does_not_step(save_dir, monkeypatch):
-    poison_loss(monkeypatch, lambda n: n <= 40)  # the whole first epoch (20 batches of 2 accumulated)
+    poison_loss(monkeypatch, lambda n: n <= 42)  # the check's two calls and the whole first epoch (20 batches of 2)
     args = fast_args(save_dir, "trainer.amp=fp16", "trainer.on_nan=skip_batch", "trainer.accumulate_grad_batches=2")
     assert train.main(args) == 0
     state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
