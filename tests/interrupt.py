@@ -43,8 +43,8 @@ def interrupting(at: str, send: str = "KILL", group: bool = False) -> Iterator[N
     if where == "step":
         owner, name, original = Trainer, "optimizer_step", Trainer.optimizer_step
 
-        def patched(self):
-            original(self)
+        def patched(self, *closure):
+            original(self, *closure)
             if self.global_step == number:
                 fire()
     elif where == "epoch-start":
@@ -67,8 +67,8 @@ def interrupting(at: str, send: str = "KILL", group: bool = False) -> Iterator[N
 
         owner, name, original = Trainer, "optimizer_step", Trainer.optimizer_step
 
-        def patched(self):
-            original(self)
+        def patched(self, *closure):
+            original(self, *closure)
             if self.global_step == number and self.dist.rank == 1:
                 raise DataError("Cannot read image 'images/0042.png': simulated failure on rank 1.")
     elif where == "validation":

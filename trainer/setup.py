@@ -19,11 +19,11 @@ from trainer.checkpoint import check_resume_config, find_resume
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
 from trainer.scheduler import build_lr_scheduler
-from trainer.trainer import Trainer
+from trainer.trainer import Trainer, needs_closure
 from utils import distributed
 from utils.config import Config
 from utils.device import configure_backends, select_device
-from utils.errors import ConfigError
+from utils.errors import ConfigError, blame
 from utils.log import setup_logging
 from utils.rng import seed_everything
 from utils.run import folder_name
@@ -99,7 +99,24 @@ def build_parts(config: Config, checkpoint: dict[str, Any] | None,
     criterion = build_criterion(config)
     metrics = build_metrics(config)
     optimizer = build_optimizer(config, model)
+    if needs_closure(optimizer):
+        check_closure_settings(config)
     lr_scheduler = build_lr_scheduler(config, optimizer)
     parts = {"model": model, "criterion": criterion, "metrics": metrics, "optimizer": optimizer, "device": device,
              "data": training, "lr_scheduler": lr_scheduler}
     return parts, getattr(data, "num_classes", None)
+
+
+def check_closure_settings(config: Config) -> None:
+    """An optimizer whose step re-evaluates the loss through a closure (LBFGS) evaluates one batch several times
+    per step: refuse the settings that cannot work that way."""
+    cfg, name = config["trainer"], config["optimizer"]["type"]
+    for key, bad, why, fix in (
+            ("amp", cfg["amp"] == "fp16", "fp16's gradient scaler cannot scale a closure", "bf16 or off"),
+            ("accumulate_grad_batches", cfg["accumulate_grad_batches"] > 1,
+             "each step evaluates one batch, so gradients cannot be accumulated over several", "1"),
+            ("on_nan", cfg["on_nan"] == "skip_batch", "the optimizer evaluates the batch itself, so a batch cannot "
+             "be skipped", "stop")):
+        if bad:
+            raise ConfigError(f"{blame(config.source, f'trainer.{key}')}: the optimizer '{name}' re-evaluates the loss "
+                              f"through a closure (its step(closure)), and {why}. Set trainer.{key}: {fix}.")

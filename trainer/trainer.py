@@ -12,6 +12,7 @@ subclass or list callbacks in the config; `self.log(name, value)` logs a value o
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -41,11 +42,17 @@ from utils.errors import TrainingError
 from utils.run import RunPaths
 from utils.signals import StopRequested, StopSignals
 
-__all__ = ["Step", "Trainer"]
+__all__ = ["Step", "Trainer", "needs_closure"]
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step` requires a closure that re-evaluates the loss (LBFGS does)."""
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 class Step(NamedTuple):
@@ -75,6 +82,7 @@ class Trainer(TrainingState):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion, self.metrics = criterion, metrics
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.closure = optimizer is not None and needs_closure(optimizer)  # LBFGS re-evaluates the batch itself
         self.data = data or TrainingData(None)
         self.train_loader, self.val_loader = self.data.train, self.data.val
         self.epochs = self.cfg["epochs"]
@@ -195,6 +203,8 @@ class Trainer(TrainingState):
 
     def train_batch(self, batch: Any) -> None:
         """Forward, loss and backward of one batch; an optimizer step once the accumulation window is full."""
+        if self.closure:
+            return self.closure_batch(batch)
         window_start = self.batch_idx - self.batch_idx % self.accumulate
         window = min(self.accumulate, len(self.train_loader) - window_start)
         last = self.batch_idx - window_start == window - 1
@@ -225,14 +235,49 @@ class Trainer(TrainingState):
         if stepped:
             self.after_step()  # logging and step-level saves, after every event of the batch
 
-    def optimizer_step(self) -> None:
-        """Unscale (fp16), clip, step, count; then the scheduler's step-level schedule and the EMA."""
-        self.scaler.unscale_(self.optimizer)  # what scaler.step does anyway; events and clipping see true gradients
+    def closure_batch(self, batch: Any) -> None:
+        """One batch for an optimizer whose step re-evaluates the loss (LBFGS): the training step, backward and
+        clipping run inside `optimizer.step(closure)`, as often as it calls the closure; the metrics and the logged
+        values are the first evaluation's. trainer/setup.py refuses the settings this cannot honour (fp16,
+        accumulation, skip_batch)."""
+        self.call("on_train_batch_start", batch)
+        evaluations: list[Step] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.amp_dtype):
+                step = self.training_step(self.train_model, batch)
+            step.loss.backward()
+            self.clip_gradients()
+            if not evaluations:
+                self.tracker.update(*step)
+                self.logging_to = None  # the optimizer's further evaluations log nothing
+            evaluations.append(step)
+            return step.loss
+
+        with self.progress.watch(batch, self.epoch, self.global_step, True):
+            self.optimizer_step(closure)
+        self.logging_to = self.tracker
+        self.batch_idx += 1
+        self.call("on_train_batch_end", batch, evaluations[0])
+        self.after_step()
+
+    def clip_gradients(self) -> None:
         if self.cfg["grad_clip_norm"]:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip_norm"])
+
+    def optimizer_step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
+        """Unscale (fp16), clip, step, count; then the scheduler's step-level schedule and the EMA. With a
+        `closure`, the optimizer calls it for the gradients (it clips them itself)."""
+        if closure is None:
+            self.scaler.unscale_(self.optimizer)  # what scaler.step does anyway: events and clipping see true values
+            self.clip_gradients()
         self.call("on_before_optimizer_step", self.optimizer)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if closure is None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step(closure)
         self.global_step += 1
         if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "step":
             self.step_scheduler()

@@ -28,6 +28,14 @@ def test_regularized_trainer_resumes_bit_identically_after_sigkill(tmp_path):
     assert_same_state(*killed_and_resumed(REPO, tmp_path, *REGULARIZED))
 
 
+def test_a_closure_optimizer_resumes_bit_identically_after_sigkill(tmp_path):
+    lbfgs = "optimizer={type: LBFGS, args: {lr: 0.2, max_iter: 4, history_size: 10}}"
+    ref, resumed = killed_and_resumed(REPO, tmp_path, lbfgs, "trainer.grad_clip_norm=5.0")
+    assert_same_state(ref, resumed)
+    state = load_checkpoint(resumed)["optimizer"]["state"][0]
+    assert state["func_evals"] > 20 and len(state["old_dirs"]) == 10  # LBFGS's memory came through the kill
+
+
 def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, user_code, tmp_path):
     assert_same_state(*killed_and_resumed(project, tmp_path, *DICT_BATCHES))
 

@@ -315,3 +315,28 @@ def test_fp16_window_with_every_batch_skipped_does_not_step(save_dir, monkeypatc
     assert train.main(args) == 0
     state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
     assert 0 < state["loop"]["global_step"] < 20
+
+
+LBFGS = "optimizer={type: LBFGS, args: {lr: 0.2, max_iter: 4, history_size: 10}}"
+
+
+def test_a_closure_optimizer_trains_from_the_config_alone_and_clips_inside_its_closure(save_dir, monkeypatch):
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clipped.append(1) or real_clip(*a, **k))
+    assert train.main(fast_args(save_dir, LBFGS, "lr_scheduler=null", "trainer.epochs=1",
+                                "trainer.grad_clip_norm=1.0")) == 0
+    state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
+    steps = state["loop"]["global_step"]
+    assert steps == 20 and state["optimizer"]["state"][0]["func_evals"] > steps  # several evaluations per step
+    assert len(clipped) == state["optimizer"]["state"][0]["func_evals"]
+    assert state["history"][0]["loss"] < 2.3
+
+
+@pytest.mark.parametrize("setting", ["trainer.amp=fp16", "trainer.accumulate_grad_batches=2",
+                                     "trainer.on_nan=skip_batch"])
+def test_settings_a_closure_optimizer_cannot_honour_are_refused_before_writing(save_dir, capsys, setting):
+    assert train.main(fast_args(save_dir, LBFGS, setting)) == 2
+    err = capsys.readouterr().err
+    assert f"({setting}): the optimizer 'LBFGS' re-evaluates the loss through a closure" in err
+    assert not save_dir.exists()
