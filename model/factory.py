@@ -88,21 +88,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         if not isinstance(group, dict) or "modules" not in group:
             raise ConfigError(f"{blame(config.source, key)}: '{key}' must be a mapping with 'modules' and the settings of that "
                               f"group, e.g. {{modules: [layer4], lr: 1.0e-4}}; got {group!r}.")
-        names = group["modules"]
-        if names == "backbone":
-            if not hasattr(model, "backbone_parameters"):
-                raise ConfigError(f"{blame(config.source, key)}: '{key}.modules: backbone' needs a model that names its backbone "
-                                  f"({type(model).__name__} does not); list module names instead.")
-            candidates = model.backbone_parameters()
-        else:
-            candidates = []
-            for name in [names] if isinstance(names, str) else names:
-                try:
-                    candidates += list(model.get_submodule(name).parameters())
-                except AttributeError:
-                    known = [n for n, _ in model.named_modules() if n]
-                    raise ConfigError(f"{blame(config.source, key)}: '{key}.modules' names '{name}', which is not a module of "
-                                      f"{type(model).__name__}.{suggest(name, known)}") from None
+        candidates = module_parameters(model, group["modules"], key, config.source)
         params = [p for p in candidates if p.requires_grad and id(p) not in taken]
         taken |= {id(p) for p in candidates}
         groups.append({**{k: v for k, v in group.items() if k != "modules"}, "params": params})
@@ -111,6 +97,45 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     if spec.get("no_decay"):
         groups = split_groups(groups, model, spec["no_decay"], config.source)
     return config.init_obj("optimizer", params=groups if len(groups) > 1 else rest)
+
+
+def module_parameters(model: nn.Module, names: str | list[str], key: str, source: Any) -> list[nn.Parameter]:
+    """The parameters of the submodules `names` (`backbone`: the model's `backbone_parameters()`), for `key`."""
+    if names == "backbone":
+        if not hasattr(model, "backbone_parameters"):
+            raise ConfigError(f"{blame(source, key)}: '{key}.modules: backbone' needs a model that names its backbone "
+                              f"({type(model).__name__} does not); list module names instead.")
+        return model.backbone_parameters()
+    params = []
+    for name in [names] if isinstance(names, str) else names:
+        try:
+            params += list(model.get_submodule(name).parameters())
+        except AttributeError:
+            known = [n for n, _ in model.named_modules() if n]
+            raise ConfigError(f"{blame(source, key)}: '{key}.modules' names '{name}', which is not a module of "
+                              f"{type(model).__name__}.{suggest(name, known)}") from None
+    return params
+
+
+def build_optimizers(config: Config, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
+    """The config's `optimizers`, by name: each over the trainable parameters of its `modules` (all of the
+    model's without them). A parameter in two optimizers would be stepped twice: refused."""
+    optimizers, owner = {}, {}
+    for name, spec in config["optimizers"].items():
+        key = f"optimizers.{name}"
+        params = module_parameters(model, spec["modules"], key, config.source) if spec["modules"] is not None \
+            else list(model.parameters())
+        params = [p for p in params if p.requires_grad]
+        shared = next((owner[id(p)] for p in params if id(p) in owner), None)
+        if shared is not None:
+            raise ConfigError(f"{blame(config.source, key)}: '{key}.modules' shares parameters with "
+                              f"'optimizers.{shared}', so both would step them; give each optimizer its own modules.")
+        if not params:
+            raise ConfigError(f"{blame(config.source, key)}: '{key}' has no trainable parameters to optimize; check "
+                              f"its modules.")
+        owner.update({id(p): name for p in params})
+        optimizers[name] = config.init_obj(key, section="optimizer", spec=spec, params=params)
+    return optimizers
 
 
 def build_criterion(config: Config) -> Callable:

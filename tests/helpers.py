@@ -325,3 +325,39 @@ def feed(collector: ConfusionCollector, rows: range, one_hot: bool = False) -> N
         target = torch.nn.functional.one_hot(target, 3).float()
     images = torch.arange(len(rows) * 4, dtype=torch.float32).reshape(len(rows), 1, 2, 2)
     collector((images, target), Step(torch.tensor(0.0), logits(rows), target))
+
+
+# A training step that steps the optimizers of the config's `optimizers` itself, each over its part of the model.
+PER_PART_TRAINER = '''
+from trainer.trainer import Trainer
+
+
+class PerPartTrainer(Trainer):
+    """Back-propagates the loss once, then steps every optimizer of the config's `optimizers`, in order."""
+
+    def training_step(self, model, batch):
+        step = super().training_step(model, batch)
+        self.manual_backward(step.loss)
+        for name in self.optimizers:
+            self.step_optimizer(name)
+        return step
+'''
+TWO_OPTIMIZERS = ["trainer.type=PerPartTrainer", "optimizer=null", "lr_scheduler=null",
+                  "optimizers={features: {type: SGD, args: {lr: 0.05, momentum: 0.9}, modules: [features]}, "
+                  "classifier: {type: Adam, args: {lr: 1.0e-3}, modules: [classifier], lr_scheduler: {type: StepLR, "
+                  "args: {step_size: 5, gamma: 0.5}, interval: step}}}"]
+
+
+def define_in_custom(monkeypatch: pytest.MonkeyPatch, source: str, folder: Path | None = None) -> None:
+    """The classes of `source` defined in trainer/custom.py, as a user would write them there: in this process
+    (for the runs the test makes here) and, with `folder`, appended to that project copy's file too."""
+    import trainer.custom
+
+    namespace = {"__name__": "trainer.custom"}
+    exec(source, namespace)
+    for name, obj in namespace.items():
+        if isinstance(obj, type) and obj.__module__ == "trainer.custom":
+            monkeypatch.setattr(trainer.custom, name, obj, raising=False)
+    if folder is not None:
+        custom = folder / "trainer" / "custom.py"
+        custom.write_text(custom.read_text() + "\n" + source)

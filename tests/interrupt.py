@@ -41,10 +41,10 @@ def interrupting(at: str, send: str = "KILL", group: bool = False) -> Iterator[N
             os.kill(os.getpid(), signum)
 
     if where == "step":
-        owner, name, original = Trainer, "optimizer_step", Trainer.optimizer_step
+        owner, name, original = Trainer, "count_step", Trainer.count_step
 
-        def patched(self, *closure):
-            original(self, *closure)
+        def patched(self):
+            original(self)
             if self.global_step == number:
                 fire()
     elif where == "epoch-start":
@@ -65,10 +65,10 @@ def interrupting(at: str, send: str = "KILL", group: bool = False) -> Iterator[N
     elif where == "fail-rank1":
         from utils.errors import DataError
 
-        owner, name, original = Trainer, "optimizer_step", Trainer.optimizer_step
+        owner, name, original = Trainer, "count_step", Trainer.count_step
 
-        def patched(self, *closure):
-            original(self, *closure)
+        def patched(self):
+            original(self)
             if self.global_step == number and self.dist.rank == 1:
                 raise DataError("Cannot read image 'images/0042.png': simulated failure on rank 1.")
     elif where == "validation":

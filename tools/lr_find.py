@@ -17,6 +17,7 @@ from tqdm import tqdm
 from data_loader.batch_transforms import training_batch
 from trainer.trainer import Trainer
 from utils.device import autocast
+from utils.errors import ConfigError
 
 DIVERGED = 4.0  # stop once the loss, averaged over the last steps, exceeds this many times its lowest average
 WINDOW = 0.25  # the smoothed loss of a step averages the steps within this many decades of rate either side
@@ -61,9 +62,13 @@ def range_test(trainer: Trainer, lrs: list[float]) -> RangeTest:
     config's scheduler is not stepped; parameter groups keep their ratio to the first group's rate. Stops when
     the loss is not finite, or its mean over the last steps (a window as wide as the smoothing's) exceeds
     DIVERGED times the lowest such mean."""
+    if trainer.manual or trainer.closure:
+        raise ConfigError("The LR range test steps one optimizer the way the loop does; a run whose training step steps "
+                          "several optimizers itself, or whose optimizer takes a closure (LBFGS), cannot be tested "
+                          "this way. Pick the learning rates by a short search instead (docs/search.md).")
     optimizer = trainer.optimizer
     base = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]  # before a scheduler's start
-    trainer.lr_scheduler = None
+    trainer.lr_schedulers = {}
     trainer.model.train()
     half = max(1, round(WINDOW * (len(lrs) - 1) / math.log10(lrs[-1] / lrs[0])))
     batches = _batches(trainer.train_loader)

@@ -234,6 +234,11 @@ def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: s
             raise CheckpointError(f"{source} sets {key}.{part} to {now!r}, but the checkpoint was trained with "
                                   f"{before!r}. Resume with the checkpoint's own settings (leave out -c and that "
                                   f"override), change {key}.{part} back, or start a new run with -c.")
+    before, now = saved.get("optimizers"), config.get("optimizers")
+    if before != now:
+        raise CheckpointError(f"{source} sets optimizers to {now!r}, but the checkpoint was trained with {before!r}. "
+                              "Resume with the checkpoint's own settings (leave out -c and that override), or start "
+                              "a new run with -c.")
 
 
 def class_names(checkpoint: dict[str, Any]) -> list[str] | None:

@@ -58,7 +58,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             raise ConfigError(f"One batch of the training data (inputs {describe(batch)}) does not go through the "
                               f"model and the loss: {reason(e)}. {_hint(reason(e))} Nothing was written.") from None
         _check_warnings(caught, step)
-        _check_loss(step.loss)
+        _check_loss(step.loss, needs_grad=not trainer.manual)
         output = step.output.float() if isinstance(step.output, torch.Tensor) and step.output.is_floating_point() \
             else step.output
         for name, fn in trainer.metrics.items():
@@ -70,7 +70,8 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                 raise ConfigError(f"The metric '{name}' fails on a batch of the model's output {describe(output)} and "
                                   f"target {describe(step.target)}: {reason(e)}. Fix the function or remove it from "
                                   "the config's metrics.") from None
-        step.loss.backward()
+        if not trainer.manual:  # with several optimizers, the step back-propagates itself
+            step.loss.backward()
         check_scheduler(trainer)
         val_logged = _check_validation_step(trainer)
         names = ["loss", *trainer.metrics, *trainer.tracker.logged]
@@ -109,10 +110,9 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
     model = trainer.model
     tensors = [(t, t.detach().to("cpu", copy=True)) for t in [*model.parameters(), *model.buffers()]]
     grads, was_training, rng = [(p, p.grad) for p in model.parameters()], model.training, get_rng_state()
-    optimizer = trainer.optimizer
-    groups, optimizer_state = _saved_groups(optimizer), {p: _by_value(s) for p, s in optimizer.state.items()}
-    states = {name: copy.deepcopy(part.state_dict()) for name in ("lr_scheduler", "scaler")
-              if (part := getattr(trainer, name)) is not None}
+    optimizers = [(o, _saved_groups(o), {p: _by_value(s) for p, s in o.state.items()})
+                  for o in trainer.optimizers.values()]
+    states = [(part, copy.deepcopy(part.state_dict())) for part in [*trainer.lr_schedulers.values(), trainer.scaler]]
     ema = copy.deepcopy(trainer.ema.state_dict()) if trainer.ema is not None else None
     attributes = {name: _by_value(value) for name, value in vars(trainer).items()}
     tracker = _by_value(trainer.tracker.state_dict())
@@ -126,11 +126,12 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
         for param, grad in grads:
             param.grad = grad
         model.train(was_training)
-        _restore_groups(optimizer, groups)
-        optimizer.state.clear()
-        optimizer.state.update(optimizer_state)
-        for name, state in states.items():
-            getattr(trainer, name).load_state_dict(state)
+        for optimizer, groups, optimizer_state in optimizers:
+            _restore_groups(optimizer, groups)
+            optimizer.state.clear()
+            optimizer.state.update(optimizer_state)
+        for part, state in states:
+            part.load_state_dict(state)
         if ema is not None:
             trainer.ema.load_state_dict(ema, model)
         for name in set(vars(trainer)) - set(attributes):
@@ -177,25 +178,26 @@ def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
 
 
 def check_scheduler(trainer: Any) -> None:
-    """The LR scheduler's next step, then its state and the learning rates put back: args its constructor takes
+    """Each LR scheduler's next step, then its state and the learning rates put back: args its constructor takes
     but cannot use (`T_max: abc`), or a schedule that ends before the run (OneCycleLR's `total_steps`), fail here,
     not in the middle of training. A finished run (resumed to repair its files) takes no more steps: no check."""
-    scheduler, optimizer = trainer.lr_scheduler, trainer.optimizer
-    if scheduler is None or trainer.epoch > trainer.epochs:
+    if trainer.epoch > trainer.epochs:
         return
-    state, groups = copy.deepcopy(scheduler.state_dict()), _saved_groups(optimizer)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": this step is a trial
-            scheduler.step(0.0) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
-    except Exception as e:
-        name = trainer.config["lr_scheduler"]["type"]
-        raise ConfigError(f"{blame(trainer.config.source, 'lr_scheduler.args')}: lr_scheduler '{name}' fails on its "
-                          f"next step: {reason(e)}. Check lr_scheduler.args: a number written as text, or a schedule "
-                          "shorter than the run (e.g. OneCycleLR's total_steps). Nothing was written.") from None
-    finally:
-        scheduler.load_state_dict(state)
-        _restore_groups(optimizer, groups)
+    for name, scheduler in trainer.lr_schedulers.items():
+        key = f"optimizers.{name}.lr_scheduler" if trainer.manual else "lr_scheduler"
+        state, groups = copy.deepcopy(scheduler.state_dict()), _saved_groups(scheduler.optimizer)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": this step is a trial
+                scheduler.step(0.0) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
+        except Exception as e:
+            spec = trainer.config["optimizers"][name]["lr_scheduler"] if trainer.manual else trainer.config[key]
+            raise ConfigError(f"{blame(trainer.config.source, key + '.args')}: {key} '{spec['type']}' fails on its "
+                              f"next step: {reason(e)}. Check {key}.args: a number written as text, or a schedule "
+                              "shorter than the run (e.g. OneCycleLR's total_steps). Nothing was written.") from None
+        finally:
+            scheduler.load_state_dict(state)
+            _restore_groups(scheduler.optimizer, groups)
 
 
 def _saved_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -269,12 +271,12 @@ def _check_warnings(caught: list[warnings.WarningMessage], step: Any) -> None:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def _check_loss(loss: Any) -> None:
+def _check_loss(loss: Any, needs_grad: bool) -> None:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise ConfigError(f"The loss must be one floating-point number per batch (a 0-d tensor); it is "
                           f"{describe(loss)}. Use a reduction such as mean (e.g. loss.args.reduction: mean). Nothing "
                           "was written.")
-    if not loss.requires_grad:
+    if needs_grad and not loss.requires_grad:
         raise ConfigError("The loss does not depend on any trainable parameter of the model (it has no gradient): "
                           "check that the training step computes it from the model's output, and that the model is "
                           "not entirely frozen (TorchvisionClassifier's freeze). Nothing was written.")

@@ -14,16 +14,18 @@ from utils.config import Config
 from utils.errors import ConfigError, blame
 
 
-def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
-    """The config's `lr_scheduler` (None when unset), after its warmup when `lr_scheduler.warmup` is set."""
-    spec = config["lr_scheduler"]
+def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer, key: str = "lr_scheduler",
+                       spec: dict[str, Any] | None = None) -> Any:
+    """The config's `lr_scheduler` (None when unset), after its warmup when `lr_scheduler.warmup` is set; or the
+    scheduler `spec` of `key` (`optimizers.<name>.lr_scheduler`, which has no warmup)."""
+    spec = config[key] if spec is None else spec
     if spec is None:
         return None
-    scheduler = config.init_obj("lr_scheduler", optimizer=optimizer)
+    scheduler = config.init_obj(key, section="lr_scheduler", spec=spec, optimizer=optimizer)
     if isinstance(scheduler, ReduceLROnPlateau) and spec["interval"] == "step":
-        raise ConfigError(f"{blame(config.source, 'lr_scheduler')}: ReduceLROnPlateau needs the monitored value, which exists once per "
-                          "epoch; set lr_scheduler.interval: epoch.")
-    warmup = spec["warmup"]
+        raise ConfigError(f"{blame(config.source, key)}: ReduceLROnPlateau needs the monitored value, which exists "
+                          f"once per epoch; set {key}.interval: epoch.")
+    warmup = spec.get("warmup")
     if warmup is None:
         return scheduler
     if isinstance(scheduler, ReduceLROnPlateau):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from data_loader.factory import build_data_loader, load_data_state, training_data
-from model.factory import build_criterion, build_metrics, build_model, build_optimizer
+from model.factory import build_criterion, build_metrics, build_model, build_optimizer, build_optimizers
 from trainer.checkpoint import check_resume_config, find_resume
 from trainer.factory import build_trainer
 from trainer.preflight import check_one_batch
@@ -98,25 +98,36 @@ def build_parts(config: Config, checkpoint: dict[str, Any] | None,
         seed_everything(config["seed"] + dist.rank)  # same initial weights, different dropout per process
     criterion = build_criterion(config)
     metrics = build_metrics(config)
-    optimizer = build_optimizer(config, model)
-    if needs_closure(optimizer):
-        check_closure_settings(config)
-    lr_scheduler = build_lr_scheduler(config, optimizer)
-    parts = {"model": model, "criterion": criterion, "metrics": metrics, "optimizer": optimizer, "device": device,
-             "data": training, "lr_scheduler": lr_scheduler}
+    parts = {"model": model, "criterion": criterion, "metrics": metrics, "device": device, "data": training}
+    if config["optimizers"] is None:
+        optimizer = build_optimizer(config, model)
+        if needs_closure(optimizer):
+            refuse_settings(config, f"the optimizer '{config['optimizer']['type']}' re-evaluates the loss through a "
+                            "closure (its step(closure))", amp="fp16's gradient scaler cannot scale a closure",
+                            accumulate_grad_batches="each step evaluates one batch, so gradients cannot be "
+                            "accumulated over several", on_nan="the optimizer evaluates the batch itself, so a "
+                            "batch cannot be skipped")
+        parts.update(optimizer=optimizer, lr_scheduler=build_lr_scheduler(config, optimizer))
+    else:
+        refuse_settings(config, "with 'optimizers', your training step steps the optimizers itself",
+                        amp="fp16's gradient scaler is not applied to its steps (bf16 needs none)",
+                        on_nan="it decides itself what a non-finite loss skips")
+        optimizers = build_optimizers(config, model)
+        schedulers = {name: build_lr_scheduler(config, optimizer, f"optimizers.{name}.lr_scheduler", spec)
+                      for name, optimizer in optimizers.items()
+                      if (spec := config["optimizers"][name]["lr_scheduler"]) is not None}
+        parts.update(optimizer=None, lr_scheduler=None, optimizers=optimizers, lr_schedulers=schedulers)
     return parts, getattr(data, "num_classes", None)
 
 
-def check_closure_settings(config: Config) -> None:
-    """An optimizer whose step re-evaluates the loss through a closure (LBFGS) evaluates one batch several times
-    per step: refuse the settings that cannot work that way."""
-    cfg, name = config["trainer"], config["optimizer"]["type"]
-    for key, bad, why, fix in (
-            ("amp", cfg["amp"] == "fp16", "fp16's gradient scaler cannot scale a closure", "bf16 or off"),
-            ("accumulate_grad_batches", cfg["accumulate_grad_batches"] > 1,
-             "each step evaluates one batch, so gradients cannot be accumulated over several", "1"),
-            ("on_nan", cfg["on_nan"] == "skip_batch", "the optimizer evaluates the batch itself, so a batch cannot "
-             "be skipped", "stop")):
-        if bad:
-            raise ConfigError(f"{blame(config.source, f'trainer.{key}')}: the optimizer '{name}' re-evaluates the loss "
-                              f"through a closure (its step(closure)), and {why}. Set trainer.{key}: {fix}.")
+_SAFE = {"amp": ("bf16 or off", lambda v: v == "fp16"), "accumulate_grad_batches": ("1", lambda v: v > 1),
+         "on_nan": ("stop", lambda v: v == "skip_batch")}
+
+
+def refuse_settings(config: Config, subject: str, **why: str) -> None:
+    """Refuse each `trainer.<key>` of `why` that is set to what `subject` cannot honour, saying why."""
+    for key, reason in why.items():
+        fix, bad = _SAFE[key]
+        if bad(config["trainer"][key]):
+            raise ConfigError(f"{blame(config.source, f'trainer.{key}')}: {subject}, and {reason}. Set trainer.{key}: "
+                              f"{fix}.")

@@ -48,8 +48,11 @@ class TrainingState:
             "config": self.config.data,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            # With several optimizers (`optimizers`), these two hold their states by name.
+            "optimizer": {name: o.state_dict() for name, o in self.optimizers.items()} if self.manual
+            else self.optimizer.state_dict(),
+            "lr_scheduler": {name: s.state_dict() for name, s in self.lr_schedulers.items()} if self.manual
+            else self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step},
             "monitor": self.monitor.state_dict(),
@@ -68,9 +71,15 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
-                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            if self.manual:
+                for name, optimizer in self.optimizers.items():
+                    optimizer.load_state_dict(state["optimizer"][name])
+                for name, scheduler in self.lr_schedulers.items():
+                    scheduler.load_state_dict(state["lr_scheduler"][name])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+                if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+                    self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             if self.scaler.is_enabled() and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
             if self.ema is not None:

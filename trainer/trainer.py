@@ -75,14 +75,23 @@ class Trainer(TrainingState):
 
     def __init__(self, model: nn.Module, criterion: Callable, metrics: dict[str, Callable],
                  optimizer: torch.optim.Optimizer | None, config: Config, device: torch.device,
-                 data: TrainingData | None = None, lr_scheduler: Any = None, dist: Dist = Dist()):
+                 data: TrainingData | None = None, lr_scheduler: Any = None, dist: Dist = Dist(),
+                 optimizers: dict[str, torch.optim.Optimizer] | None = None, lr_schedulers: dict[str, Any] | None = None):
         self.config, self.cfg, self.device, self.dist = config, config["trainer"], device, dist
         self.model = model.to(device)
         if self.cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion, self.metrics = criterion, metrics
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        # Several optimizers by name (the config's `optimizers`): the training step steps them itself, with
+        # `manual_backward` and `step_optimizer`; otherwise the one `optimizer`, stepped by the loop.
+        self.manual = bool(optimizers)
+        self.optimizers = optimizers or ({"optimizer": optimizer} if optimizer is not None else {})
+        self.lr_schedulers = lr_schedulers or ({"optimizer": lr_scheduler} if lr_scheduler is not None else {})
+        self.intervals = {name: (config["optimizers"][name] if self.manual else config)["lr_scheduler"]["interval"]
+                          for name in self.lr_schedulers}
         self.closure = optimizer is not None and needs_closure(optimizer)  # LBFGS re-evaluates the batch itself
+        self.window, self.window_last = 1, True  # the accumulation window of the batch in training
         self.data = data or TrainingData(None)
         self.train_loader, self.val_loader = self.data.train, self.data.val
         self.epochs = self.cfg["epochs"]
@@ -90,7 +99,8 @@ class Trainer(TrainingState):
         self.amp_dtype = AMP_DTYPES[self.cfg["amp"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg["amp"] == "fp16")
         self.eval_model = maybe_compile(self.model, self.cfg["compile"])
-        self.train_model = self.eval_model if not dist.enabled else nn.parallel.DistributedDataParallel(
+        # Under DDP the wrapper averages the gradients in backward; with several optimizers step_optimizer does.
+        self.train_model = self.eval_model if not dist.enabled or self.manual else nn.parallel.DistributedDataParallel(
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.cfg["find_unused_parameters"])
         self.ema = None if data is None else build_ema(  # trainer/ema.py
@@ -209,12 +219,15 @@ class Trainer(TrainingState):
         window = min(self.accumulate, len(self.train_loader) - window_start)
         last = self.batch_idx - window_start == window - 1
         if self.batch_idx == window_start:
-            self.optimizer.zero_grad(set_to_none=True)
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
             self.window_has_grad = False
+        self.window, self.window_last = window, last
         self.call("on_train_batch_start", batch)
         step = None
         # Under DDP the processes average their gradients in the backward of a window's last batch only.
-        local = self.train_model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+        local = self.train_model.no_sync() if self.dist.enabled and not last and not self.manual \
+            else contextlib.nullcontext()
         with self.progress.watch(batch, self.epoch, self.global_step, self.batch_idx == window_start), local:
             with autocast(self.device, self.amp_dtype):
                 step = self.training_step(self.train_model, batch)
@@ -224,13 +237,14 @@ class Trainer(TrainingState):
                 if last and self.window_has_grad and self.dist.enabled:
                     self._average_gradients()  # the window's earlier batches kept theirs local
             else:
-                self.scaler.scale(step.loss / window if window > 1 else step.loss).backward()
+                if not self.manual:
+                    self.scaler.scale(step.loss / window if window > 1 else step.loss).backward()
                 self.tracker.update(*step)
                 self.window_has_grad = True
         self.batch_idx += 1
         stepped = self.batch_idx - window_start == window and self.window_has_grad
         if stepped:
-            self.optimizer_step()
+            self.count_step() if self.manual else self.optimizer_step()
         self.call("on_train_batch_end", batch, step)
         if stepped:
             self.after_step()  # logging and step-level saves, after every event of the batch
@@ -278,22 +292,58 @@ class Trainer(TrainingState):
             self.scaler.update()
         else:
             self.optimizer.step(closure)
-        self.global_step += 1
-        if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "step":
-            self.step_scheduler()
-        if self.ema is not None:
-            self.ema.update(self.model, self.epoch, self.global_step)
+        self.count_step()
         self.call("on_after_optimizer_step", self.optimizer)
 
-    def step_scheduler(self, *value: float) -> None:
-        """The LR scheduler's step. Under fp16 the scaler skips an optimizer step whose gradients overflow (often the
+    def count_step(self) -> None:
+        """An optimizer step done (with several optimizers: a window of the training step's own steps): count it,
+        step the step-level schedulers, update the EMA."""
+        self.global_step += 1
+        for name, scheduler in self.lr_schedulers.items():
+            if self.intervals[name] == "step":
+                self.step_scheduler(scheduler)
+        if self.ema is not None:
+            self.ema.update(self.model, self.epoch, self.global_step)
+
+    def manual_backward(self, loss: torch.Tensor) -> None:
+        """With `optimizers`: back-propagate `loss` as the loop does its own, as its share of the accumulation
+        window (`trainer.accumulate_grad_batches`)."""
+        (loss / self.window if self.window > 1 else loss).backward()
+
+    def step_optimizer(self, name: str, closure: Callable[[], torch.Tensor] | None = None) -> bool:
+        """With `optimizers`: step the optimizer `name` as the loop steps its own, on the last batch of an
+        accumulation window (on the others it does nothing and returns False): the gradients of its parameters
+        averaged over the processes under DDP and clipped to `trainer.grad_clip_norm`, the step (with `closure`
+        for an optimizer that takes one), then its gradients zeroed; the optimizer events before and after."""
+        if name not in self.optimizers:
+            raise ValueError(f"step_optimizer('{name}'): the config's optimizers are {', '.join(self.optimizers)}")
+        if not self.window_last:
+            return False
+        optimizer = self.optimizers[name]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.dist.enabled:
+            self._average_gradients(params)
+        if self.cfg["grad_clip_norm"]:
+            nn.utils.clip_grad_norm_(params, self.cfg["grad_clip_norm"])
+        self.call("on_before_optimizer_step", optimizer)
+        optimizer.step() if closure is None else optimizer.step(closure)
+        optimizer.zero_grad(set_to_none=True)
+        self.call("on_after_optimizer_step", optimizer)
+        return True
+
+    def step_scheduler(self, scheduler: Any, *value: float) -> None:
+        """A LR scheduler's step. Under fp16 the scaler skips an optimizer step whose gradients overflow (often the
         first), and PyTorch then warns, at the scheduler's first step only, that it stepped before the optimizer: a
         known, harmless effect (the schedule moves on by that step), silenced there alone."""
-        if not (self.scaler.is_enabled() and self.lr_scheduler.last_epoch == 0):
-            return self.lr_scheduler.step(*value)
+        if not (self.scaler.is_enabled() and scheduler.last_epoch == 0):
+            return scheduler.step(*value)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
-            self.lr_scheduler.step(*value)
+            scheduler.step(*value)
+
+    def learning_rates(self) -> list[float]:
+        """Every parameter group's learning rate, of every optimizer."""
+        return [group["lr"] for optimizer in self.optimizers.values() for group in optimizer.param_groups]
 
     def validate(self) -> dict[str, float]:
         """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
@@ -345,14 +395,16 @@ class Trainer(TrainingState):
 
     def end_epoch(self, epoch_log: dict[str, float], seconds: float) -> None:
         """Scheduler, monitor, log line and checkpoints once an epoch is complete."""
-        if self.lr_scheduler is not None and self.config["lr_scheduler"]["interval"] == "epoch":
-            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.step_scheduler(epoch_log[self.monitor.key or ("val_loss" if self.val_loader else "loss")])
+        for name, scheduler in self.lr_schedulers.items():
+            if self.intervals[name] != "epoch":
+                continue
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.step_scheduler(scheduler, epoch_log[self.monitor.key or ("val_loss" if self.val_loader else "loss")])
             else:
-                self.step_scheduler()
+                self.step_scheduler(scheduler)
         improved = self.monitor.update(epoch_log)
         self.progress.epoch(f"epoch {self.epoch}/{self.epochs}", epoch_log,
-                            [group["lr"] for group in self.optimizer.param_groups], seconds,
+                            self.learning_rates(), seconds,
                             self.monitor.key if improved else None,
                             take_bad_samples(self.data.bad_samples, self.device), self.model,
                             self.global_step)
@@ -374,7 +426,7 @@ class Trainer(TrainingState):
         if log_now:
             values = self.tracker.result()
             self.check_finite(values["loss"])
-            self.progress.step(values, self.optimizer.param_groups[0]["lr"], self.global_step)
+            self.progress.step(values, self.learning_rates()[0], self.global_step)
         every_steps, every_minutes = self.cfg["save_every_steps"], self.cfg["save_every_minutes"]
         signum, timed = None, False
         if log_now or not self.dist.enabled:
@@ -407,10 +459,11 @@ class Trainer(TrainingState):
         signum, flag = both.tolist()
         return signum or None, bool(flag)
 
-    def _average_gradients(self) -> None:
-        """What DDP's backward does: every gradient becomes its mean over the processes. A parameter without a
-        gradient here but with one elsewhere (find_unused_parameters) counts zeros; one without any stays None."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+    def _average_gradients(self, params: list[nn.Parameter] | None = None) -> None:
+        """What DDP's backward does: every gradient (of `params`, default all) becomes its mean over the processes. A
+        parameter without a gradient here but with one elsewhere (find_unused_parameters) counts zeros; one
+        without any stays None."""
+        params = [p for p in (self.model.parameters() if params is None else params) if p.requires_grad]
         present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
         for param, used in zip(params, distributed.all_reduce(present, op="max").tolist()):
             if used:

@@ -40,13 +40,17 @@ def _apply_override(config: dict[str, Any], dotted: str, value: Any, source: str
             node = node[part]
 
 
-def resolve(user: dict[str, Any], source: str) -> dict[str, Any]:
-    """`user` (a config as read) with every default filled in, checked against the schema; the first problem is a
-    ConfigError naming the key and who set it (`source`: the file, or the command line's item)."""
-    config = _mapping(user, "", source)
+def resolve(user: dict[str, Any], source: str | Source) -> dict[str, Any]:
+    """`user` (a config as read) with every default filled in, checked against the schema key by key; the first
+    problem is a ConfigError naming the key and who set it (`source`: the file, or the command line's item)."""
+    return _mapping(user, "", source)
+
+
+def check_across(config: dict[str, Any], source: Source) -> None:
+    """The rules that tie keys together, once every override is in (one override may need the next, as
+    `optimizer=null optimizers={...}` does)."""
     for check in CHECKS:
         check(config, source)
-    return config
 
 
 def _path(parent: str, name: Any) -> str:
@@ -181,6 +185,7 @@ class Config:
             _apply_override(config, key, value, where)
             config = resolve(config, where)
             set_by[key] = item
+        check_across(config, Source(source, set_by))
         return cls(config, Source(source, set_by))
 
     def __getitem__(self, key: str) -> Any:

@@ -104,13 +104,16 @@ SCHEMA: list[Key] = [
     Key("arch.init", None, "`{type, args}` of a `torch.nn.init` function for conv and linear weights (fresh parts only)"),
     Key("data_loader", REQUIRED, "`{type, args}`: the loader class (yours in `data_loader/data_loaders.py`, or the "
         "template's) and its arguments (below); `seed` is passed by the code to loaders that take it", kind="object"),
-    Key("optimizer", REQUIRED, "`{type, args}`: a `torch.optim` optimizer and its arguments (`params` is supplied by "
-        "the code: the trainable parameters)", kind="object"),
+    Key("optimizer", None, "`{type, args}`: a `torch.optim` optimizer and its arguments (`params` is supplied by "
+        "the code: the trainable parameters); required unless `optimizers` is set", kind="object"),
     Key("optimizer.param_groups", None, "list of `{modules: [names] or backbone, <setting>: value}`: those modules' "
         "parameters get their own settings (e.g. `lr`); the rest use the optimizer's args"),
     Key("optimizer.no_decay", False, "`true`: no weight decay on normalisation layers' parameters and on biases; or a "
         "list of `norm`, `bias` and parameter names (`pos_embedding`, `head.weight`): each parameter group is split, "
         "those parameters going to a copy with `weight_decay: 0` ([recipes.md](recipes.md))", _NO_DECAY),
+    Key("optimizers", None, "several optimizers, by name, for a training step that steps them itself: `{name: {type, "
+        "args, modules: [submodule names], lr_scheduler: {type, args, interval}}}`, instead of `optimizer` "
+        "([optimizers.md](optimizers.md))", convert=lambda v, where: named_optimizers(v, where)),
     Key("loss", REQUIRED, "a name in `model/loss.py`, the template's losses or `torch.nn`, or `{type, args}`",
         kind="spec"),
     Key("metrics", [], "names in `model/metric.py` or the template's metrics, or `{type, args}` entries",
@@ -256,13 +259,60 @@ def _check_warmup(config: dict[str, Any], source: str) -> None:
                           "in epochs with interval: epoch, or in steps with interval: step.")
 
 
+def named_optimizers(value: Any, where: str) -> dict[str, Any] | None:
+    """`optimizers`: null, or a mapping of names to `{type, args, modules, lr_scheduler}` (a scheduler: `{type,
+    args, interval}`)."""
+    if value is None:
+        return None
+    example = "e.g. optimizers: {generator: {type: Adam, args: {lr: 2.0e-4}, modules: [generator]}}"
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: 'optimizers' must be a mapping of names to optimizers, {example}; got {value!r}.")
+    resolved = {}
+    for name, spec in value.items():
+        key = f"optimizers.{name}"
+        spec = {"type": spec} if isinstance(spec, str) else spec
+        unknown = sorted(set(spec) - {"type", "args", "modules", "lr_scheduler"}) if isinstance(spec, dict) else []
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or unknown:
+            raise ConfigError(f"{where}: '{key}' must be a mapping of type, args, modules and lr_scheduler, {example}; "
+                              f"got {spec!r}.")
+        modules = spec.get("modules")
+        if modules is not None and not (isinstance(modules, str) or (
+                isinstance(modules, list) and all(isinstance(m, str) for m in modules))):
+            raise ConfigError(f"{where}: '{key}.modules' must be a submodule name or a list of them; got {modules!r}.")
+        scheduler = spec.get("lr_scheduler")
+        if scheduler is not None:
+            scheduler = {"type": scheduler} if isinstance(scheduler, str) else scheduler
+            if not isinstance(scheduler, dict) or not isinstance(scheduler.get("type"), str) \
+                    or scheduler.get("interval", "epoch") not in ("epoch", "step"):
+                raise ConfigError(f"{where}: '{key}.lr_scheduler' must be {{type, args, interval: epoch or step}}; "
+                                  f"got {scheduler!r}.")
+            scheduler = {"args": {}, "interval": "epoch", **scheduler}
+        resolved[str(name)] = {"type": spec["type"], "args": spec.get("args") or {}, "modules": modules,
+                               "lr_scheduler": scheduler}
+    return resolved
+
+
+def _check_one_optimizer(config: dict[str, Any], source: str) -> None:
+    """`optimizer` (one, stepped by the loop) or `optimizers` (several, stepped by the training step): one of them."""
+    if (config["optimizer"] is None) == (config["optimizers"] is None):
+        both = config["optimizer"] is not None
+        raise ConfigError(f"{blame(source, 'optimizers' if both else 'optimizer')}: set "
+                          f"{'only one of' if both else 'one of'} 'optimizer' (one optimizer, which the loop steps) "
+                          "and 'optimizers' (several by name, which your training step steps); configs/config.yaml "
+                          "shows optimizer, docs/optimizers.md optimizers.")
+
+
 def _check_finite_optimizer(config: dict[str, Any], source: str) -> None:
     """Refuse a learning rate (or another setting) of inf or nan, which optimizers accept: the run would only stop
     at its first non-finite loss, its folder written."""
     spec = config["optimizer"]
-    settings = [(f"optimizer.args.{k}", v) for k, v in spec["args"].items()] + \
-        [(f"optimizer.param_groups[{i}].{k}", v) for i, group in enumerate(spec.get("param_groups") or [])
-         if isinstance(group, dict) for k, v in group.items()]
+    if spec is None:
+        settings = [(f"optimizers.{name}.args.{k}", v) for name, named in config["optimizers"].items()
+                    for k, v in named["args"].items()]
+    else:
+        settings = [(f"optimizer.args.{k}", v) for k, v in spec["args"].items()] + \
+            [(f"optimizer.param_groups[{i}].{k}", v) for i, group in enumerate(spec.get("param_groups") or [])
+             if isinstance(group, dict) for k, v in group.items()]
     for key, value in settings:
         if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
             raise ConfigError(f"{blame(source, key)}: '{key}' is {value!r}; an optimizer's settings must be finite "
@@ -270,7 +320,7 @@ def _check_finite_optimizer(config: dict[str, Any], source: str) -> None:
 
 
 # Rules across keys, run on a config with every key resolved.
-CHECKS = [_check_warmup, _check_finite_optimizer]
+CHECKS = [_check_warmup, _check_one_optimizer, _check_finite_optimizer]
 
 
 # ---------------------------------------------------------------------- the schema shown: docs and --help-config

@@ -10,7 +10,19 @@ import torch.multiprocessing as mp
 from trainer.checkpoint import load_checkpoint
 from trainer.confusion import ConfusionCollector
 
-from helpers import DICT_BATCHES, FAST, MATRIX, REGULARIZED, REPO, fast_args, feed, only_run, torchrun
+from helpers import (
+    DICT_BATCHES,
+    FAST,
+    MATRIX,
+    PER_PART_TRAINER,
+    REGULARIZED,
+    REPO,
+    define_in_custom,
+    fast_args,
+    feed,
+    only_run,
+    torchrun,
+)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -56,6 +68,32 @@ def test_ema_is_the_same_copy_in_every_ddp_process(tmp_path, capfd):
         assert torch.equal(value, ranks[1]["ema"][name]) and torch.equal(value, saved[name]), name
     # Every process ends with rank 0's BatchNorm statistics, the saved ones (each updates its own while it trains).
     assert torch.equal(ranks[0]["model"]["features.1.running_mean"], ranks[1]["model"]["features.1.running_mean"])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_optimizers_stepped_by_the_training_step_keep_every_process_in_step_under_ddp(project, tmp_path, capfd,
+                                                                                      monkeypatch):
+    # Without DDP's wrapper (the step calls step_optimizer), each optimizer averages its gradients over the processes:
+    # every process holds the same weights, and one named optimizer trains as the loop's own does under DDP.
+    define_in_custom(monkeypatch, PER_PART_TRAINER, project)
+    script = tmp_path / "keep_weights.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(project), out=str(tmp_path / "step"))
+                      .replace('"ema": self.ema.module.state_dict(), ', ""))
+    (tmp_path / "step").mkdir()
+    common = ["trainer.epochs=1", "trainer.accumulate_grad_batches=2", "lr_scheduler=null"]
+    step = torchrun(capfd, *fast_args(tmp_path / "step", *common, "trainer.type=PerPartTrainer", "optimizer=null",
+                                      "optimizers={all: {type: AdamW, args: {lr: 3.0e-3, weight_decay: 1.0e-4}}}"),
+                    script=str(script), cwd=project)
+    assert step.returncode == 0, step.stderr
+    loop = torchrun(capfd, *fast_args(tmp_path / "loop", *common), cwd=project)
+    assert loop.returncode == 0, loop.stderr
+    ranks = [torch.load(tmp_path / "step" / f"rank{r}.pt", weights_only=True)["model"] for r in (0, 1)]
+    stepped = load_checkpoint(only_run(tmp_path / "step") / "checkpoint-latest.pth")
+    looped = load_checkpoint(only_run(tmp_path / "loop") / "checkpoint-latest.pth")
+    assert stepped["world_size"] == 2 and stepped["loop"] == looped["loop"]
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]) and torch.equal(value, stepped["model"][name]), name
+        assert torch.allclose(value, looped["model"][name], atol=1e-5), name
 
 
 def _two_processes(rank: int, port: int, queue) -> None:

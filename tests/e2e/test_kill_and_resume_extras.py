@@ -3,10 +3,24 @@ import signal
 import subprocess
 import sys
 
+import torch
+
 import train
 from trainer.checkpoint import load_checkpoint
 
-from helpers import ARGS, DICT_BATCHES, REGULARIZED, REPO, assert_same_state, fast_args, interrupted
+from helpers import (
+    ARGS,
+    DICT_BATCHES,
+    PER_PART_TRAINER,
+    REGULARIZED,
+    REPO,
+    TWO_OPTIMIZERS,
+    assert_same_state,
+    define_in_custom,
+    fast_args,
+    interrupted,
+    same,
+)
 
 
 def killed_and_resumed(folder, tmp_path, *extra):
@@ -34,6 +48,16 @@ def test_a_closure_optimizer_resumes_bit_identically_after_sigkill(tmp_path):
     assert_same_state(ref, resumed)
     state = load_checkpoint(resumed)["optimizer"]["state"][0]
     assert state["func_evals"] > 20 and len(state["old_dirs"]) == 10  # LBFGS's memory came through the kill
+
+
+def test_two_optimizers_stepped_by_the_training_step_resume_bit_identically_after_sigkill(project, tmp_path,
+                                                                                         monkeypatch):
+    define_in_custom(monkeypatch, PER_PART_TRAINER, project)
+    ref, resumed = killed_and_resumed(project, tmp_path, *TWO_OPTIMIZERS, "trainer.accumulate_grad_batches=2")
+    a, b = load_checkpoint(ref), load_checkpoint(resumed)
+    assert a["loop"] == b["loop"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert same(a["optimizer"], b["optimizer"]) and a["lr_scheduler"] == b["lr_scheduler"]
+    assert set(a["optimizer"]) == {"features", "classifier"} and a["lr_scheduler"]["classifier"]["last_epoch"] == 10
 
 
 def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, user_code, tmp_path):

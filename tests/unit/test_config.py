@@ -223,7 +223,7 @@ def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path):
 @pytest.mark.parametrize("key, message", [
     ("trainer", r"'trainer' must be a mapping of settings \(type, args, epochs, \.\.\.\), got None"),
     ("arch", "'arch' is required and may not be null"),
-    ("optimizer", "'optimizer' is required and may not be null"),
+    ("optimizer", "set one of 'optimizer' \\(one optimizer, which the loop steps\\) and 'optimizers'"),
     ("data_loader", "'data_loader' is required and may not be null"),
     ("name", "'name' must be a folder name such as digits_cnn.*got None"),
     ("trainer.save_dir", r"'trainer\.save_dir' must be a folder path such as saved/; got None"),

@@ -216,6 +216,6 @@ def test_a_tensor_learning_rate_is_put_back_in_place():
     lr = torch.tensor(0.1)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
-    trainer = SimpleNamespace(lr_scheduler=scheduler, optimizer=optimizer, epoch=1, epochs=1)
+    trainer = SimpleNamespace(lr_schedulers={"optimizer": scheduler}, manual=False, epoch=1, epochs=1)
     preflight.check_scheduler(trainer)
     assert optimizer.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.1)
