@@ -1,7 +1,9 @@
 """Start a new project from this template:  python new_project.py ../my_project
 
 Copies the template without run outputs, caches, virtual environments or git history, and refuses to write
-into a folder that is not empty.
+into a folder that is not empty. With `--example NAME`, the worked example examples/NAME/ is laid over the copy: its
+files replace the user's slots (model/model.py, trainer/custom.py, ...), its config.yaml lands at the top and its
+README.md as EXAMPLE.md.
 """
 import argparse
 import shutil
@@ -13,6 +15,12 @@ IGNORE = shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache",
                                 "cifar-100-python", "*.tar.gz")
 
 
+# The worked examples: folders of examples/ with a config.yaml (a project copy may have left them out).
+_EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES = {p.name: p for p in sorted(_EXAMPLES_DIR.iterdir()) if (p / "config.yaml").is_file()} \
+    if _EXAMPLES_DIR.is_dir() else {}
+
+
 def refuse(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -21,8 +29,13 @@ def refuse(message: str) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Start a new project: a clean copy of this template.")
     parser.add_argument("folder", help="the new project's folder (new, or empty), outside this template")
+    parser.add_argument("--example", metavar="NAME", help="start from a worked example of examples/: "
+                        + ", ".join(sorted(EXAMPLES)))
     args = parser.parse_args(argv)  # -h prints the usage; an unknown option exits 2, as a folder is never made of it
     source, target = Path(__file__).resolve().parent, Path(args.folder).resolve()
+    if args.example is not None and args.example not in EXAMPLES:
+        return refuse(f"there is no example '{args.example}'; the examples are {', '.join(sorted(EXAMPLES))} "
+                      "(folders of examples/).")
     if not args.folder.strip():
         return refuse("the folder name is empty; give the new project's folder, e.g. ../my_project.")
     if target.exists() and not target.is_dir():
@@ -38,6 +51,11 @@ def main(argv: list[str]) -> int:
     existed = target.exists()
     try:
         shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+        if args.example is not None:
+            example = EXAMPLES[args.example]
+            shutil.copytree(example, target, dirs_exist_ok=True, ignore=lambda folder, names: IGNORE(folder, names) | (
+                {"README.md"} if Path(folder) == example else set()))
+            shutil.copy(example / "README.md", target / "EXAMPLE.md")
     except OSError as e:  # shutil.Error (a file that failed to copy) included
         why = e.strerror or str(e).splitlines()[0][:300]
         if existed:  # it was empty: take back what was copied
@@ -52,7 +70,7 @@ def main(argv: list[str]) -> int:
           "  python -m venv .venv\n"
           "  source .venv/bin/activate        (Windows: .venv\\Scripts\\activate)\n"
           "  pip install -r requirements.txt\n"
-          "  python train.py -c configs/config.yaml")
+          f"  python train.py -c {'config.yaml' if args.example else 'configs/config.yaml'}")
     return 0
 
 

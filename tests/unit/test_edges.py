@@ -384,3 +384,15 @@ def test_an_infinite_or_nan_optimizer_setting_is_refused_before_writing(tmp_path
     assert train.main(train_args(tmp_path / "saved", REPO / "data" / "digits", setting)) == 2
     assert f"command line ({setting}): '{key}' is " in one_error(capsys)
     assert not (tmp_path / "saved").exists()
+
+
+def test_new_project_lays_an_example_over_the_copy_and_refuses_an_unknown_one(tmp_path, capsys):
+    assert new_project.main([str(tmp_path / "gan"), "--example", "dcgan"]) == 0
+    assert "python train.py -c config.yaml" in capsys.readouterr().out
+    assert (tmp_path / "gan" / "trainer" / "custom.py").read_text() == \
+        (REPO / "examples" / "dcgan" / "trainer" / "custom.py").read_text()
+    assert (tmp_path / "gan" / "EXAMPLE.md").read_text() == (REPO / "examples" / "dcgan" / "README.md").read_text()
+    assert (tmp_path / "gan" / "README.md").read_text() == (REPO / "README.md").read_text()
+    assert new_project.main([str(tmp_path / "other"), "--example", "gann"]) == 2
+    assert "there is no example 'gann'; the examples are dcgan, sine_lbfgs, vae" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
