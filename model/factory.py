@@ -168,10 +168,18 @@ def build_metrics(config: Config) -> dict[str, Callable]:
 
 
 def _bind(fn: Callable, args: dict, key: str, source: str) -> Callable:
-    """`fn(output, target, **args)` as a two-argument function, checking `args` against its signature now."""
+    """`fn(output, target, **args)` as a function of the output, the target and the batch's further elements (a
+    mask), checking `args` against its signature now; parameters after the target without a default are left to
+    those elements (trainer/preflight.py checks that the batches have them)."""
+    name = getattr(fn, "__name__", type(fn).__name__)
     try:
-        inspect.signature(fn).bind(None, None, **args)
+        signature = inspect.signature(fn)
+        signature.bind_partial(None, None, **args)
     except TypeError as e:
-        name = getattr(fn, "__name__", type(fn).__name__)
         raise ConfigError(f"{blame(source, key)}: wrong args for {key} '{name}': {e}.") from None
+    unset = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+             and p.name not in args]
+    if unset:
+        raise ConfigError(f"{blame(source, key)}: wrong args for {key} '{name}': missing a required argument: "
+                          f"'{unset[0]}'.")
     return functools.partial(fn, **args) if args else fn

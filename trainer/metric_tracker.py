@@ -71,18 +71,20 @@ class MetricTracker:
                                                                                            device=self.device)])
         self.logged[name] = self.logged[name] + pair if name in self.logged else pair
 
-    def update(self, loss: torch.Tensor, output: Any, target: Any) -> None:
+    def update(self, loss: torch.Tensor, output: Any, target: Any, extra: tuple = ()) -> None:
+        """Add one batch: `fn(output, target, *extra)` for each metric (`extra`: the batch's elements after the
+        target)."""
         n = batch_size(target)
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             output = output.float()  # metrics see float32 outputs under mixed precision too
         values = [loss.detach().float()]
         for name, fn in self.metrics.items():
             if name in self.summed:
-                sums = self.summed[name][0](output, target).detach().to(self.device, self.dtype)
+                sums = self.summed[name][0](output, target, *extra).detach().to(self.device, self.dtype)
                 self.totals[name] = self.totals[name] + sums if name in self.totals else sums
                 values.append(values[0].new_zeros(()))
             else:
-                values.append(as_scalar(fn(output, target), name, self.device))
+                values.append(as_scalar(fn(output, target, *extra), name, self.device))
         self.sums += torch.stack(values) * n
         self.count += n
 

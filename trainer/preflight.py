@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import itertools
 import re
 import warnings
@@ -25,6 +26,7 @@ from data_loader.batch_transforms import training_batch
 from data_loader.transforms import TRANSFORM_ORDER
 from trainer.callbacks import EVENTS
 from trainer.metric_tracker import MetricTracker, as_scalar
+from trainer.trainer import Trainer
 from utils.device import autocast, to_device
 from utils.errors import ConfigError, TemplateError, blame, reason
 from utils.rng import get_rng_state, set_rng_state
@@ -47,6 +49,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                               f"({TRANSFORM_ORDER}). Nothing was written.") from None
         model.train()
         trainer.logging_to = trainer.tracker
+        _check_extra_elements(trainer, batch)
         _check_labels(trainer, batch, num_classes)
         try:
             with autocast(trainer.device, trainer.amp_dtype), warnings.catch_warnings(record=True) as caught:
@@ -63,7 +66,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             else step.output
         for name, fn in trainer.metrics.items():
             try:
-                as_scalar(fn(output, step.target), name, trainer.device)
+                as_scalar(fn(output, step.target, *step.extra), name, trainer.device)
             except TemplateError:
                 raise
             except Exception as e:
@@ -257,6 +260,34 @@ def _check_labels(trainer: Any, batch: Any, num_classes: int | None) -> None:
         raise ConfigError(f"A batch holds label {high if high >= classes else low}, but the model gives {classes} "
                           f"outputs per sample (classes 0..{classes - 1}). Set the model's num_classes (and the "
                           "data loader's) to the number of classes in the data. Nothing was written.")
+
+
+def _check_extra_elements(trainer: Any, batch: Any) -> None:
+    """Batches with elements after the target (`(input, target, mask)`) go to the loss and the metrics after the
+    target, when the step is the Trainer's own: each must take them."""
+    extra = len(batch) - 2 if isinstance(batch, (list, tuple)) else 0
+    if extra <= 0 or any(getattr(type(trainer), name) is not getattr(Trainer, name)
+                         for name in ("forward", "training_step")):
+        return
+    parts = [("the loss", "loss", trainer.criterion), *((f"the metric '{name}'", "metrics", fn)
+                                                        for name, fn in trainer.metrics.items())]
+    for what, key, fn in parts:
+        try:
+            inspect.signature(fn).bind(None, None, *[None] * extra)
+        except TypeError:
+            raise ConfigError(f"The batches hold {len(batch)} elements (input, target and {extra} more), and the "
+                              f"Trainer passes the ones after the target on: {what} is called as f(output, target, "
+                              f"{', '.join(['...'] * extra)}), which it cannot take ({_signature(fn)}). Give it "
+                              f"those parameters (e.g. def {key}(output, target, mask)), or make the data loader "
+                              "give (input, target) batches. Nothing was written.") from None
+
+
+def _signature(fn: Any) -> str:
+    name = getattr(fn, "__name__", type(fn).__name__)
+    try:
+        return f"{name}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        return name
 
 
 def _check_warnings(caught: list[warnings.WarningMessage], step: Any) -> None:

@@ -56,12 +56,14 @@ def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
 
 
 class Step(NamedTuple):
-    """What a training or validation step returns: the loss (a scalar tensor; training back-propagates it) and
-    the output and target that the metrics are computed on."""
+    """What a training or validation step returns: the loss (a scalar tensor; training back-propagates it), the
+    output and target that the metrics are computed on, and the batch's elements after the target (`extra`: a
+    `(input, target, mask)` batch's mask), which the metrics take after the target."""
 
     loss: torch.Tensor
     output: Any
     target: Any
+    extra: tuple = ()
 
 
 class Trainer(TrainingState):
@@ -123,28 +125,29 @@ class Trainer(TrainingState):
         self.last_save_time = time.monotonic()
 
     # ------------------------------------------------------------------ override points
-    def forward(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
-        """The model's output for one batch, and the target to compare it with. Override for batches other than
-        `(input, target)`: several inputs, dicts, nested structures."""
-        data, target = batch
-        return model(data), target
+    def forward(self, model: nn.Module, batch: Any) -> tuple[Any, ...]:
+        """The model's output for one batch and the target to compare it with, then the batch's further elements
+        (`(input, target, mask)` gives `(output, target, mask)`), which the loss and the metrics take after the
+        target. Override for other batches: several inputs, dicts, nested structures."""
+        data, target, *extra = batch
+        return (model(data), target, *extra)
 
-    def compute_loss(self, output: Any, target: Any) -> torch.Tensor:
+    def compute_loss(self, output: Any, target: Any, *extra: Any) -> torch.Tensor:
         """The training loss: the config's `loss`. Override to add terms, e.g. a penalty on `self.model`'s
         weights (a regulariser)."""
-        return self.criterion(output, target)
+        return self.criterion(output, target, *extra)
 
     def training_step(self, model: nn.Module, batch: Any) -> Step:
         """One training batch, already on the device, to the loss to back-propagate and what the metrics see.
         Call `model`, not `self.model`: under DDP or `compile` it is the wrapper that synchronises gradients."""
-        output, target = self.forward(model, batch)
-        return Step(self.compute_loss(output, target), output, target)
+        output, target, *extra = self.forward(model, batch)
+        return Step(self.compute_loss(output, target, *extra), output, target, tuple(extra))
 
     def validation_step(self, model: nn.Module, batch: Any) -> Step:
         """One validation or test batch (eval mode, no gradients): the config's `loss`, without the extra terms
         `compute_loss` may add, and what the metrics see."""
-        output, target = self.forward(model, batch)
-        return Step(self.criterion(output, target), output, target)
+        output, target, *extra = self.forward(model, batch)
+        return Step(self.criterion(output, target, *extra), output, target, tuple(extra))
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
         """Log one number from a training or validation step, or from an event between an epoch's start and its
