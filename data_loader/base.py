@@ -152,10 +152,23 @@ class BaseDataLoader(ClassNames):
         """The training files (`train=True`) or the test files, decoded with `transform`."""
         raise NotImplementedError
 
+    def make_val_dataset(self, transform: Callable | None) -> Dataset | None:
+        """Validation data of its own (a file or a folder apart), decoded with `transform`; None, the default, holds
+        `validation_split` of the training data out instead. Override it for data that comes with its split."""
+        return None
+
+    def model_args(self) -> dict[str, Any]:
+        """Values learned from the data that the model's constructor takes (a vocabulary's size, the number of
+        features): each fills the `arch.args` entry of that name when the config leaves it out, and is saved in
+        the run's config. None by default; override it."""
+        return {}
+
     def split(self) -> tuple[list[int], list[int]]:
-        """Indices of the training files used for training and for validation."""
+        """Indices of the training files used for training and for validation (none, with data of its own)."""
         if self._split is None:
-            self._split = split_indices(len(self.make_dataset(True, None)), self.validation_split, self.seed)
+            n = len(self.make_dataset(True, None))
+            own = self.make_val_dataset(None) is not None
+            self._split = (list(range(n)), []) if own else split_indices(n, self.validation_split, self.seed)
         return self._split
 
     def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False,
@@ -174,6 +187,10 @@ class BaseDataLoader(ClassNames):
         return self._loader(self.make_dataset(True, self.transform), sampler, self.drop_last, with_seeds)
 
     def val_loader(self, device: torch.device | None = None) -> DataLoader | None:
+        own = self.make_val_dataset(self.eval_transform)
+        if own is not None:
+            return self._loader(own, ResumableSampler(list(range(len(own))), shuffle=False,
+                                                      **process_share(pad=False)))
         val_indices = self.split()[1]
         if not val_indices:
             return None

@@ -236,6 +236,10 @@ class DeviceDataLoader:
     def bad_samples(self) -> Any:
         return self.source.bad_samples
 
+    def model_args(self) -> dict[str, Any]:
+        """The values the source loader learned from the data, for the model's constructor."""
+        return self.source.model_args() if callable(getattr(self.source, "model_args", None)) else {}
+
     def state_dict(self) -> dict[str, Any]:
         """The source loader's own state (class names, fitted statistics), which checkpoints keep."""
         return data_state(self.source)

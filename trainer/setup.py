@@ -6,6 +6,8 @@ same way."""
 from __future__ import annotations
 
 import argparse
+import inspect
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,11 @@ from utils.config import Config
 from utils.device import configure_backends, select_device
 from utils.errors import ConfigError, blame
 from utils.log import setup_logging
+from utils.registry import lookup
 from utils.rng import seed_everything
 from utils.run import folder_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +93,7 @@ def build_parts(config: Config, checkpoint: dict[str, Any] | None,
     if checkpoint is not None:
         load_data_state(data, checkpoint)
     training = training_data(data, device, config["data_loader"]["type"])
+    fill_model_args(config, data.model_args() if callable(getattr(data, "model_args", None)) else {})
     model = build_model(config, pretrained=checkpoint is None)
     if dist.enabled and trainer_cfg["sync_batchnorm"]:
         if device.type != "cuda":
@@ -131,3 +137,19 @@ def refuse_settings(config: Config, subject: str, **why: str) -> None:
         if bad(config["trainer"][key]):
             raise ConfigError(f"{blame(config.source, f'trainer.{key}')}: {subject}, and {reason}. Set trainer.{key}: "
                               f"{fix}.")
+
+
+def fill_model_args(config: Config, learned: dict[str, Any]) -> None:
+    """Each value the data loader learned (`model_args()`) into the `arch.args` entry of its name, where the model's
+    constructor takes it and the config leaves it out; the run's saved config then holds it, for test.py,
+    predict.py and export.py, which build the model without the training data."""
+    if not learned:
+        return
+    cls = lookup(config["arch"]["type"], "arch", "arch.type", config.source)
+    parameters = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    args = config.data["arch"]["args"]
+    for name, value in learned.items():
+        if name not in args and (name in parameters or takes_any):
+            args[name] = value
+            log.info("arch.args.%s: %r, from the data loader.", name, value)

@@ -3,15 +3,18 @@ import random
 import pytest
 import torch
 
+import test as test_script
+import train
 from data_loader.builtin import CsvImageDataLoader
 from data_loader.datasets import CsvImageDataset
 from data_loader.factory import build_data_loader
 from data_loader.sampling import ResumableSampler, SeededDataset
 from data_loader.transforms import OneHot, build_transforms
+from trainer.checkpoint import load_checkpoint
 from utils.config import Config
 from utils.errors import ConfigError, DataError
 
-from helpers import DIGITS, FAST, REPO, TO_FLOAT, small_copy
+from helpers import DIGITS, FAST, REPO, TO_FLOAT, fast_args, only_run, small_copy
 
 
 def test_bundled_digits_are_real_and_split():
@@ -210,3 +213,33 @@ def test_skip_bad_with_every_row_bad_says_so_and_why(tmp_path):
     with pytest.raises(DataError, match=r"lists no usable rows for split 'train': all 5 rows were skipped as bad "
                                         r"\(skip_bad: true\)\. The first: .*line 2: label 12 is outside 0\.\.9"):
         CsvImageDataset(root, split="train", num_classes=10, skip_bad=True)
+
+
+class OwnValidation(CsvImageDataLoader):
+    """The digits with validation data of their own (the test files here), and their class count as a model arg."""
+
+    def make_val_dataset(self, transform):
+        return self.make_dataset(False, transform)
+
+    def model_args(self):
+        return {"num_classes": 10, "not_a_model_arg": 1}
+
+
+def test_a_loader_gives_its_own_validation_data_and_the_model_args_it_learned(monkeypatch, save_dir, capsys):
+    import data_loader.data_loaders
+
+    OwnValidation.__module__ = "data_loader.data_loaders"
+    monkeypatch.setattr(data_loader.data_loaders, "OwnValidation", OwnValidation, raising=False)
+    args = fast_args(save_dir, "data_loader.type=OwnValidation", "arch.args={width: 8}", "trainer.epochs=1")
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    test_files = sum(1 for line in (REPO / "data" / "digits" / "labels.csv").read_text().splitlines()
+                     if line.endswith(",test"))
+    train_files = sum(1 for line in (REPO / "data" / "digits" / "labels.csv").read_text().splitlines()
+                      if line.endswith(",train"))
+    assert f"Data per process: {train_files} training, {test_files} validation samples" in out
+    assert "arch.args.num_classes: 10, from the data loader." in out
+    checkpoint = only_run(save_dir) / "checkpoint-latest.pth"
+    assert load_checkpoint(checkpoint)["config"]["arch"]["args"] == {"width": 8, "num_classes": 10}
+    assert test_script.main(["--resume", str(checkpoint), "--split", "val"]) == 0
+    assert f"on the val split: {test_files} samples" in capsys.readouterr().out
