@@ -394,5 +394,5 @@ def test_new_project_lays_an_example_over_the_copy_and_refuses_an_unknown_one(tm
     assert (tmp_path / "gan" / "EXAMPLE.md").read_text() == (REPO / "examples" / "dcgan" / "README.md").read_text()
     assert (tmp_path / "gan" / "README.md").read_text() == (REPO / "README.md").read_text()
     assert new_project.main([str(tmp_path / "other"), "--example", "gann"]) == 2
-    assert "there is no example 'gann'; the examples are dcgan, sine_lbfgs, vae" in capsys.readouterr().err
+    assert "there is no example 'gann'; the examples are char_rnn, dcgan, sine_lbfgs, vae" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
