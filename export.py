@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tools.restore import add_ema_argument, check_one_input, eval_loader, restore
-from utils.errors import ConfigError, ExportError, reason, report_errors
+from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, eval_loader, restore
+from utils.errors import ConfigError, ExportError, reason, report_errors, suggest
 from utils.log import setup_logging
 from utils.run import check_not_an_input, check_output_file
 
@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's "
                                                "(the data the check runs on)")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
+    parser.add_argument("-m", "--module", help="export this submodule of the model (e.g. a GAN's generator), fed the "
+                                               "model's example_input(module)")
     add_ema_argument(parser)
     return parser.parse_args(argv)
 
@@ -104,13 +106,42 @@ def max_difference(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module
     return (actual.to(expected.device, expected.dtype) - expected).abs().max().item()
 
 
+def served_part(trained: Restored, module: str | None) -> tuple[nn.Module, str, torch.Tensor]:
+    """What to export (the model, or its submodule `module`, as served: its `predict` where it has one), its name,
+    and the inputs to trace and check it on: the model's `example_input(module)` where it has one (a GAN's noise),
+    else a test batch."""
+    example = getattr(trained.model, "example_input", None)
+    arch = trained.config["arch"]["type"]
+    if module is None:
+        check_one_input(trained, "export.py")
+        part = trained.model
+    else:
+        try:
+            part = trained.model.get_submodule(module)
+        except AttributeError:
+            known = [name for name, _ in trained.model.named_modules() if name and "." not in name]
+            raise ConfigError(f"--module {module}: {arch} has no submodule of that name.{suggest(module, known)} Its "
+                              f"submodules: {', '.join(known)}.") from None
+        if not callable(example):
+            raise ConfigError(f"--module {module}: export.py needs an example input for that submodule. Give {arch} "
+                              "an example_input(module) method that returns one (docs/export.md).")
+        arch = f"{arch}.{module}"
+    inputs = example(module or "") if callable(example) else next(iter(eval_loader(trained, "test")))[0]
+    return Served(part).eval(), arch, inputs.to(trained.device)
+
+
+def remove_exported(path: Path, fmt: str) -> None:
+    """The file that failed its check, with an ONNX file's external weights, if any."""
+    path.unlink(missing_ok=True)
+    if fmt == "onnx":
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+
+
 def run_export(args: argparse.Namespace) -> float:
     if args.format == "onnx":
         check_onnx_packages()
     trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
-    check_one_input(trained, "export.py")
-    model, arch = trained.model, trained.config["arch"]["type"]
-    inputs = next(iter(eval_loader(trained, "test")))[0].to(trained.device)
+    model, arch, inputs = served_part(trained, args.module)
     try:
         with torch.no_grad():
             reference = model(inputs)
@@ -120,9 +151,7 @@ def run_export(args: argparse.Namespace) -> float:
         raise ConfigError(f"A test batch (inputs {tuple(inputs.shape)}) does not go through the trained model: "
                           f"{reason(e)}. The data must have the form of the training data (-c replaces only the "
                           "data_loader section).") from None
-    if not isinstance(reference, torch.Tensor):
-        raise ExportError(f"export.py checks models that return one tensor; '{arch}' returns "
-                          f"{type(reference).__name__}.")
+    check_one_output(reference, arch, "export.py")
     path = Path(args.output) if args.output else trained.path.with_name(trained.path.stem + SUFFIXES[args.format])
     check_output_file(path, chosen=args.output is not None)
     if args.output is None and args.format == "onnx":  # the weights of a large model go into a file beside it
@@ -148,16 +177,22 @@ def run_export(args: argparse.Namespace) -> float:
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}. Models whose "
                           "Python code branches on tensor values or shapes may export in another --format.") from None
     tolerance = RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
-    run = load_exported(args.format, path, trained.device)
-    differences = [max_difference(run, model, x) for x in (inputs, inputs[:1])]
+    try:
+        run = load_exported(args.format, path, trained.device)
+        differences = [max_difference(run, model, x) for x in (inputs, inputs[:1])]
+    except Exception as e:  # onnxruntime and the loaders raise many types; the first line says what failed
+        remove_exported(path, args.format)
+        raise ExportError(f"The exported {args.format} file does not run on the check's batch of {len(inputs)} or on "
+                          f"one sample ({type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else 'no message'}), "
+                          f"so '{path}' was removed. A model whose code turns the batch size into a number (e.g. "
+                          "x.view(len(x), ...)) is exported for that size only: write x.view(-1, ...) or x.flatten(1) "
+                          "instead, or try another --format.") from None
     difference = torch.tensor(differences).max().item()  # NaN if either is NaN
     log.info("Wrote %s (%s, %s, %s weights). Max abs difference to the PyTorch model on a test batch of %d and on "
              "one sample: %.3g (tolerance %.3g).", path, args.format, arch, trained.weights, len(inputs), difference,
              tolerance)
     if not difference <= tolerance:  # also catches NaN
-        path.unlink()
-        if args.format == "onnx":
-            path.with_name(path.name + ".data").unlink(missing_ok=True)  # external weights, if any
+        remove_exported(path, args.format)
         raise ExportError(f"The exported {args.format} file's outputs differ from the PyTorch model's by "
                           f"{difference:.3g}, more than the tolerance {tolerance:.3g}, so '{path}' was removed. The "
                           "model probably does something the exporter does not capture (e.g. Python code that "

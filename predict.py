@@ -28,7 +28,7 @@ from data_loader.checks import collate
 from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
-from tools.restore import Restored, add_ema_argument, check_one_input, rebuilt_data, restore
+from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, rebuilt_data, restore
 from trainer.checkpoint import class_names
 from utils.config import Config
 from utils.device import to_device
@@ -103,9 +103,9 @@ def is_classifier(config: Config, names: list[str] | None) -> bool:
 
 
 def forward(trained: Restored, batch: torch.Tensor) -> torch.Tensor:
-    """The model's output for `batch`; a DataError when the model cannot take it."""
+    """The model's output for `batch` (its `predict`, where it has one); a DataError when it cannot take it."""
     try:
-        return trained.model(to_device(batch, trained.device))
+        output = Served(trained.model)(to_device(batch, trained.device))
     except torch.OutOfMemoryError:
         raise ConfigError(f"A batch of {len(batch)} inputs does not fit in the memory of {trained.device}; "
                           "lower --batch-size.") from None
@@ -113,6 +113,7 @@ def forward(trained: Restored, batch: torch.Tensor) -> torch.Tensor:
         raise DataError(f"the model cannot take it ({reason(e)}). Inputs must have the form of the training data "
                         "after eval_transform: the same channel count (and size, unless the model takes any) for "
                         "images, the same columns for tables") from None
+    return check_one_output(output, trained.config["arch"]["type"], "predict.py")
 
 
 @torch.inference_mode()

@@ -87,23 +87,50 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
     return Restored(path, checkpoint, config, torch_device, model.to(torch_device).eval(), which)
 
 
+class Served(nn.Module):
+    """What predict.py and export.py run: the model's `predict(x)` where it defines one (one tensor in, one tensor
+    out: for a model whose forward returns several, or is fed otherwise in training), else its forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(inputs) if callable(getattr(self.model, "predict", None)) else self.model(inputs)
+
+
 def check_one_input(trained: Restored, script: str) -> None:
-    """predict.py and export.py give the model one tensor, `model(x)`, as the template's `Trainer.forward` does
-    with `(input, target)` batches; refuse, before anything runs, a run whose model is fed another way."""
+    """predict.py and export.py give the model one tensor, `model(x)` (or its `predict(x)`), as the template's
+    `Trainer.forward` does with `(input, target)` batches; refuse, before anything runs, a run whose model is fed
+    another way and has no `predict`."""
     name, arch = trained.config["trainer"]["type"], trained.config["arch"]["type"]
-    if lookup(name, "trainer", "trainer.type", trained.config.source).forward is not Trainer.forward:
+    predict = getattr(trained.model, "predict", None)
+    served = predict if callable(predict) else trained.model.forward
+    if not callable(predict) and lookup(name, "trainer", "trainer.type", trained.config.source).forward \
+            is not Trainer.forward:
         how = f"its trainer {name} overrides forward (its batches are not (input, target))"
     else:
         kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                  inspect.Parameter.KEYWORD_ONLY)
-        needed = [p.name for p in inspect.signature(trained.model.forward).parameters.values()
+        needed = [p.name for p in inspect.signature(served).parameters.values()
                   if p.kind in kinds and p.default is inspect.Parameter.empty]
         if len(needed) <= 1:
             return
         how = f"its model {arch} takes {len(needed)} inputs ({', '.join(needed)})"
-    raise ConfigError(f"{script} gives the model one input tensor per batch, model(x), but {how}. Load the model "
-                      f"with tools.restore.restore('{trained.path}') (its .model is ready, in eval mode) and feed "
-                      "it as your trainer's forward does.")
+    raise ConfigError(f"{script} gives the model one input tensor per batch, model(x), but {how}. Give the model a "
+                      "predict(x) method that takes one tensor and returns one (docs/predict.md), or load it with "
+                      f"tools.restore.restore('{trained.path}') (its .model is ready, in eval mode) and feed it as "
+                      "your trainer's forward does.")
+
+
+def check_one_output(output: Any, arch: str, script: str) -> torch.Tensor:
+    """The served model's output, which predict.py and export.py take as one tensor."""
+    if not isinstance(output, torch.Tensor):
+        what = f"a {type(output).__name__}" + (f" of {len(output)}" if isinstance(output, (tuple, list)) else "")
+        raise ConfigError(f"{script} takes one tensor from the model per batch, and {arch} returns {what}. Give the "
+                          "model a predict(x) method that returns the tensor to serve (e.g. the first of them; "
+                          "docs/predict.md).")
+    return output
 
 
 def rebuilt_data(trained: Restored, training: bool = True) -> Any:

@@ -17,7 +17,7 @@ def test_an_example_trains_resumes_bit_identically_after_sigkill_and_evaluates(n
     folder = tmp_path / name
     assert new_project.main([str(folder), "--example", name]) == 0
     assert (folder / "EXAMPLE.md").is_file() and (folder / "README.md").read_text().startswith("# ")
-    args = ["-c", "config.yaml", "trainer.epochs=3", "trainer.save_every_steps=2", f"trainer.save_dir={tmp_path}"]
+    args = ["-c", "config.yaml", "trainer.epochs=2", "trainer.save_every_steps=2", f"trainer.save_dir={tmp_path}"]
     ref = run_script("train.py", *args, "--run-id", "ref", cwd=folder, script_dir=folder)
     assert ref.returncode == 0, ref.stderr
     killed = subprocess.run([sys.executable, str(folder / "tests" / "interrupt.py"), "--at", "step:3", "--send", "KILL",

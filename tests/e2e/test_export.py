@@ -132,3 +132,52 @@ def test_an_output_that_is_the_checkpoint_or_a_planted_link_is_refused(run_folde
     os.mkfifo(tmp_path / "best.pt2")  # opening it to write would wait for a reader forever
     assert export.main(["--resume", str(checkpoint), "--format", "exported"]) == 2
     assert f"'{tmp_path / 'best.pt2'}' is not a regular file" in capsys.readouterr().err
+
+
+def test_a_model_with_several_outputs_is_served_through_its_predict_or_refused_in_one_message(run_folder, tmp_path,
+                                                                                              monkeypatch, capsys):
+    from model.builtin.models import DigitsCNN
+
+    real = DigitsCNN.forward
+    monkeypatch.setattr(DigitsCNN, "forward", lambda self, x: (real(self, x), x.mean()))  # e.g. scores and a code
+    output = tmp_path / "model.pt2"
+    args = ["--resume", str(run_folder), "--format", "exported", "--output", str(output)]
+    assert export.main(args) == 2
+    err = capsys.readouterr().err
+    assert "export.py takes one tensor from the model per batch, and DigitsCNN returns a tuple of 2" in err
+    assert "predict(x)" in err and "Traceback" not in err and not output.exists()
+    monkeypatch.setattr(DigitsCNN, "predict", lambda self, x: self(x)[0], raising=False)
+    assert export.main(args) == 0 and output.is_file()
+    program = torch.export.load(output).module()
+    batch = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(program(batch), real(restore(run_folder, device="cpu").model, batch))
+
+
+def test_a_submodule_is_exported_with_the_models_example_input(run_folder, tmp_path, monkeypatch, capsys):
+    from model.builtin.models import DigitsCNN
+
+    output = tmp_path / "features.pt2"
+    args = ["--resume", str(run_folder), "--format", "exported", "--output", str(output), "--module", "features"]
+    assert export.main(args) == 2
+    assert "--module features: export.py needs an example input for that submodule" in capsys.readouterr().err
+    assert export.main([*args[:-1], "featurs"]) == 2
+    assert "DigitsCNN has no submodule of that name. Did you mean 'features'?" in capsys.readouterr().err
+    monkeypatch.setattr(DigitsCNN, "example_input", lambda self, module: torch.rand(4, 1, 8, 8), raising=False)
+    assert export.main(args) == 0
+    assert "(exported, DigitsCNN.features, raw weights)" in capsys.readouterr().out
+    model = restore(run_folder, device="cpu").model
+    batch = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(torch.export.load(output).module()(batch), model.features(batch))
+
+
+def test_a_file_fixed_to_the_export_batch_size_is_removed_with_the_cause(run_folder, tmp_path, monkeypatch, capsys):
+    if onnx_packages_missing():
+        pytest.skip(f"{', '.join(onnx_packages_missing())} not installed")
+    from model.builtin.models import DigitsCNN
+
+    monkeypatch.setattr(DigitsCNN, "forward", lambda self, x: self.classifier(self.features(x).view(len(x), -1)))
+    output = tmp_path / "model.onnx"
+    assert export.main(["--resume", str(run_folder), "--format", "onnx", "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert "does not run on the check's batch" in err and "x.view(len(x), ...)" in err and "Traceback" not in err
+    assert not output.exists()

@@ -273,3 +273,19 @@ def test_table_and_regression_models_write_output_values(digits_best, tmp_path, 
     assert predict.main(["--resume", str(tmp_path / "values.pth"), str(DIGITS / "images" / "0000.png"),
                          "--output", str(output)]) == 0
     assert list(read_csv(output)[0]) == ["file"] + [f"output{i}" for i in range(10)]
+
+
+def test_a_model_with_several_outputs_predicts_through_its_predict_or_is_refused_in_one_message(digits_best, tmp_path,
+                                                                                                monkeypatch, capsys):
+    from model.builtin.models import DigitsCNN
+
+    real = DigitsCNN.forward
+    monkeypatch.setattr(DigitsCNN, "forward", lambda self, x: (real(self, x), x.mean()))
+    image, output = DIGITS / "images" / "0000.png", tmp_path / "preds.csv"
+    assert predict.main(["--resume", str(digits_best), str(image), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "predict.py takes one tensor from the model per batch, and DigitsCNN returns a tuple of 2" in err
+    assert "Traceback" not in err and not output.exists()
+    monkeypatch.setattr(DigitsCNN, "predict", lambda self, x: self(x)[0], raising=False)
+    assert predict.main(["--resume", str(digits_best), str(image), "--output", str(output)]) == 0
+    assert list(read_csv(output)[0])[:3] == ["file", "label", "index"]

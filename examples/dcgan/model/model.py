@@ -19,4 +19,12 @@ class DCGAN(nn.Module):
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         """Images for `noise` (N, latent): the generator is what the model is for once trained."""
-        return self.generator(noise.view(len(noise), self.latent, 1, 1))
+        return self.generator(noise[:, :, None, None])  # not view(len(noise), ...): exports keep any batch size
+
+    def example_input(self, module: str = "") -> torch.Tensor:
+        """Noise for export.py to trace and check the model (or its `generator` submodule, or --module
+        discriminator) with."""
+        if module == "discriminator":
+            return torch.rand(4, 1, 8, 8) * 2 - 1
+        noise = torch.randn(4, self.latent, generator=torch.Generator().manual_seed(0))
+        return noise[:, :, None, None] if module == "generator" else noise

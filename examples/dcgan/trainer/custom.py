@@ -15,7 +15,7 @@ class GANTrainer(Trainer):
     def scores(self, model, real, generator=None):
         """Generated images, as many as `real`, and the discriminator's scores (logits) of the real ones."""
         noise = torch.randn(len(real), model.latent, device=real.device, generator=generator)
-        fake = model.generator(noise.view(len(real), model.latent, 1, 1))
+        fake = model.generator(noise[:, :, None, None])
         return fake, model.discriminator(real)
 
     def training_step(self, model, batch):

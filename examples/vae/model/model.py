@@ -19,3 +19,7 @@ class VAE(nn.Module):
         mean, log_variance = self.mean(hidden), self.log_variance(hidden)
         code = mean + torch.randn_like(mean) * (0.5 * log_variance).exp() if self.training else mean
         return self.decoder(code), mean, log_variance
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """What predict.py and export.py serve: each image's code (the mean of its Gaussian)."""
+        return self.mean(self.encoder(images))
