@@ -115,3 +115,36 @@ def test_counts_are_exact_over_two_processes():
     queue = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_two_processes, args=(port, queue), nprocs=2, start_method="spawn")
     assert sorted([queue.get(), queue.get()]) == [(0, MATRIX), (1, MATRIX)]
+
+
+RANK_LOGGER = '''
+from trainer.callbacks import Callback
+from trainer.trainer import Trainer
+
+
+class RankLogger(Callback):
+    """Logs its process's rank after every batch, and counts the batches it saw, as its state."""
+
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, batch, step):
+        self.batches += 1
+        trainer.log("rank", float(trainer.dist.rank))
+
+    def state_dict(self):
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state):
+        self.batches = state["batches"]
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_logged_values_are_means_over_every_process_under_ddp(project, tmp_path, capfd, monkeypatch):
+    define_in_custom(monkeypatch, RANK_LOGGER, project)
+    result = torchrun(capfd, *fast_args(tmp_path, "trainer.epochs=1", "callbacks=[RankLogger]"), cwd=project)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(only_run(tmp_path) / "checkpoint-latest.pth")
+    assert state["history"][0]["rank"] == 0.5  # as many batches on rank 0 (logging 0) as on rank 1 (logging 1)
+    assert state["callbacks"] == [{"type": "RankLogger", "state": {"batches": 10}}]  # rank 0's, of its 10 batches
