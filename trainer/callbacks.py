@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from utils.errors import suggest
 
 
@@ -67,6 +69,31 @@ class Callback:
 
 
 EVENTS = [name for name in vars(Callback) if name.startswith("on_")]
+
+
+class Events:
+    """The Trainer's side of the events (`call`) and of the values user code logs (`log`)."""
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Log one number from a training or validation step, or from an event between an epoch's start and its
+        last batch: its mean over the epoch's calls (over every process under DDP) appears in the progress line,
+        history.jsonl and TensorBoard as `name` in training and `val_<name>` in validation, and `trainer.monitor`
+        can name it. Log the same names on every process."""
+        if self.logging_to is None:
+            raise ValueError(f"log('{name}') was called outside an epoch's training or validation; call it from a "
+                             "step, or from an event between on_train_epoch_start and the last on_train_batch_end")
+        self.logging_to.log(name, value)
+
+    def call(self, event: str, *args: Any) -> None:
+        """The event (trainer/callbacks.py) on this trainer, when a subclass defines it, then on each callback."""
+        own = getattr(self, event, None)
+        if own is not None:
+            own(*args)
+        for callback in self.callbacks:
+            hook = getattr(callback, event, None)
+            if hook is not None:
+                hook(self, *args)
+
 
 
 def misspelt_event(obj: Any) -> str | None:

@@ -1,5 +1,6 @@
 """Trainer subclasses a config can name in `trainer.type`, with their arguments in `trainer.args`: two small
-examples of the override points, and the place for yours (any subclass defined here is found).
+examples of the override points, and the place for yours (any subclass defined here is found). Callbacks
+(trainer/callbacks.py) named in the config's `callbacks` are found here too.
 
     trainer: {type: RegularizedTrainer, args: {l2: 1.0e-4}, epochs: 30, ...}
 """

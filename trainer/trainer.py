@@ -1,8 +1,9 @@
 """The training loop: epochs of zero_grad / forward / loss / backward / step, with validation, best-model
 monitoring, early stopping and checkpoints. `fit`, `train_epoch` and `train_batch` read top to bottom; the
-bookkeeping sits behind small calls: trainer/state.py (what a checkpoint holds), monitor.py (best value, early
-stop), progress.py (log lines, progress bar, TensorBoard), signals.py (stop signals), ema.py (the EMA of the
-weights), data_loader/batch_transforms.py (MixUp, CutMix).
+bookkeeping sits behind small calls: trainer/state.py (what a checkpoint holds), steps.py (how the optimizers
+step: clipping, closures, several optimizers, schedulers), callbacks.py (events and `log`), monitor.py (best value,
+early stop), progress.py (log lines, progress bar, TensorBoard), utils/signals.py (stop signals), ema.py (the EMA
+of the weights), data_loader/batch_transforms.py (MixUp, CutMix).
 
 To change what a step computes, subclass `Trainer`, override `forward`, `compute_loss`, `training_step` or
 `validation_step`, and name the subclass in the config's `trainer.type` (examples: trainer/custom.py). To act at
@@ -12,11 +13,9 @@ subclass or list callbacks in the config; `self.log(name, value)` logs a value o
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import time
-import warnings
 from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple
 
@@ -28,12 +27,14 @@ from data_loader.base import batches_of
 from data_loader.batch_transforms import training_batch
 from data_loader.checks import take_bad_samples
 from data_loader.factory import TrainingData
+from trainer.callbacks import Events
 from trainer.checkpoint import LATEST
 from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
 from trainer.monitor import Monitor
 from trainer.progress import Progress
 from trainer.state import TrainingState
+from trainer.steps import OptimizerSteps, needs_closure
 from utils import distributed
 from utils.config import Config
 from utils.device import autocast, maybe_compile, to_device
@@ -49,12 +50,6 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether `optimizer.step` requires a closure that re-evaluates the loss (LBFGS does)."""
-    closure = inspect.signature(optimizer.step).parameters.get("closure")
-    return closure is not None and closure.default is inspect.Parameter.empty
-
-
 class Step(NamedTuple):
     """What a training or validation step returns: the loss (a scalar tensor; training back-propagates it), the
     output and target that the metrics are computed on, and the batch's elements after the target (`extra`: a
@@ -66,7 +61,7 @@ class Step(NamedTuple):
     extra: tuple = ()
 
 
-class Trainer(TrainingState):
+class Trainer(TrainingState, OptimizerSteps, Events):
     """Trains `model` on `data` (data_loader/factory.py's TrainingData) as the config's `trainer` section says.
 
     `load_state_dict` of a checkpoint's state (trainer/factory.py's build_trainer does it for `--resume`)
@@ -148,26 +143,6 @@ class Trainer(TrainingState):
         `compute_loss` may add, and what the metrics see."""
         output, target, *extra = self.forward(model, batch)
         return Step(self.criterion(output, target, *extra), output, target, tuple(extra))
-
-    def log(self, name: str, value: float | torch.Tensor) -> None:
-        """Log one number from a training or validation step, or from an event between an epoch's start and its
-        last batch: its mean over the epoch's calls (over every process under DDP) appears in the progress line,
-        history.jsonl and TensorBoard as `name` in training and `val_<name>` in validation, and `trainer.monitor`
-        can name it. Log the same names on every process."""
-        if self.logging_to is None:
-            raise ValueError(f"log('{name}') was called outside an epoch's training or validation; call it from a "
-                             "step, or from an event between on_train_epoch_start and the last on_train_batch_end")
-        self.logging_to.log(name, value)
-
-    def call(self, event: str, *args: Any) -> None:
-        """The event (trainer/callbacks.py) on this trainer, when a subclass defines it, then on each callback."""
-        own = getattr(self, event, None)
-        if own is not None:
-            own(*args)
-        for callback in self.callbacks:
-            hook = getattr(callback, event, None)
-            if hook is not None:
-                hook(self, *args)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, run: RunPaths) -> dict[str, float]:
@@ -251,102 +226,6 @@ class Trainer(TrainingState):
         self.call("on_train_batch_end", batch, step)
         if stepped:
             self.after_step()  # logging and step-level saves, after every event of the batch
-
-    def closure_batch(self, batch: Any) -> None:
-        """One batch for an optimizer whose step re-evaluates the loss (LBFGS): the training step, backward and
-        clipping run inside `optimizer.step(closure)`, as often as it calls the closure; the metrics and the logged
-        values are the first evaluation's. trainer/setup.py refuses the settings this cannot honour (fp16,
-        accumulation, skip_batch)."""
-        self.call("on_train_batch_start", batch)
-        evaluations: list[Step] = []
-
-        def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp_dtype):
-                step = self.training_step(self.train_model, batch)
-            step.loss.backward()
-            self.clip_gradients()
-            if not evaluations:
-                self.tracker.update(*step)
-                self.logging_to = None  # the optimizer's further evaluations log nothing
-            evaluations.append(step)
-            return step.loss
-
-        with self.progress.watch(batch, self.epoch, self.global_step, True):
-            self.optimizer_step(closure)
-        self.logging_to = self.tracker
-        self.batch_idx += 1
-        self.call("on_train_batch_end", batch, evaluations[0])
-        self.after_step()
-
-    def clip_gradients(self) -> None:
-        if self.cfg["grad_clip_norm"]:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip_norm"])
-
-    def optimizer_step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
-        """Unscale (fp16), clip, step, count; then the scheduler's step-level schedule and the EMA. With a
-        `closure`, the optimizer calls it for the gradients (it clips them itself)."""
-        if closure is None:
-            self.scaler.unscale_(self.optimizer)  # what scaler.step does anyway: events and clipping see true values
-            self.clip_gradients()
-        self.call("on_before_optimizer_step", self.optimizer)
-        if closure is None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step(closure)
-        self.count_step()
-        self.call("on_after_optimizer_step", self.optimizer)
-
-    def count_step(self) -> None:
-        """An optimizer step done (with several optimizers: a window of the training step's own steps): count it,
-        step the step-level schedulers, update the EMA."""
-        self.global_step += 1
-        for name, scheduler in self.lr_schedulers.items():
-            if self.intervals[name] == "step":
-                self.step_scheduler(scheduler)
-        if self.ema is not None:
-            self.ema.update(self.model, self.epoch, self.global_step)
-
-    def manual_backward(self, loss: torch.Tensor) -> None:
-        """With `optimizers`: back-propagate `loss` as the loop does its own, as its share of the accumulation
-        window (`trainer.accumulate_grad_batches`)."""
-        (loss / self.window if self.window > 1 else loss).backward()
-
-    def step_optimizer(self, name: str, closure: Callable[[], torch.Tensor] | None = None) -> bool:
-        """With `optimizers`: step the optimizer `name` as the loop steps its own, on the last batch of an
-        accumulation window (on the others it does nothing and returns False): the gradients of its parameters
-        averaged over the processes under DDP and clipped to `trainer.grad_clip_norm`, the step (with `closure`
-        for an optimizer that takes one), then its gradients zeroed; the optimizer events before and after."""
-        if name not in self.optimizers:
-            raise ValueError(f"step_optimizer('{name}'): the config's optimizers are {', '.join(self.optimizers)}")
-        if not self.window_last:
-            return False
-        optimizer = self.optimizers[name]
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if self.dist.enabled:
-            self._average_gradients(params)
-        if self.cfg["grad_clip_norm"]:
-            nn.utils.clip_grad_norm_(params, self.cfg["grad_clip_norm"])
-        self.call("on_before_optimizer_step", optimizer)
-        optimizer.step() if closure is None else optimizer.step(closure)
-        optimizer.zero_grad(set_to_none=True)
-        self.call("on_after_optimizer_step", optimizer)
-        return True
-
-    def step_scheduler(self, scheduler: Any, *value: float) -> None:
-        """A LR scheduler's step. Under fp16 the scaler skips an optimizer step whose gradients overflow (often the
-        first), and PyTorch then warns, at the scheduler's first step only, that it stepped before the optimizer: a
-        known, harmless effect (the schedule moves on by that step), silenced there alone."""
-        if not (self.scaler.is_enabled() and scheduler.last_epoch == 0):
-            return scheduler.step(*value)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
-            scheduler.step(*value)
-
-    def learning_rates(self) -> list[float]:
-        """Every parameter group's learning rate, of every optimizer."""
-        return [group["lr"] for optimizer in self.optimizers.values() for group in optimizer.param_groups]
 
     def validate(self) -> dict[str, float]:
         """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
@@ -461,18 +340,6 @@ class Trainer(TrainingState):
         both = distributed.all_reduce(torch.tensor([signum or 0, int(flag)], device=self.device), op="max")
         signum, flag = both.tolist()
         return signum or None, bool(flag)
-
-    def _average_gradients(self, params: list[nn.Parameter] | None = None) -> None:
-        """What DDP's backward does: every gradient (of `params`, default all) becomes its mean over the processes. A
-        parameter without a gradient here but with one elsewhere (find_unused_parameters) counts zeros; one
-        without any stays None."""
-        params = [p for p in (self.model.parameters() if params is None else params) if p.requires_grad]
-        present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
-        for param, used in zip(params, distributed.all_reduce(present, op="max").tolist()):
-            if used:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                distributed.all_reduce(param.grad).div_(self.dist.world_size)
 
     def _any_rank(self, flag: torch.Tensor) -> bool:
         """Whether `flag` holds on any process (so that all of them skip the same batch)."""

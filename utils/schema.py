@@ -261,45 +261,40 @@ def _check_warmup(config: dict[str, Any], source: str) -> None:
 
 def named_optimizers(value: Any, where: str) -> dict[str, Any] | None:
     """`optimizers`: null, or a mapping of names to `{type, args, modules, lr_scheduler}` (a scheduler: `{type,
-    args, interval}`)."""
+    args, interval}`), with the defaults filled in."""
     if value is None:
         return None
-    example = "e.g. optimizers: {generator: {type: Adam, args: {lr: 2.0e-4}, modules: [generator]}}"
-    if not isinstance(value, dict) or not value:
-        raise ConfigError(f"{where}: 'optimizers' must be a mapping of names to optimizers, {example}; got {value!r}.")
     resolved = {}
-    for name, spec in value.items():
-        key = f"optimizers.{name}"
-        spec = {"type": spec} if isinstance(spec, str) else spec
-        unknown = sorted(set(spec) - {"type", "args", "modules", "lr_scheduler"}) if isinstance(spec, dict) else []
-        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or unknown:
-            raise ConfigError(f"{where}: '{key}' must be a mapping of type, args, modules and lr_scheduler, {example}; "
-                              f"got {spec!r}.")
-        modules = spec.get("modules")
-        if modules is not None and not (isinstance(modules, str) or (
-                isinstance(modules, list) and all(isinstance(m, str) for m in modules))):
+    for name, spec in (value.items() if isinstance(value, dict) and value else [(None, value)]):
+        key, spec = f"optimizers.{name}", {"type": spec} if isinstance(spec, str) else spec
+        scheduler = spec.get("lr_scheduler") if isinstance(spec, dict) else None
+        scheduler = {"type": scheduler} if isinstance(scheduler, str) else scheduler
+        modules = spec.get("modules") if isinstance(spec, dict) else None
+        if name is None or not isinstance(spec, dict) or not isinstance(spec.get("type"), str) \
+                or set(spec) - {"type", "args", "modules", "lr_scheduler"}:
+            raise ConfigError(f"{where}: '{key if name is not None else 'optimizers'}' must be a mapping of names to "
+                              "{type, args, modules, lr_scheduler}, e.g. optimizers: {generator: {type: Adam, args: "
+                              f"{{lr: 2.0e-4}}, modules: [generator]}}; got {spec!r}.")
+        if not (modules is None or isinstance(modules, str)
+                or (isinstance(modules, list) and all(isinstance(m, str) for m in modules))):
             raise ConfigError(f"{where}: '{key}.modules' must be a submodule name or a list of them; got {modules!r}.")
-        scheduler = spec.get("lr_scheduler")
-        if scheduler is not None:
-            scheduler = {"type": scheduler} if isinstance(scheduler, str) else scheduler
-            if not isinstance(scheduler, dict) or not isinstance(scheduler.get("type"), str) \
-                    or scheduler.get("interval", "epoch") not in ("epoch", "step"):
-                raise ConfigError(f"{where}: '{key}.lr_scheduler' must be {{type, args, interval: epoch or step}}; "
-                                  f"got {scheduler!r}.")
-            scheduler = {"args": {}, "interval": "epoch", **scheduler}
+        if scheduler is not None and (not isinstance(scheduler, dict) or not isinstance(scheduler.get("type"), str)
+                                      or scheduler.get("interval", "epoch") not in ("epoch", "step")):
+            raise ConfigError(f"{where}: '{key}.lr_scheduler' must be {{type, args, interval: epoch or step}}; "
+                              f"got {scheduler!r}.")
         resolved[str(name)] = {"type": spec["type"], "args": spec.get("args") or {}, "modules": modules,
-                               "lr_scheduler": scheduler}
+                               "lr_scheduler": None if scheduler is None else {"args": {}, "interval": "epoch",
+                                                                               **scheduler}}
     return resolved
 
 
 def _check_one_optimizer(config: dict[str, Any], source: str) -> None:
     """`optimizer` (one, stepped by the loop) or `optimizers` (several, stepped by the training step): one of them."""
-    if (config["optimizer"] is None) == (config["optimizers"] is None):
-        both = config["optimizer"] is not None
-        raise ConfigError(f"{blame(source, 'optimizers' if both else 'optimizer')}: set "
-                          f"{'only one of' if both else 'one of'} 'optimizer' (one optimizer, which the loop steps) "
-                          "and 'optimizers' (several by name, which your training step steps); configs/config.yaml "
-                          "shows optimizer, docs/optimizers.md optimizers.")
+    both = config["optimizer"] is not None
+    if both == (config["optimizers"] is not None):
+        raise ConfigError(f"{blame(source, 'optimizers' if both else 'optimizer')}: set {'only ' if both else ''}one of "
+                          "'optimizer' (one optimizer, which the loop steps) and 'optimizers' (several by name, which "
+                          "your training step steps); configs/config.yaml shows optimizer, docs/optimizers.md optimizers.")
 
 
 def _check_finite_optimizer(config: dict[str, Any], source: str) -> None:
