@@ -11,13 +11,18 @@ from trainer.checkpoint import load_checkpoint
 
 from helpers import assert_same_state, run_script, same
 
+# Lighter settings for the slowest examples, so that the test takes seconds (the same in every run it compares).
+LIGHTER = {"sine_lbfgs": ["optimizer.args.max_iter=3", "data_loader.args.length=60"],
+           "char_rnn": ["data_loader.args.files=docs/c*.md"]}
+
 
 @pytest.mark.parametrize("name", sorted(new_project.EXAMPLES))
 def test_an_example_trains_resumes_bit_identically_after_sigkill_and_evaluates(name, tmp_path):
     folder = tmp_path / name
     assert new_project.main([str(folder), "--example", name]) == 0
     assert (folder / "EXAMPLE.md").is_file() and (folder / "README.md").read_text().startswith("# ")
-    args = ["-c", "config.yaml", "trainer.epochs=2", "trainer.save_every_steps=2", f"trainer.save_dir={tmp_path}"]
+    args = ["-c", "config.yaml", "trainer.epochs=2", "trainer.save_every_steps=2", f"trainer.save_dir={tmp_path}",
+            *LIGHTER.get(name, [])]
     ref = run_script("train.py", *args, "--run-id", "ref", cwd=folder, script_dir=folder)
     assert ref.returncode == 0, ref.stderr
     killed = subprocess.run([sys.executable, str(folder / "tests" / "interrupt.py"), "--at", "step:3", "--send", "KILL",
