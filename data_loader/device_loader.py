@@ -217,10 +217,14 @@ class DeviceDataLoader:
         return self._batches(dataset, device, "training", train=True)
 
     def val_loader(self, device: torch.device | None = None) -> DeviceBatches | None:
-        val_indices = self.source.split()[1]
-        if not val_indices:
-            return None
-        dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), val_indices)
+        """The source's validation data of its own (`make_val_dataset`), or the validation split of its training
+        data."""
+        dataset = self.source.make_val_dataset(self.source.eval_transform)
+        if dataset is None:
+            val_indices = self.source.split()[1]
+            if not val_indices:
+                return None
+            dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), val_indices)
         return self._batches(dataset, device, "validation", train=False)
 
     def test_loader(self, device: torch.device | None = None) -> DeviceBatches:

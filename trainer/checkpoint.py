@@ -57,6 +57,22 @@ _KINDS = {int: "a whole number", dict: "a mapping", list: "a list", (int, float)
           (dict, type(None)): "a mapping or null"}
 
 
+_PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.Size)
+
+
+def unreadable_value(value: Any, path: str = "") -> str | None:
+    """Where `value` holds something `torch.load(weights_only=True)` refuses (a NumPy number, an object of a class of
+    its own), and what: checkpoints hold tensors and plain Python values only. None when all of it is readable."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN:
+        return None
+    if type(value) in (list, tuple, set):
+        return next((p for i, v in enumerate(value) if (p := unreadable_value(v, f"{path}[{i}]"))), None)
+    if type(value) is dict:
+        return next((p for k, v in value.items() if (p := unreadable_value(k, f"{path} key") or unreadable_value(
+            v, f"{path}[{k!r}]"))), None)
+    return f"a {type(value).__module__}.{type(value).__qualname__} at {path or 'its top'}"
+
+
 def _layout_problem(state: dict[str, Any], layout: dict[str, Any], where: str = "") -> str | None:
     """The first key of `layout` that `state` lacks or holds with another type, described; None if it fits."""
     for key, kind in layout.items():

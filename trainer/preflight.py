@@ -9,6 +9,7 @@ are as they were, so a run with it is bit-identical to one without it.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import inspect
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from data_loader.batch_transforms import training_batch
 from data_loader.transforms import TRANSFORM_ORDER
 from trainer.callbacks import EVENTS
+from trainer.checkpoint import unreadable_value
 from trainer.metric_tracker import MetricTracker, as_scalar
 from trainer.trainer import Trainer
 from utils.device import autocast, to_device
@@ -37,6 +39,9 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     `num_classes` is the data's number of classes when the loader knows it (its `num_classes`)."""
     model, loader = trainer.model, trainer.train_loader
     with _leaves_no_trace(trainer):
+        # No collective inside the check (step_optimizer's averaging): a process whose check fails first must not
+        # leave the others waiting; the check's step is undone anyway.
+        trainer.collectives = False
         try:
             batch = training_batch(first_batch(loader), trainer.data.batch_transform, loader.sampler, 0,
                                    trainer.device, trainer.cfg["channels_last"])
@@ -82,6 +87,13 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                                                                                     *val_logged]]
         if not (trainer.callbacks or any(hasattr(trainer, event) for event in EVENTS)):
             trainer.monitor.check(names)  # else events may log more; the first epoch's end checks it
+        for i, callback in enumerate(trainer.callbacks):
+            problem = unreadable_value(callback.state_dict()) if hasattr(callback, "state_dict") else None
+            if problem is not None:
+                raise ConfigError(f"callbacks[{i}], {type(callback).__name__}: its state_dict() holds {problem}, which "
+                                  "a checkpoint cannot hold (they are read with torch.load(weights_only=True): tensors "
+                                  "and plain Python values only). Convert it in state_dict() (float(x), int(x), "
+                                  "torch.tensor(x)). Nothing was written.")
 
 
 @torch.no_grad()
@@ -118,6 +130,7 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
     states = [(part, copy.deepcopy(part.state_dict())) for part in [*trainer.lr_schedulers.values(), trainer.scaler]]
     ema = copy.deepcopy(trainer.ema.state_dict()) if trainer.ema is not None else None
     attributes = {name: _by_value(value) for name, value in vars(trainer).items()}
+    generators = [(g, g.get_state()) for g in vars(trainer).values() if isinstance(g, torch.Generator)]
     tracker = _by_value(trainer.tracker.state_dict())
     callbacks = [(c, _by_value(c.state_dict())) for c in trainer.callbacks if hasattr(c, "load_state_dict")]
     try:
@@ -140,6 +153,8 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
         for name in set(vars(trainer)) - set(attributes):
             delattr(trainer, name)
         vars(trainer).update(attributes)
+        for generator, state in generators:
+            generator.set_state(state)
         trainer.tracker.load_state_dict(tracker)
         for callback, state in callbacks:
             callback.load_state_dict(state)
@@ -149,13 +164,17 @@ def _leaves_no_trace(trainer: Any) -> Iterator[None]:
 
 
 def _by_value(value: Any) -> Any:
-    """A copy of the tensors, lists, tuples, dicts and sets in `value`; any other object is kept as it is."""
+    """A copy of the tensors, lists, tuples, sets, deques and dicts in `value`; any other object is kept as it is."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
+    if isinstance(value, collections.deque):
+        return collections.deque((_by_value(v) for v in value), maxlen=value.maxlen)
     if isinstance(value, (list, tuple, set)) and not hasattr(value, "_fields"):
         return type(value)(_by_value(v) for v in value)
-    if type(value) is dict:
-        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        copied = copy.copy(value)  # a defaultdict keeps its factory, an OrderedDict its kind
+        copied.update({k: _by_value(v) for k, v in value.items()})
+        return copied
     return value
 
 
@@ -166,6 +185,7 @@ def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
     message. Other errors (a bug in a `validation_step`) keep their traceback."""
     was_training, batch = trainer.model.training, None
     trainer.model.eval()
+    trainer.logging_to = MetricTracker(trainer.metrics, trainer.device)  # what the step logs is left out
     try:
         batch = to_device(first_batch(loader), trainer.device, trainer.cfg["channels_last"])
         with autocast(trainer.device, trainer.amp_dtype):
@@ -178,6 +198,7 @@ def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
                           "same columns for tables.") from None
     finally:
         trainer.model.train(was_training)
+        trainer.logging_to = None
 
 
 def check_scheduler(trainer: Any) -> None:

@@ -61,7 +61,6 @@ def build(args: argparse.Namespace) -> Built:
     config = Config.load(args.config, args.overrides, base=saved, lr=args.lr, bs=args.bs, epochs=args.epochs,
                          seed=args.seed, name=args.name, device=args.device)
     if checkpoint is not None:
-        check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
         saved_name = folder_name(checkpoint["config"]["name"], f"The experiment name saved in '{checkpoint_path}'",
                                  nested=True)
         if config["name"] != saved_name and "name" in config.source.overrides:
@@ -76,6 +75,8 @@ def build(args: argparse.Namespace) -> Built:
     seed_everything(config["seed"])
     # Every process builds and checks its part; a failure on any stops all of them before anything is written.
     parts, num_classes = distributed.agree(lambda: build_parts(config, checkpoint, dist))
+    if checkpoint is not None:  # once the data loader has filled in the model args it learned (model_args)
+        check_resume_config(checkpoint["config"], config.data, args.config or "the command line")
     trainer = build_trainer(config, resume=checkpoint, dist=dist, **parts)  # DDP's wrapper syncs the processes
     distributed.agree(lambda: check_one_batch(trainer, num_classes))  # the last check before anything is written
     return Built(config, trainer, checkpoint_path, checkpoint, saved)
@@ -108,6 +109,11 @@ def build_parts(config: Config, checkpoint: dict[str, Any] | None,
     if config["optimizers"] is None:
         optimizer = build_optimizer(config, model)
         if needs_closure(optimizer):
+            if dist.enabled:
+                raise ConfigError(f"{blame(config.source, 'optimizer.type')}: the optimizer "
+                                  f"'{config['optimizer']['type']}' re-evaluates the loss through a closure, as often "
+                                  "as its own loss values decide, so under torchrun the processes would fall out of "
+                                  "step. Train it in one process (python train.py), or choose another optimizer.")
             refuse_settings(config, f"the optimizer '{config['optimizer']['type']}' re-evaluates the loss through a "
                             "closure (its step(closure))", amp="fp16's gradient scaler cannot scale a closure",
                             accumulate_grad_batches="each step evaluates one batch, so gradients cannot be "

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import BEST, FORMAT, LATEST, best_in_file, save_checkpoint
+from trainer.checkpoint import BEST, FORMAT, LATEST, best_in_file, save_checkpoint, unreadable_value
 from utils import distributed
 from utils.errors import CheckpointError, TrainingError, reason
 from utils.files import atomic_write
@@ -54,7 +54,8 @@ class TrainingState:
             "lr_scheduler": {name: s.state_dict() for name, s in self.lr_schedulers.items()} if self.manual
             else self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step},
+            "loop": {"epoch": self.epoch, "batch_idx": self.batch_idx, "global_step": self.global_step,
+                     "epoch_trained": self.epoch_trained},
             "monitor": self.monitor.state_dict(),
             "history": self.history,
             "data": {**self.train_loader.sampler.state_dict(), "batch_size": self.train_loader.batch_size},
@@ -66,6 +67,13 @@ class TrainingState:
                           for c in self.callbacks],
         }
         self.call("on_save_checkpoint", state)
+        for entry, callback in zip(state["callbacks"], self.callbacks):
+            problem = unreadable_value(entry["state"])
+            if problem is not None:
+                raise TrainingError(f"The state of the callback {type(callback).__name__} (its state_dict()) holds "
+                                    f"{problem}, which a checkpoint cannot hold: they are read with torch.load("
+                                    "weights_only=True), which takes tensors and plain Python values only. Nothing "
+                                    "was written; convert it in state_dict() (float(x), int(x), torch.tensor(x)).")
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -90,6 +98,7 @@ class TrainingState:
                                   "or start a new run.") from None
         loop = state["loop"]
         self.epoch, self.batch_idx, self.global_step = loop["epoch"], loop["batch_idx"], loop["global_step"]
+        self.epoch_trained = loop.get("epoch_trained", False)
         self.monitor.load_state_dict(state["monitor"])
         self.history = state.get("history", [])  # checkpoints written before history was kept have none
         ranks, world = state["per_rank"], state["world_size"]
@@ -126,13 +135,15 @@ class TrainingState:
         batch = self.train_loader.batch_size
         seen = self.batch_idx * saved_batch * world
         self.batch_idx = seen // (batch * self.dist.world_size)
-        if self.dist.is_main:
-            totals = [r["tracker"].get("totals", {}) for r in ranks]
-            logged = [r["tracker"].get("logged", {}) for r in ranks]
-            self.tracker.load_state_dict({"sums": sum(r["tracker"]["sums"] for r in ranks),
-                                          "count": sum(r["tracker"]["count"] for r in ranks),
-                                          "totals": {k: sum(t[k] for t in totals if k in t) for k in totals[0]},
-                                          "logged": {k: sum(t[k] for t in logged if k in t) for k in logged[0]}})
+        totals = [r["tracker"].get("totals", {}) for r in ranks]
+        logged = [r["tracker"].get("logged", {}) for r in ranks]
+        merged = {"sums": sum(r["tracker"]["sums"] for r in ranks), "count": sum(r["tracker"]["count"] for r in ranks),
+                  "totals": {k: sum(t[k] for t in totals if k in t) for k in set().union(*totals)},
+                  "logged": {k: sum(t[k] for t in logged if k in t) for k in set().union(*logged)}}
+        if not self.dist.is_main:  # the same names with zero sums, so that every process reduces the same tensors
+            merged = {"sums": torch.zeros_like(merged["sums"]), "count": 0,
+                      **{part: {k: torch.zeros_like(v) for k, v in merged[part].items()} for part in ("totals", "logged")}}
+        self.tracker.load_state_dict(merged)
         if seen:
             log.warning("The checkpoint was written by %d process(es) with batch size %d, this run has %d with %d: "
                         "the data order of epoch %d is re-derived from sample %d on (batch %d); random draws will "

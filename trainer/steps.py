@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from trainer.metric_tracker import MetricTracker
 from utils import distributed
 from utils.device import autocast
 
@@ -39,7 +40,7 @@ class OptimizerSteps:
             self.clip_gradients()
             if not evaluations:
                 self.tracker.update(*step)
-                self.logging_to = None  # the optimizer's further evaluations log nothing
+                self.logging_to = MetricTracker({}, self.device)  # what further evaluations log is left out
             evaluations.append(step)
             return step.loss
 
@@ -50,9 +51,10 @@ class OptimizerSteps:
         self.call("on_train_batch_end", batch, evaluations[0])
         self.after_step()
 
-    def clip_gradients(self) -> None:
+    def clip_gradients(self, params: Any = None) -> None:
+        """`trainer.grad_clip_norm` on `params` (default: all the model's)."""
         if self.cfg["grad_clip_norm"]:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip_norm"])
+            nn.utils.clip_grad_norm_(self.model.parameters() if params is None else params, self.cfg["grad_clip_norm"])
 
     def optimizer_step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
         """Unscale (fp16), clip, step, count; then the scheduler's step-level schedule and the EMA. With a
@@ -88,19 +90,29 @@ class OptimizerSteps:
         """With `optimizers`: step the optimizer `name` as the loop steps its own, on the last batch of an
         accumulation window (on the others it does nothing and returns False): the gradients of its parameters
         averaged over the processes under DDP and clipped to `trainer.grad_clip_norm`, the step (with `closure`
-        for an optimizer that takes one), then its gradients zeroed; the optimizer events before and after."""
+        for an optimizer that takes one, which clipping then follows inside; not under DDP, where the processes would
+        evaluate it a different number of times), then its gradients zeroed; the optimizer events before and after."""
         if name not in self.optimizers:
             raise ValueError(f"step_optimizer('{name}'): the config's optimizers are {', '.join(self.optimizers)}")
+        if closure is not None and self.dist.enabled:
+            raise ValueError(f"step_optimizer('{name}', closure): an optimizer that evaluates a closure as often as "
+                             "its own loss values decide cannot keep several processes in step; train in one process")
         if not self.window_last:
             return False
         optimizer = self.optimizers[name]
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        if self.dist.enabled:
+        if self.dist.enabled and self.collectives:
             self._average_gradients(params)
-        if self.cfg["grad_clip_norm"]:
-            nn.utils.clip_grad_norm_(params, self.cfg["grad_clip_norm"])
+        self.clip_gradients(params)
         self.call("on_before_optimizer_step", optimizer)
-        optimizer.step() if closure is None else optimizer.step(closure)
+        if closure is None:
+            optimizer.step()
+        else:
+            def clipped() -> torch.Tensor:
+                loss = closure()
+                self.clip_gradients(params)
+                return loss
+            optimizer.step(clipped)
         optimizer.zero_grad(set_to_none=True)
         self.call("on_after_optimizer_step", optimizer)
         return True

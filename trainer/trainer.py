@@ -89,6 +89,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
                           for name in self.lr_schedulers}
         self.closure = optimizer is not None and needs_closure(optimizer)  # LBFGS re-evaluates the batch itself
         self.window, self.window_last = 1, True  # the accumulation window of the batch in training
+        self.collectives = True  # False during the check before writing, which must not wait on other processes
         self.data = data or TrainingData(None)
         self.train_loader, self.val_loader = self.data.train, self.data.val
         self.epochs = self.cfg["epochs"]
@@ -114,6 +115,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
 
         # Loop state: everything below goes into checkpoints (trainer/state.py).
         self.epoch, self.batch_idx, self.global_step = 1, 0, 0
+        self.epoch_trained = False  # whether on_train_epoch_end ran for this epoch (a stop in validation saves after it)
         self.history: list[dict[str, float]] = []
         self.tracker = MetricTracker(metrics, device)
         self.window_has_grad = False
@@ -186,7 +188,9 @@ class Trainer(TrainingState, OptimizerSteps, Events):
         self.logging_to = None
         result = self.tracker.result()
         self.check_finite(result["loss"])
-        self.call("on_train_epoch_end", result)
+        if not self.epoch_trained:
+            self.call("on_train_epoch_end", result)
+            self.epoch_trained = True
         return result
 
     def train_batch(self, batch: Any) -> None:
@@ -277,6 +281,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
 
     def end_epoch(self, epoch_log: dict[str, float], seconds: float) -> None:
         """Scheduler, monitor, log line and checkpoints once an epoch is complete."""
+        self.monitor.check(list(epoch_log))  # before ReduceLROnPlateau reads it (a name events were to log)
         for name, scheduler in self.lr_schedulers.items():
             if self.intervals[name] != "epoch":
                 continue
@@ -291,7 +296,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
                             take_bad_samples(self.data.bad_samples, self.device), self.model,
                             self.global_step)
         epoch = self.epoch
-        self.epoch, self.batch_idx = self.epoch + 1, 0
+        self.epoch, self.batch_idx, self.epoch_trained = self.epoch + 1, 0, False
         self.tracker = MetricTracker(self.metrics, self.device)
         self.history.append({"epoch": epoch, **epoch_log})
         latest = self.save_epoch(epoch, epoch_log, improved)

@@ -279,7 +279,8 @@ def named_optimizers(value: Any, where: str) -> dict[str, Any] | None:
                 or (isinstance(modules, list) and all(isinstance(m, str) for m in modules))):
             raise ConfigError(f"{where}: '{key}.modules' must be a submodule name or a list of them; got {modules!r}.")
         if scheduler is not None and (not isinstance(scheduler, dict) or not isinstance(scheduler.get("type"), str)
-                                      or scheduler.get("interval", "epoch") not in ("epoch", "step")):
+                                      or scheduler.get("interval", "epoch") not in ("epoch", "step")
+                                      or set(scheduler) - {"type", "args", "interval"}):
             raise ConfigError(f"{where}: '{key}.lr_scheduler' must be {{type, args, interval: epoch or step}}; "
                               f"got {scheduler!r}.")
         resolved[str(name)] = {"type": spec["type"], "args": spec.get("args") or {}, "modules": modules,
@@ -291,6 +292,9 @@ def named_optimizers(value: Any, where: str) -> dict[str, Any] | None:
 def _check_one_optimizer(config: dict[str, Any], source: str) -> None:
     """`optimizer` (one, stepped by the loop) or `optimizers` (several, stepped by the training step): one of them."""
     both = config["optimizer"] is not None
+    if config["optimizers"] is not None and config["lr_scheduler"] is not None:
+        raise ConfigError(f"{blame(source, 'lr_scheduler')}: with 'optimizers', each optimizer has its own "
+                          "lr_scheduler (optimizers.<name>.lr_scheduler); set lr_scheduler: null.")
     if both == (config["optimizers"] is not None):
         raise ConfigError(f"{blame(source, 'optimizers' if both else 'optimizer')}: set {'only ' if both else ''}one of "
                           "'optimizer' (one optimizer, which the loop steps) and 'optimizers' (several by name, which "

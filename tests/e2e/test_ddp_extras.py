@@ -148,3 +148,38 @@ def test_logged_values_are_means_over_every_process_under_ddp(project, tmp_path,
     state = load_checkpoint(only_run(tmp_path) / "checkpoint-latest.pth")
     assert state["history"][0]["rank"] == 0.5  # as many batches on rank 0 (logging 0) as on rank 1 (logging 1)
     assert state["callbacks"] == [{"type": "RankLogger", "state": {"batches": 10}}]  # rank 0's, of its 10 batches
+
+
+ONE_RANK_FAILS = '''
+from trainer.trainer import Trainer
+
+
+class FailsOnRank1(Trainer):
+    """Steps its one named optimizer itself, and cannot take a batch on rank 1 (as a bad label there would)."""
+
+    def training_step(self, model, batch):
+        if self.dist.rank == 1:
+            raise ValueError("rank 1 cannot take this batch")
+        step = super().training_step(model, batch)
+        self.manual_backward(step.loss)
+        self.step_optimizer("all")
+        return step
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_a_check_that_fails_on_one_process_stops_all_of_them_with_several_optimizers(project, tmp_path, capfd,
+                                                                                    monkeypatch):
+    # The check's step_optimizer must not wait in a collective for the process whose check already failed.
+    define_in_custom(monkeypatch, ONE_RANK_FAILS, project)
+    result = torchrun(capfd, *fast_args(tmp_path, "trainer.type=FailsOnRank1", "optimizer=null", "lr_scheduler=null",
+                                        "optimizers={all: {type: SGD, args: {lr: 0.1}}}"), cwd=project, timeout=120)
+    assert result.returncode != 0 and "rank 1 cannot take this batch" in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_a_closure_optimizer_under_torchrun_is_refused_before_writing(tmp_path, capfd):
+    result = torchrun(capfd, *fast_args(tmp_path, "optimizer={type: LBFGS, args: {lr: 0.2}}", "lr_scheduler=null"))
+    assert result.returncode != 0 and "re-evaluates the loss through a closure" in result.stderr
+    assert "Train it in one process" in result.stderr and not (tmp_path / "models").exists()

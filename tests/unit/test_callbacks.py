@@ -11,7 +11,7 @@ from trainer.callbacks import EVENTS, Callback
 from trainer.checkpoint import load_checkpoint
 from trainer.trainer import Trainer
 
-from helpers import fast_args, only_run
+from helpers import REPO, fast_args, only_run
 
 
 def as_user_code(monkeypatch, *classes):
@@ -177,3 +177,63 @@ def test_log_outside_an_epoch_says_where_it_can_be_called(monkeypatch, save_dir)
     as_user_code(monkeypatch, Late)
     with pytest.raises(ValueError, match=r"log\('late'\) was called outside an epoch's training or validation"):
         train.main(fast_args(save_dir, "callbacks=[Late]", "trainer.epochs=1"))  # a bug: its traceback shows where
+
+
+class EpochCounter(Callback):
+    """Counts the epochs whose training ended, as its state; its state_dict holds a NumPy number when asked to."""
+
+    def __init__(self, numpy: bool = False):
+        self.ended, self.numpy = 0, numpy
+
+    def on_train_epoch_end(self, trainer, values):
+        self.ended += 1
+
+    def state_dict(self):
+        import numpy as np
+
+        return {"ended": np.int64(self.ended) if self.numpy else self.ended}
+
+    def load_state_dict(self, state):
+        self.ended = state["ended"]
+
+
+def test_a_stop_during_validation_does_not_end_the_epochs_training_twice(monkeypatch, save_dir):
+    from interrupt import interrupting
+
+    as_user_code(monkeypatch, EpochCounter)
+    args = fast_args(save_dir, "callbacks=[EpochCounter]", "--run-id", "r")
+    with interrupting("validation:1", "TERM"):
+        assert train.main(args) != 0  # stopped in epoch 1's validation, saved after its training ended
+    run = only_run(save_dir)
+    assert load_checkpoint(run / "checkpoint-latest.pth")["callbacks"][0]["state"]["ended"] == 1
+    assert train.main(["--resume", str(run)]) == 0
+    assert load_checkpoint(run / "checkpoint-latest.pth")["callbacks"][0]["state"]["ended"] == 2  # not 3
+
+
+def test_a_callback_state_a_checkpoint_cannot_hold_is_refused_before_writing(monkeypatch, save_dir, capsys):
+    as_user_code(monkeypatch, EpochCounter)
+    assert train.main(fast_args(save_dir, "callbacks=[{type: EpochCounter, args: {numpy: true}}]")) == 2
+    err = capsys.readouterr().err
+    assert "callbacks[0], EpochCounter: its state_dict() holds a numpy.int64 at ['ended']" in err
+    assert "weights_only=True" in err and not save_dir.exists()
+
+
+def test_with_events_a_misspelt_monitor_read_by_the_scheduler_is_one_message(monkeypatch, save_dir, capsys):
+    as_user_code(monkeypatch, EpochCounter)
+    assert train.main(fast_args(save_dir, "callbacks=[EpochCounter]", "trainer.monitor=min val_los",
+                                "lr_scheduler={type: ReduceLROnPlateau}")) == 2
+    err = capsys.readouterr().err
+    assert "trainer.monitor names 'val_los', which is not logged" in err and "Traceback" not in err
+    assert not list((save_dir / "models" / "digits_cnn").iterdir())
+
+
+def test_test_py_with_other_data_runs_a_validation_step_that_logs(monkeypatch, save_dir, capsys):
+    import test as test_script
+
+    as_user_code(monkeypatch, Recorder, HookedTrainer)
+    assert train.main(fast_args(save_dir, "trainer.type=HookedTrainer", "callbacks=[Recorder]", "trainer.epochs=1",
+                                "trainer.monitor=max val_confidence")) == 0
+    capsys.readouterr()
+    checkpoint = only_run(save_dir) / "checkpoint-latest.pth"
+    assert test_script.main(["--resume", str(checkpoint), "-c", str(REPO / "configs" / "config.yaml")]) == 0
+    assert "confidence" in capsys.readouterr().out

@@ -243,3 +243,28 @@ def test_a_loader_gives_its_own_validation_data_and_the_model_args_it_learned(mo
     assert load_checkpoint(checkpoint)["config"]["arch"]["args"] == {"width": 8, "num_classes": 10}
     assert test_script.main(["--resume", str(checkpoint), "--split", "val"]) == 0
     assert f"on the val split: {test_files} samples" in capsys.readouterr().out
+
+
+def test_resuming_with_c_keeps_the_model_args_the_loader_filled(monkeypatch, save_dir):
+    import data_loader.data_loaders
+
+    OwnValidation.__module__ = "data_loader.data_loaders"
+    monkeypatch.setattr(data_loader.data_loaders, "OwnValidation", OwnValidation, raising=False)
+    args = fast_args(save_dir, "data_loader.type=OwnValidation", "arch.args={width: 8}", "trainer.epochs=1",
+                     "--run-id", "r")
+    assert train.main(args) == 0
+    run = only_run(save_dir)
+    assert train.main(["--resume", str(run), *args[:-2], "trainer.epochs=2"]) == 0  # -c gives no num_classes
+    assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["epoch"] == 3
+
+
+def test_the_device_loader_uses_its_sources_own_validation_data(monkeypatch):
+    import data_loader.data_loaders
+    from data_loader.device_loader import DeviceDataLoader
+
+    OwnValidation.__module__ = "data_loader.data_loaders"
+    monkeypatch.setattr(data_loader.data_loaders, "OwnValidation", OwnValidation, raising=False)
+    loader = DeviceDataLoader(source={"type": "OwnValidation", "args": {"data_dir": str(DIGITS)}})
+    val = loader.val_loader(torch.device("cpu"))
+    test_files = sum(1 for line in (DIGITS / "labels.csv").read_text().splitlines() if line.endswith(",test"))
+    assert val is not None and sum(len(batch[1]) for batch in val) == test_files

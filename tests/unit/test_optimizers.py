@@ -50,6 +50,9 @@ def test_two_optimizers_step_their_own_modules_and_come_back_on_resume(monkeypat
     ("optimizers.features.modules=[featurs]", "'optimizers.features.modules' names 'featurs', which is not a module"),
     ("optimizers.features.lr_scheduler={type: StepLR, interval: hourly}", "'optimizers.features.lr_scheduler' must be"),
     ("optimizers.features.args.lr=.inf", "'optimizers.features.args.lr' is inf"),
+    ("lr_scheduler={type: StepLR, args: {step_size: 1}}", "with 'optimizers', each optimizer has its own lr_scheduler"),
+    ("optimizers.features.lr_scheduler={type: StepLR, args: {step_size: 1}, every: 2}",
+     "'optimizers.features.lr_scheduler' must be {type, args, interval"),
 ])
 def test_wrong_optimizers_settings_are_refused_before_writing(monkeypatch, save_dir, capsys, override, message):
     define_in_custom(monkeypatch, PER_PART_TRAINER)

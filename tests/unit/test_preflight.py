@@ -1,6 +1,7 @@
 """Check before writing: one batch goes through the model, the loss, the metrics and backward before the run
 folder exists, so mismatches stop with one message, exit code 2 and nothing written; and the check leaves no
 trace in the run."""
+import collections
 import copy
 from types import SimpleNamespace
 
@@ -143,6 +144,7 @@ def test_the_check_puts_back_whatever_a_step_with_side_effects_changed():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.calls, self.seen, self.hidden = 0, [], torch.zeros(3)
+            self.noise, self.recent = torch.Generator().manual_seed(1), collections.deque(maxlen=4)
 
         def training_step(self, model, batch):
             super().training_step(model, batch).loss.backward()  # a step of its own, as a GAN's discriminator takes
@@ -151,6 +153,7 @@ def test_the_check_puts_back_whatever_a_step_with_side_effects_changed():
             self.seen.append(self.calls)
             self.hidden += 1
             self.added = True
+            self.recent.append(torch.randn(1, generator=self.noise))
             return super().training_step(model, batch)
 
     config = Config.load(REPO / "configs" / "config.yaml", [*FAST, "optimizer.type=Adam"])
@@ -164,7 +167,8 @@ def test_the_check_puts_back_whatever_a_step_with_side_effects_changed():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "parameters changed"
     assert not optimizer.state and all(p.grad is None for p in model.parameters())
     assert trainer.calls == 0 and trainer.seen == [] and torch.equal(trainer.hidden, torch.zeros(3))
-    assert not hasattr(trainer, "added")
+    assert not hasattr(trainer, "added") and not trainer.recent
+    assert torch.equal(torch.randn(2, generator=trainer.noise), torch.randn(2, generator=torch.Generator().manual_seed(1)))
 
 
 def test_a_scheduler_that_cannot_step_is_refused_before_writing(save_dir, capsys):

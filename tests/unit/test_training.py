@@ -340,3 +340,55 @@ def test_settings_a_closure_optimizer_cannot_honour_are_refused_before_writing(s
     err = capsys.readouterr().err
     assert f"({setting}): the optimizer 'LBFGS' re-evaluates the loss through a closure" in err
     assert not save_dir.exists()
+
+
+def test_a_value_logged_from_a_step_is_the_first_evaluations_under_a_closure_optimizer(save_dir, monkeypatch):
+    import trainer.custom
+    from trainer.trainer import Trainer
+
+    class Logging(Trainer):
+        def training_step(self, model, batch):
+            step = super().training_step(model, batch)
+            self.log("step_loss", step.loss)
+            return step
+
+    Logging.__module__ = "trainer.custom"
+    monkeypatch.setattr(trainer.custom, "Logging", Logging, raising=False)
+    assert train.main(fast_args(save_dir, LBFGS, "lr_scheduler=null", "trainer.epochs=1", "trainer.type=Logging",
+                                "data_loader.args.drop_last=true")) == 0  # equal batches: equal means
+    history = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")["history"][0]
+    assert history["step_loss"] == pytest.approx(history["loss"], rel=1e-6)  # both the first evaluation's
+
+
+def test_a_named_closure_optimizer_is_clipped_inside_its_closure(save_dir, monkeypatch):
+    from helpers import define_in_custom
+
+    define_in_custom(monkeypatch, """
+from trainer.trainer import Trainer
+
+
+class ClosureTrainer(Trainer):
+    def training_step(self, model, batch):
+        def closure():
+            self.optimizers["all"].zero_grad()
+            loss = super(ClosureTrainer, self).training_step(model, batch).loss
+            self.manual_backward(loss)
+            return loss
+        self.step_optimizer("all", closure)
+        return super().training_step(model, batch)
+""")
+    norms = []
+    real_step = torch.optim.LBFGS.step
+
+    def watched(self, closure):
+        def seen():
+            loss = closure()
+            norms.append(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]).norm().item())
+            return loss
+        return real_step(self, seen)
+
+    monkeypatch.setattr(torch.optim.LBFGS, "step", watched)
+    assert train.main(fast_args(save_dir, "trainer.type=ClosureTrainer", "optimizer=null", "lr_scheduler=null",
+                                "optimizers={all: {type: LBFGS, args: {lr: 0.2, max_iter: 3}}}", "trainer.epochs=1",
+                                "trainer.grad_clip_norm=0.01")) == 0
+    assert len(norms) > 20 and max(norms) <= 0.01 + 1e-6  # every evaluation LBFGS saw was clipped
