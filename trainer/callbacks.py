@@ -85,7 +85,10 @@ class Events:
         self.logging_to.log(name, value)
 
     def call(self, event: str, *args: Any) -> None:
-        """The event (trainer/callbacks.py) on this trainer, when a subclass defines it, then on each callback."""
+        """The event on the built-in callbacks (the EMA), then on this trainer when a subclass defines it, then on
+        each callback of the config."""
+        for builtin in self.builtins:
+            getattr(builtin, event)(self, *args)
         own = getattr(self, event, None)
         if own is not None:
             own(*args)

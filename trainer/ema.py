@@ -1,7 +1,10 @@
 """An exponential moving average (EMA) of the model's weights (`trainer.ema`), as torchvision's classification
 reference keeps one (`--model-ema`): a copy of the model, parameters and buffers, pulled towards the trained
 weights every `every_steps` optimizer steps. It is validated beside the raw model each epoch (`val_*_ema`), saved
-in every checkpoint, and the weights test.py, export.py and predict.py use by default (tools/restore.py)."""
+in every checkpoint, and the weights test.py, export.py and predict.py use by default (tools/restore.py).
+
+It is a built-in callback (trainer/callbacks.py): the loop's events update it after each optimizer step, copy the
+weights into it before its first update, and save and load it, under the checkpoint's own `ema` entry."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +14,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from trainer.callbacks import Callback
 from utils import distributed
 from utils.device import maybe_compile
+from utils.errors import CheckpointError, reason
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ def _lerp(decay: float):
     return update
 
 
-class ModelEMA:
+class ModelEMA(Callback):
     """The averaged copy of `model` (an AveragedModel over parameters and buffers), and when to update it.
 
     During the first `warmup` epochs the copy follows the weights exactly (the reference does so during its
@@ -51,6 +56,30 @@ class ModelEMA:
         self.module = self.averaged.module.requires_grad_(False)
         self.eval_model = maybe_compile(self.module, compile)
         self.started = False  # whether an update has averaged the weights yet
+        self.counted = 0  # the optimizer steps the events have shown it
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.counted = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Any, batch: Any, step: Any) -> None:
+        """After a batch that ended with an optimizer step: the update that step may bring."""
+        if trainer.global_step != self.counted:
+            self.counted = trainer.global_step
+            self.update(trainer.model, trainer.epoch, trainer.global_step)
+
+    def on_validation_start(self, trainer: Any) -> None:
+        self.follow(trainer.model)
+
+    def on_save_checkpoint(self, trainer: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ema"] = self.state_dict()
+
+    def on_load_checkpoint(self, trainer: Any, checkpoint: dict[str, Any]) -> None:
+        try:
+            self.load_state_dict(checkpoint.get("ema"), trainer.model)
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"The checkpoint's EMA of the weights does not fit the model built from the "
+                                  f"config: {reason(e)}. Resume with the checkpoint's own config (omit -c), or start "
+                                  "a new run.") from None
 
     def update(self, model: nn.Module, epoch: int, global_step: int) -> None:
         """After optimizer step `global_step` of `epoch`: average every `every_steps` steps."""

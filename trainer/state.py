@@ -47,7 +47,7 @@ class TrainingState:
             "torch_version": str(torch.__version__),
             "config": self.config.data,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": None,  # the EMA's, when there is one: its event on_save_checkpoint (trainer/ema.py)
             # With several optimizers (`optimizers`), these two hold their states by name.
             "optimizer": {name: o.state_dict() for name, o in self.optimizers.items()} if self.manual
             else self.optimizer.state_dict(),
@@ -90,8 +90,6 @@ class TrainingState:
                     self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             if self.scaler.is_enabled() and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state.get("ema"), self.model)
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"The checkpoint does not fit the model or optimizer built from the config: "
                                   f"{reason(e)}. Resume with the checkpoint's own config (omit -c), "

@@ -73,13 +73,11 @@ class OptimizerSteps:
 
     def count_step(self) -> None:
         """An optimizer step done (with several optimizers: a window of the training step's own steps): count it,
-        step the step-level schedulers, update the EMA."""
+        and step the step-level schedulers (the EMA follows at the batch's end, trainer/ema.py)."""
         self.global_step += 1
         for name, scheduler in self.lr_schedulers.items():
             if self.intervals[name] == "step":
                 self.step_scheduler(scheduler)
-        if self.ema is not None:
-            self.ema.update(self.model, self.epoch, self.global_step)
 
     def manual_backward(self, loss: torch.Tensor) -> None:
         """With `optimizers`: back-propagate `loss` as the loop does its own, as its share of the accumulation

@@ -104,6 +104,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
         self.ema = None if data is None else build_ema(  # trainer/ema.py
             self.cfg, self.model, data.train.batch_size * self.accumulate * dist.world_size,
             -(-len(data.train) // self.accumulate))
+        self.builtins = [self.ema] if self.ema is not None else []  # built-in callbacks, before the config's
         # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
         self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \
             if self.val_loader else {}
@@ -234,8 +235,6 @@ class Trainer(TrainingState, OptimizerSteps, Events):
     def validate(self) -> dict[str, float]:
         """The validation figures (`val_*`) of the model, and of its EMA (`val_*_ema`) when there is one."""
         distributed.broadcast_buffers(self.model)  # under DDP, every process validates the model that is saved
-        if self.ema is not None:
-            self.ema.follow(self.model)
         values: dict[str, float] = {}
         if not self.validated:
             return values
