@@ -25,18 +25,18 @@ class LanguageModelTrainer(Trainer):
     def on_validation_start(self):
         self.val_state = None
 
-    def training_step(self, model, batch):
+    def advance(self, model, batch, state):
+        """Each character's scores and target, one row per character, and the state after the batch."""
         codes, target = batch
-        scores, state = model(codes, self.state)
-        self.state = detached(state)
-        output, target = scores.flatten(0, 1), target.flatten()
+        scores, state = model(codes, state)
+        return scores.flatten(0, 1), target.flatten(), detached(state)
+
+    def training_step(self, model, batch):
+        output, target, self.state = self.advance(model, batch, self.state)
         return Step(self.compute_loss(output, target), output, target)
 
     def validation_step(self, model, batch):
-        codes, target = batch
-        scores, state = model(codes, self.val_state)
-        self.val_state = detached(state)
-        output, target = scores.flatten(0, 1), target.flatten()
+        output, target, self.val_state = self.advance(model, batch, self.val_state)
         return Step(self.criterion(output, target), output, target)
 
     def state_dict(self):
