@@ -2,8 +2,9 @@
 
 A callback is an object with some of the methods of `Callback`, listed in the config's `callbacks: [{type,
 args}]` and found in trainer/custom.py like a Trainer subclass. A Trainer subclass can define the same methods
-for itself, without the `trainer` argument (`def on_train_epoch_start(self): ...`). At each event the subclass's
-method runs first, then each callback's in the config's order. A callback that keeps state returns it from
+for itself, without the `trainer` argument (`def on_train_epoch_start(self): ...`). At each event the built-in
+callbacks (the EMA of the weights, trainer/ema.py) run first, then the subclass's method, then each callback's in
+the config's order. A callback that keeps state returns it from
 `state_dict()` (tensors and plain values) and takes it back in `load_state_dict(state)`: it goes into every
 checkpoint, so `--resume` continues it exactly.
 """
@@ -96,7 +97,6 @@ class Events:
             hook = getattr(callback, event, None)
             if hook is not None:
                 hook(self, *args)
-
 
 
 def misspelt_event(obj: Any) -> str | None:

@@ -1,7 +1,8 @@
 """Check before writing: one batch of the training data goes through the training step (model and loss), the
-metrics and backward, and the LR scheduler takes one step, before the run folder is created, so that a model that
-does not fit its data, a label outside the model's classes, a metric of the wrong kind or a scheduler that cannot
-step stops with one message and writes nothing.
+metrics and backward, one batch of the validation data through the validation step, and the LR scheduler takes one
+step, before the run folder is created, so that a model that does not fit its data, a label outside the model's
+classes, a metric of the wrong kind, a scheduler that cannot step or a callback state no checkpoint can hold stops
+with one message and writes nothing. No event runs during the check.
 
 The check leaves no trace, whatever the training step does: the parameters, buffers, gradients, the optimizer's,
 scheduler's and scaler's state, learning rates, the random state, the trainer's own attributes and the data order

@@ -57,8 +57,8 @@ class OptimizerSteps:
             nn.utils.clip_grad_norm_(self.model.parameters() if params is None else params, self.cfg["grad_clip_norm"])
 
     def optimizer_step(self, closure: Callable[[], torch.Tensor] | None = None) -> None:
-        """Unscale (fp16), clip, step, count; then the scheduler's step-level schedule and the EMA. With a
-        `closure`, the optimizer calls it for the gradients (it clips them itself)."""
+        """Unscale (fp16), clip, step, count (and the step-level schedulers). With a `closure`, the optimizer calls
+        it for the gradients (it clips them itself)."""
         if closure is None:
             self.scaler.unscale_(self.optimizer)  # what scaler.step does anyway: events and clipping see true values
             self.clip_gradients()
