@@ -100,7 +100,8 @@ class ConfusionCollector:
 
     def _labels(self, output: Any, target: Any) -> torch.Tensor | None:
         """The batch's class indices, or None (and `skipped` says why) when it is not classification."""
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        shape = f"a batch of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else \
+            f"a {type(output).__name__}" + (f" of {len(output)}" if isinstance(output, (tuple, list)) else "")
         target_shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
         labels = None
         if isinstance(output, torch.Tensor) and output.dim() in (1, 2) and output[0].numel() == 1:
@@ -108,8 +109,7 @@ class ConfusionCollector:
                             "not a score per class")
         elif not (isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() == 2
                   and output.size(1) >= 2):
-            self.skipped = (f"the model's outputs (a batch of shape {shape}) are not class scores of shape (samples, "
-                            "classes)")
+            self.skipped = f"the model's outputs ({shape}) are not class scores of shape (samples, classes)"
         elif not isinstance(target, torch.Tensor) or target.dim() == 0 or len(target) != len(output):
             self.skipped = f"the targets (shape {target_shape}) are not one per sample"
         elif target.dim() == 1 and not target.is_floating_point():

@@ -75,6 +75,7 @@ class OptimizerSteps:
         """An optimizer step done (with several optimizers: a window of the training step's own steps): count it,
         and step the step-level schedulers (the EMA follows at the batch's end, trainer/ema.py)."""
         self.global_step += 1
+        self.stepped_here = True
         for name, scheduler in self.lr_schedulers.items():
             if self.intervals[name] == "step":
                 self.step_scheduler(scheduler)
@@ -116,10 +117,11 @@ class OptimizerSteps:
         return True
 
     def step_scheduler(self, scheduler: Any, *value: float) -> None:
-        """A LR scheduler's step. Under fp16 the scaler skips an optimizer step whose gradients overflow (often the
-        first), and PyTorch then warns, at the scheduler's first step only, that it stepped before the optimizer: a
-        known, harmless effect (the schedule moves on by that step), silenced there alone."""
-        if not (self.scaler.is_enabled() and scheduler.last_epoch == 0):
+        """A LR scheduler's step. PyTorch warns when a scheduler's first step in a process comes before any
+        optimizer step; here that is harmless in two cases, silenced there alone: under fp16 the scaler skips a step
+        whose gradients overflow (often the first; the schedule moves on by that step), and a run resumed at an
+        epoch's end (stopped during its validation) steps the epoch's schedule before a step of its own."""
+        if not ((self.scaler.is_enabled() and scheduler.last_epoch == 0) or not self.stepped_here):
             return scheduler.step(*value)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)

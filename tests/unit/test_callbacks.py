@@ -197,7 +197,7 @@ class EpochCounter(Callback):
         self.ended = state["ended"]
 
 
-def test_a_stop_during_validation_does_not_end_the_epochs_training_twice(monkeypatch, save_dir):
+def test_a_stop_during_validation_does_not_end_the_epochs_training_twice(monkeypatch, save_dir, recwarn):
     from interrupt import interrupting
 
     as_user_code(monkeypatch, EpochCounter)
@@ -206,8 +206,11 @@ def test_a_stop_during_validation_does_not_end_the_epochs_training_twice(monkeyp
         assert train.main(args) != 0  # stopped in epoch 1's validation, saved after its training ended
     run = only_run(save_dir)
     assert load_checkpoint(run / "checkpoint-latest.pth")["callbacks"][0]["state"]["ended"] == 1
+    recwarn.clear()
     assert train.main(["--resume", str(run)]) == 0
     assert load_checkpoint(run / "checkpoint-latest.pth")["callbacks"][0]["state"]["ended"] == 2  # not 3
+    # The epoch's schedule steps before any optimizer step of the resumed process: no warning about the order.
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
 
 
 def test_a_callback_state_a_checkpoint_cannot_hold_is_refused_before_writing(monkeypatch, save_dir, capsys):

@@ -53,6 +53,9 @@ def test_not_a_classifier_is_left_out():
     sequence = ConfusionCollector(torch.device("cpu"))  # (N, T, C) scores: not a per-sample classifier's
     sequence(None, Step(torch.tensor(0.0), torch.randn(4, 5, 3), torch.randint(0, 3, (4, 5))))
     assert sequence.result() is None and "a batch of shape (4, 5, 3)" in sequence.skipped
+    several = ConfusionCollector(torch.device("cpu"))  # a VAE's (reconstruction, mean, log-variance)
+    several(None, Step(torch.tensor(0.0), (torch.rand(4, 64), torch.randn(4, 8), torch.randn(4, 8)), torch.rand(4, 64)))
+    assert several.result() is None and "the model's outputs (a tuple of 3) are not class scores" in several.skipped
     two_targets = ConfusionCollector(torch.device("cpu"))  # (N, 2) float targets that are not probabilities
     two_targets(None, Step(torch.tensor(0.0), torch.randn(4, 2), torch.tensor([[3.0, 1.5]] * 4)))
     assert two_targets.result() is None and "not class probabilities" in two_targets.skipped
