@@ -57,19 +57,28 @@ _KINDS = {int: "a whole number", dict: "a mapping", list: "a list", (int, float)
           (dict, type(None)): "a mapping or null"}
 
 
-_PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.Size)
-
-
-def unreadable_value(value: Any, path: str = "") -> str | None:
-    """Where `value` holds something `torch.load(weights_only=True)` refuses (a NumPy number, an object of a class of
-    its own), and what: checkpoints hold tensors and plain Python values only. None when all of it is readable."""
-    if isinstance(value, torch.Tensor) or type(value) in _PLAIN:
+def unreadable_value(value: Any) -> str | None:
+    """What in `value` `torch.load(weights_only=True)` would refuse (a NumPy number, an object of a class of its
+    own), and where: checkpoints hold tensors and plain Python values only. None when it reads back."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
         return None
-    if type(value) in (list, tuple, set):
-        return next((p for i, v in enumerate(value) if (p := unreadable_value(v, f"{path}[{i}]"))), None)
-    if type(value) is dict:
-        return next((p for k, v in value.items() if (p := unreadable_value(k, f"{path} key") or unreadable_value(
-            v, f"{path}[{k!r}]"))), None)
+    except Exception as e:
+        return _first_object(value, "") or f"something it cannot read back ({reason(e)})"
+
+
+def _first_object(value: Any, path: str) -> str | None:
+    """The first value below `value` that is no tensor, plain Python value or container of them, with its path."""
+    if isinstance(value, (torch.Tensor, torch.dtype, torch.device)) or type(value) in (
+            int, float, bool, complex, str, bytes, bytearray, type(None)):
+        return None
+    if isinstance(value, (list, tuple, set)):
+        return next((p for i, v in enumerate(value) if (p := _first_object(v, f"{path}[{i}]"))), None)
+    if isinstance(value, dict):
+        return next((p for k, v in value.items() if (p := _first_object(v, f"{path}[{k!r}]"))), None)
     return f"a {type(value).__module__}.{type(value).__qualname__} at {path or 'its top'}"
 
 

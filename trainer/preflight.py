@@ -40,9 +40,9 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
     `num_classes` is the data's number of classes when the loader knows it (its `num_classes`)."""
     model, loader = trainer.model, trainer.train_loader
     with _leaves_no_trace(trainer):
-        # No collective inside the check (step_optimizer's averaging): a process whose check fails first must not
-        # leave the others waiting; the check's step is undone anyway.
-        trainer.collectives = False
+        # step_optimizer runs no event and no collective then: a process whose check fails first must not leave the
+        # others waiting, and the check's step is undone anyway.
+        trainer.preflight = True
         try:
             batch = training_batch(first_batch(loader), trainer.data.batch_transform, loader.sampler, 0,
                                    trainer.device, trainer.cfg["channels_last"])

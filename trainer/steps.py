@@ -31,22 +31,25 @@ class OptimizerSteps:
         accumulation, skip_batch)."""
         self.call("on_train_batch_start", batch)
         evaluations: list[Any] = []  # the Steps of each evaluation
+        discarded = MetricTracker({}, self.device)  # what the later evaluations log is left out
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp_dtype):
-                step = self.training_step(self.train_model, batch)
+            self.logging_to = discarded if evaluations else self.tracker
+            try:
+                with autocast(self.device, self.amp_dtype):
+                    step = self.training_step(self.train_model, batch)
+            finally:
+                self.logging_to = self.tracker
             step.loss.backward()
             self.clip_gradients()
             if not evaluations:
                 self.tracker.update(*step)
-                self.logging_to = MetricTracker({}, self.device)  # what further evaluations log is left out
             evaluations.append(step)
             return step.loss
 
         with self.progress.watch(batch, self.epoch, self.global_step, True):
             self.optimizer_step(closure)
-        self.logging_to = self.tracker
         self.batch_idx += 1
         self.call("on_train_batch_end", batch, evaluations[0])
         self.after_step()
@@ -100,10 +103,11 @@ class OptimizerSteps:
             return False
         optimizer = self.optimizers[name]
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        if self.dist.enabled and self.collectives:
+        if self.dist.enabled and not self.preflight:
             self._average_gradients(params)
         self.clip_gradients(params)
-        self.call("on_before_optimizer_step", optimizer)
+        if not self.preflight:
+            self.call("on_before_optimizer_step", optimizer)
         if closure is None:
             optimizer.step()
         else:
@@ -113,7 +117,8 @@ class OptimizerSteps:
                 return loss
             optimizer.step(clipped)
         optimizer.zero_grad(set_to_none=True)
-        self.call("on_after_optimizer_step", optimizer)
+        if not self.preflight:
+            self.call("on_after_optimizer_step", optimizer)
         return True
 
     def step_scheduler(self, scheduler: Any, *value: float) -> None:

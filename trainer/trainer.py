@@ -89,7 +89,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
                           for name in self.lr_schedulers}
         self.closure = optimizer is not None and needs_closure(optimizer)  # LBFGS re-evaluates the batch itself
         self.window, self.window_last = 1, True  # the accumulation window of the batch in training
-        self.collectives = True  # False during the check before writing, which must not wait on other processes
+        self.preflight = False  # True during the check before writing (trainer/preflight.py)
         self.stepped_here = False  # whether this process has taken an optimizer step (trainer/steps.py)
         self.data = data or TrainingData(None)
         self.train_loader, self.val_loader = self.data.train, self.data.val

@@ -240,3 +240,48 @@ def test_test_py_with_other_data_runs_a_validation_step_that_logs(monkeypatch, s
     checkpoint = only_run(save_dir) / "checkpoint-latest.pth"
     assert test_script.main(["--resume", str(checkpoint), "-c", str(REPO / "configs" / "config.yaml")]) == 0
     assert "confidence" in capsys.readouterr().out
+
+
+def test_callback_states_that_checkpoints_read_back_are_kept_and_no_event_runs_in_the_check(monkeypatch, save_dir):
+    import collections
+
+    from helpers import PER_PART_TRAINER, define_in_custom
+
+    class Counting(Callback):
+        """Counts optimizer steps in an OrderedDict and a Counter, which weights_only loading reads back."""
+
+        steps = []
+
+        def __init__(self):
+            self.counts = collections.Counter()
+
+        def on_before_optimizer_step(self, trainer, optimizer):
+            Counting.steps.append(trainer.global_step)
+            self.counts["steps"] += 1
+
+        def state_dict(self):
+            return collections.OrderedDict(counts=self.counts, device=torch.device("cpu"))
+
+        def load_state_dict(self, state):
+            self.counts = state["counts"]
+
+    define_in_custom(monkeypatch, PER_PART_TRAINER)
+    as_user_code(monkeypatch, Counting)
+    assert train.main(fast_args(save_dir, "callbacks=[Counting]", "trainer.type=PerPartTrainer", "optimizer=null",
+                                "lr_scheduler=null", "optimizers={all: {type: SGD, args: {lr: 0.1}}}",
+                                "trainer.epochs=1")) == 0
+    state = load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")
+    assert Counting.steps == list(range(20))  # the check before writing stepped too, without the events
+    assert state["callbacks"][0]["state"]["counts"] == {"steps": 20}
+
+
+def test_a_value_logged_after_a_closure_optimizers_step_is_kept(monkeypatch, save_dir):
+    class WeightNorm(Callback):
+        def on_after_optimizer_step(self, trainer, optimizer):
+            trainer.log("weight_norm", torch.cat([p.flatten() for p in trainer.model.parameters()]).norm())
+
+    as_user_code(monkeypatch, WeightNorm)
+    assert train.main(fast_args(save_dir, "callbacks=[WeightNorm]", "optimizer={type: LBFGS, args: {lr: 0.2, "
+                                "max_iter: 3}}", "lr_scheduler=null", "trainer.epochs=1",
+                                "trainer.monitor=min weight_norm")) == 0
+    assert load_checkpoint(only_run(save_dir) / "checkpoint-latest.pth")["history"][0]["weight_norm"] > 0
