@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from data_loader.batch_transforms import training_batch
 from data_loader.transforms import TRANSFORM_ORDER
 from trainer.callbacks import EVENTS
-from trainer.checkpoint import unreadable_value
 from trainer.metric_tracker import MetricTracker, as_scalar
+from trainer.state import unreadable_callback_state
 from trainer.trainer import Trainer
 from utils.device import autocast, to_device
 from utils.errors import ConfigError, TemplateError, blame, reason
@@ -88,13 +88,10 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
                                                                                     *val_logged]]
         if not (trainer.callbacks or any(hasattr(trainer, event) for event in EVENTS)):
             trainer.monitor.check(names)  # else events may log more; the first epoch's end checks it
-        for i, callback in enumerate(trainer.callbacks):
-            problem = unreadable_value(callback.state_dict()) if hasattr(callback, "state_dict") else None
-            if problem is not None:
-                raise ConfigError(f"callbacks[{i}], {type(callback).__name__}: its state_dict() holds {problem}, which "
-                                  "a checkpoint cannot hold (they are read with torch.load(weights_only=True): tensors "
-                                  "and plain Python values only). Convert it in state_dict() (float(x), int(x), "
-                                  "torch.tensor(x)). Nothing was written.")
+        problem = unreadable_callback_state(trainer.callbacks, [c.state_dict() if hasattr(c, "state_dict") else None
+                                                                for c in trainer.callbacks])
+        if problem is not None:
+            raise ConfigError(f"{problem} Nothing was written.")
 
 
 @torch.no_grad()

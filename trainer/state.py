@@ -36,6 +36,17 @@ def write_history(run: RunPaths, history: list[dict[str, float]]) -> None:
                             f"python train.py --resume {run.models}") from None
 
 
+def unreadable_callback_state(callbacks: list[Any], states: list[Any]) -> str | None:
+    """What is wrong when a callback's state (of `states`, one per callback) holds something a checkpoint cannot."""
+    for i, (callback, state) in enumerate(zip(callbacks, states)):
+        problem = unreadable_value(state)
+        if problem is not None:
+            return (f"callbacks[{i}], {type(callback).__name__}: its state_dict() holds {problem}, which a checkpoint "
+                    "cannot hold (they are read with torch.load(weights_only=True): tensors and plain Python values "
+                    "only). Convert it in state_dict() (float(x), int(x), torch.tensor(x)).")
+    return None
+
+
 class TrainingState:
     """The checkpoint side of the Trainer: `state_dict`, `load_state_dict` and the saves during a run."""
 
@@ -67,13 +78,9 @@ class TrainingState:
                           for c in self.callbacks],
         }
         self.call("on_save_checkpoint", state)
-        for entry, callback in zip(state["callbacks"], self.callbacks):
-            problem = unreadable_value(entry["state"])
-            if problem is not None:
-                raise TrainingError(f"The state of the callback {type(callback).__name__} (its state_dict()) holds "
-                                    f"{problem}, which a checkpoint cannot hold: they are read with torch.load("
-                                    "weights_only=True), which takes tensors and plain Python values only. Nothing "
-                                    "was written; convert it in state_dict() (float(x), int(x), torch.tensor(x)).")
+        problem = unreadable_callback_state(self.callbacks, [entry["state"] for entry in state["callbacks"]])
+        if problem is not None:
+            raise TrainingError(f"{problem} Training stopped; nothing was written.")
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
