@@ -32,8 +32,7 @@ class Monitor:
         """Record an epoch's values; whether the monitored one improved (a NaN never does)."""
         if self.key is None:
             return False
-        self.check(list(epoch_log))
-        value = epoch_log[self.key]
+        value = epoch_log[self.key]  # the loop checked the name first (`check`)
         improved = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
         if improved:
             self.best, self.not_improved = value, 0

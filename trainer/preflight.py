@@ -94,23 +94,33 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             raise ConfigError(f"{problem} Nothing was written.")
 
 
-@torch.no_grad()
 def _check_validation_step(trainer: Any) -> list[str]:
-    """One batch of the validation data through `validation_step` in eval mode; the names it logs."""
+    """One batch of the validation data through `validation_step`; the names it logs."""
     if not trainer.validated:
         return []
-    trainer.model.eval()
-    trainer.logging_to = MetricTracker(trainer.metrics, trainer.device)
     try:
-        batch = to_device(first_batch(trainer.val_loader), trainer.device, trainer.cfg["channels_last"])
-        with autocast(trainer.device, trainer.amp_dtype):
-            trainer.validation_step(trainer.model, batch)
+        return run_validation_step(trainer, first_batch(trainer.val_loader))
     except TemplateError:
         raise
     except Exception as e:
         raise ConfigError(f"One batch of the validation data does not go through the validation step: {reason(e)}. "
                           "Nothing was written.") from None
-    return list(trainer.logging_to.logged)
+
+
+@torch.no_grad()
+def run_validation_step(trainer: Any, batch: Any) -> list[str]:
+    """`validation_step` on `batch` (moved to the device) in eval mode, as validation runs it; the names it logs,
+    into a tracker of its own, so that nothing is counted."""
+    was_training = trainer.model.training
+    trainer.model.eval()
+    trainer.logging_to = MetricTracker(trainer.metrics, trainer.device)
+    try:
+        with autocast(trainer.device, trainer.amp_dtype):
+            trainer.validation_step(trainer.model, to_device(batch, trainer.device, trainer.cfg["channels_last"]))
+        return list(trainer.logging_to.logged)
+    finally:
+        trainer.model.train(was_training)
+        trainer.logging_to = None
 
 
 @contextlib.contextmanager
@@ -176,27 +186,20 @@ def _by_value(value: Any) -> Any:
     return value
 
 
-@torch.no_grad()
 def check_eval_batch(trainer: Any, loader: Any, what: str) -> None:
     """One batch of `loader` through `validation_step` in eval mode, before test.py evaluates other data than the
     training config's (`-c`, or data_loader overrides): data that does not fit the restored model stops with one
     message. Other errors (a bug in a `validation_step`) keep their traceback."""
-    was_training, batch = trainer.model.training, None
-    trainer.model.eval()
-    trainer.logging_to = MetricTracker(trainer.metrics, trainer.device)  # what the step logs is left out
+    batch = None
     try:
-        batch = to_device(first_batch(loader), trainer.device, trainer.cfg["channels_last"])
-        with autocast(trainer.device, trainer.amp_dtype):
-            trainer.validation_step(trainer.model, batch)
+        batch = first_batch(loader)
+        run_validation_step(trainer, batch)
     except (RuntimeError, ValueError) as e:
         inputs = f" (inputs {describe(batch)})" if batch is not None else ""
         raise ConfigError(f"One batch of the {what}{inputs} does not go through the trained model and the loss: "
                           f"{reason(e)}. The data must have the form of the training data (-c replaces "
                           "only the data_loader section): the same channels, size and transforms for images, the "
                           "same columns for tables.") from None
-    finally:
-        trainer.model.train(was_training)
-        trainer.logging_to = None
 
 
 def check_scheduler(trainer: Any) -> None:
