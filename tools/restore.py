@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from data_loader.device_loader import DeviceBatches
 from data_loader.factory import build_data_loader, load_data_state
 from model.factory import build_criterion, build_metrics, build_model
 from trainer.checkpoint import BEST, find_checkpoint
@@ -143,7 +141,7 @@ def rebuilt_data(trained: Restored, training: bool = True) -> Any:
     return data
 
 
-def eval_loader(trained: Restored, split: str) -> DataLoader | DeviceBatches:
+def eval_loader(trained: Restored, split: str) -> Iterable:
     """The loader of the checkpoint config's `test` or `val` split, built as training built it (same seed, same
     split, the loader's saved state such as fitted statistics)."""
     data = rebuilt_data(trained, training=split != "test")

@@ -29,7 +29,6 @@ from data_loader.checks import take_bad_samples
 from data_loader.factory import TrainingData
 from trainer.callbacks import Events
 from trainer.checkpoint import LATEST
-from trainer.ema import build_ema
 from trainer.metric_tracker import MetricTracker
 from trainer.monitor import Monitor
 from trainer.progress import Progress
@@ -102,9 +101,11 @@ class Trainer(TrainingState, OptimizerSteps, Events):
         self.train_model = self.eval_model if not dist.enabled or self.manual else nn.parallel.DistributedDataParallel(
             self.eval_model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=self.cfg["find_unused_parameters"])
-        self.ema = None if data is None else build_ema(  # trainer/ema.py
-            self.cfg, self.model, data.train.batch_size * self.accumulate * dist.world_size,
-            -(-len(data.train) // self.accumulate))
+        self.ema = None
+        if data is not None and self.cfg["ema"] is not None:
+            from trainer.ema import build_ema  # only where used: a minimal project leaves trainer/ema.py out
+            self.ema = build_ema(self.cfg, self.model, data.train.batch_size * self.accumulate * dist.world_size,
+                                 -(-len(data.train) // self.accumulate))
         self.builtins = [self.ema] if self.ema is not None else []  # built-in callbacks, before the config's
         # The models validated each epoch, by the suffix of their figures: the trained one and its EMA.
         self.validated = {"": self.eval_model, **({"_ema": self.ema.eval_model} if self.ema else {})} \

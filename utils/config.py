@@ -14,7 +14,7 @@ from typing import Any
 from utils.config_file import parse_value, read_config_file
 from utils.construct import call_with_args
 from utils.errors import ConfigError, Source, blame, printable, suggest
-from utils.registry import lookup
+from utils.registry import REPO, lookup
 from utils.schema import CHECKS, REQUIRED, SHORT_FLAGS, SWITCH, Key, children
 
 
@@ -95,6 +95,9 @@ def _value(key: Key, value: Any, source: str) -> Any:
     if key.kind == "optional":
         if value is None or value is False:
             return None
+        if key.needs and not (REPO / key.needs).is_file():
+            raise ConfigError(f"{where}: '{key.path}' needs {key.needs}, which this project was made without "
+                              "(new_project.py --minimal). Copy that file from the template, or leave the key out.")
         value = {} if value is True else value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key.path}' must be null or a mapping of "

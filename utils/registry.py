@@ -57,12 +57,12 @@ def module_label(name: str) -> str:
     return name
 
 
-def _import(name: str, user: bool) -> ModuleType | None:
-    """The module, or None for a user module that does not exist (a project may have removed it)."""
+def _import(name: str) -> ModuleType | None:
+    """The module, or None for one of the project's that does not exist (a project may have left it out)."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if user and e.name == name:
+        if e.name == name:
             return None
         raise _import_error(name, e) from None
     except Exception as e:
@@ -108,7 +108,7 @@ def lookup(name: Any, section: str, key: str | None = None, source: str | None =
     found: list[tuple[str, Any]] = []
     offered: set[str] = set()
     for module_name, user in [(m, True) for m in catalog.user] + [(m, False) for m in catalog.builtin]:
-        module = _import(module_name, user)
+        module = _import(module_name)
         if module is None:
             continue
         names = _names(module, user)

@@ -75,6 +75,7 @@ class Key:
     kind: str = "value"  # value | section | object | optional | spec | objects
     null: Any = None  # for a value: what null stands for, when it is not null itself (trainer.early_stop: 0)
     convert: Callable[[Any, str], Any] | None = None  # checks and returns the value itself, for its own message
+    needs: str | None = None  # the file an optional section's feature lives in (a minimal project leaves it out)
 
     @property
     def parent(self) -> str:
@@ -192,7 +193,7 @@ SCHEMA: list[Key] = [
     Key("trainer.ema", None, "keep an exponential moving average of the weights (parameters and buffers), validated "
         "each epoch as `val_<name>_ema`, saved in checkpoints and used by `test.py`, `export.py` and `predict.py` "
         "unless `--no-ema`; `true` takes the three defaults below ([recipes.md](recipes.md#ema-of-the-weights))",
-        kind="optional"),
+        kind="optional", needs="trainer/ema.py"),
     Key("trainer.ema.decay", 0.99998, "the reference's `--model-ema-decay`: each update uses `1 - min(1, (1 - decay) "
         "* samples per step * every_steps / epochs)`", number(lambda v: 0 <= v < 1, "a number in [0, 1)")),
     Key("trainer.ema.every_steps", 32, "update the average every N optimizer steps", whole(1)),

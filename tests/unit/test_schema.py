@@ -5,17 +5,28 @@ import re
 import pytest
 
 import train
+import utils.config
 from utils.config import Config
 from utils.config_file import parse_value
 from utils.errors import ConfigError
-from utils.schema import REQUIRED, SCHEMA, markdown_table
+from utils.schema import REQUIRED, SCHEMA, Key, markdown_table
 
 from helpers import REPO
 
 MINIMAL = {"arch": "DigitsCNN", "data_loader": "CsvImageDataLoader", "optimizer": "Adam", "loss": "nll_loss"}
+BY_PATH = {key.path: key for key in SCHEMA}
+
+
+def in_project(key: Key) -> bool:
+    """Whether the files of the key's feature are in this project (new_project.py --minimal leaves some out)."""
+    parts = key.path.split(".")
+    sections = (BY_PATH.get(".".join(parts[:n])) for n in range(1, len(parts) + 1))
+    return all(s is None or s.needs is None or (REPO / s.needs).exists() for s in sections)
+
+
 # With every optional section on, so that each key is there.
 EVERY_KEY = {**MINIMAL, "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1}, "warmup": {"epochs": 1}},
-             "trainer": {"ema": True}}
+             "trainer": {"ema": in_project(BY_PATH["trainer.ema"])}}
 
 
 def test_the_config_reference_in_the_docs_is_the_schema():
@@ -26,7 +37,7 @@ def test_the_config_reference_in_the_docs_is_the_schema():
 
 def test_every_default_passes_its_own_check(tmp_path):
     config = Config.load(None, base=EVERY_KEY).data
-    for key in SCHEMA:
+    for key in filter(in_project, SCHEMA):
         value = config
         for part in key.path.split("."):
             value = value[part]
@@ -34,7 +45,8 @@ def test_every_default_passes_its_own_check(tmp_path):
             assert key.rule.test(key.default) and (value == key.default or key.path.endswith("warmup.epochs")), key.path
 
 
-@pytest.mark.parametrize("key", [key for key in SCHEMA if key.kind == "value" and key.rule is not None],
+@pytest.mark.parametrize("key", [key for key in SCHEMA if key.kind == "value" and key.rule is not None
+                                 and in_project(key)],
                          ids=lambda key: key.path)
 def test_a_bad_value_names_its_key_what_it_must_be_and_who_set_it(key):
     text = "{not: good}" if key.rule.test([]) else "[not, good]"  # a mapping where a list is fine, else a list
@@ -42,6 +54,15 @@ def test_a_bad_value_names_its_key_what_it_must_be_and_who_set_it(key):
         Config.load(None, [f"{key.path}={text}"], base=EVERY_KEY)
     value = parse_value(text)
     assert str(error.value) == f"command line ({key.path}={text}): '{key.path}' must be {key.rule.what}; got {value!r}."
+
+
+def test_a_feature_left_out_of_the_project_is_named_with_its_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils.config, "REPO", tmp_path)  # a project without trainer/ema.py
+    assert Config.load(None, ["trainer.ema=false"], base=MINIMAL)["trainer"]["ema"] is None  # off: no file needed
+    with pytest.raises(ConfigError, match=r"^command line \(trainer.ema=true\): 'trainer.ema' needs trainer/ema.py, "
+                                          r"which this project was made without \(new_project.py --minimal\)\. Copy "
+                                          "that file from the template, or leave the key out.$"):
+        Config.load(None, ["trainer.ema=true"], base=MINIMAL)
 
 
 def test_help_config_prints_a_section_and_names_an_unknown_one(capsys):
