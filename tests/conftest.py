@@ -14,7 +14,7 @@ import pytest
 import new_project
 import train  # torch, torchvision and the project, imported once for the whole session
 
-from helpers import DATA_LOADERS, MODEL, tiny_digits, train_args
+from helpers import DATA_LOADERS, MODEL, REPO, tiny_digits, train_args
 
 # As the entry points do: the millions of objects these imports made stay out of every garbage collection, which
 # would otherwise walk them again and again during the runs the tests make in this process.
@@ -22,10 +22,15 @@ gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test of tests/e2e (processes, kills, torchrun) is `slow`: `-m "not slow"` leaves them out."""
+    """Every test of tests/e2e (processes, kills, torchrun) is `slow`: `-m "not slow"` leaves them out. A test
+    marked `needs(paths)` is skipped in a project that leaves one of those paths out (new_project.py --minimal)."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
+        for mark in item.iter_markers("needs"):
+            missing = [path for path in mark.args if not (REPO / path).exists()]
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=f"this project leaves out {', '.join(missing)}"))
 
 
 @pytest.fixture

@@ -48,6 +48,13 @@ def fast_args(save_dir: Path, *extra: str) -> list[str]:
     return ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST, *extra]
 
 
+def one_error(capsys: pytest.CaptureFixture) -> str:
+    """The one-line error an entry point printed (no traceback), read from capsys."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 300, env: dict[str, str] | None = None,
                script_dir: Path = REPO) -> subprocess.CompletedProcess:
     """Run one of the entry points (of this repository, or of a project copied from it) as a user would, in a

@@ -56,6 +56,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+@pytest.mark.needs("trainer/ema.py")
 def test_ema_is_the_same_copy_in_every_ddp_process(tmp_path, capfd):
     script = tmp_path / "keep_ema.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(tmp_path)))

@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import train
@@ -64,6 +65,7 @@ def test_dict_batch_trainer_resumes_bit_identically_after_sigkill(project, user_
     assert_same_state(*killed_and_resumed(project, tmp_path, *DICT_BATCHES))
 
 
+@pytest.mark.needs("trainer/ema.py")
 def test_killed_run_with_ema_mixup_and_warmup_resumes_bit_identical(tmp_path):
     args = fast_args(tmp_path, "trainer.save_every_steps=4", "trainer.monitor=max val_accuracy_ema",
                      "trainer.ema={decay: 0.999, every_steps: 3, warmup: 1}",
@@ -90,6 +92,7 @@ DEVICE_LOADER = ("data_loader={{type: DeviceDataLoader, args: {{source: {{type: 
                  "[{{type: ToDtype, args: {{dtype: float32, scale: true}}}}]}}}}, augment: {augment}}}}}")
 
 
+@pytest.mark.needs("data_loader/device_loader.py")
 def test_training_on_the_device_loader_resumes_exactly(tmp_path):
     # Every augmentation at once (crop, flip and affine draw from the same generator), so one killed run replays them all.
     augment = "{crop_padding: 1, hflip: true, degrees: 10, translate: [0.1, 0.1]}"

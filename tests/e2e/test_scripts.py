@@ -44,7 +44,7 @@ def test_new_project_copies_a_clean_template(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr
     # An option is never taken for the new folder's name, even outside the template.
     helped = run_script("new_project.py", "--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "usage: new_project.py [-h] [--example NAME] folder" in helped.stdout
+    assert helped.returncode == 0 and "usage: new_project.py [-h] [--example NAME] [--minimal] folder" in helped.stdout
     assert run_script("new_project.py", "--folder", "x", cwd=tmp_path).returncode == 2
     for folder, message in [(str(target / "README.md"), "is a file; choose a new folder"),
                             ("", "the folder name is empty"),

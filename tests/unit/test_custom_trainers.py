@@ -79,6 +79,7 @@ def test_a_subclass_keeps_its_own_state_across_a_resume(tmp_path, monkeypatch):
     assert load_checkpoint(run / "checkpoint-latest.pth")["steps_seen"] == 2 * first
 
 
+@pytest.mark.needs("base")
 def test_a_classic_train_epoch_override_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
     import trainer.custom
     from base import BaseTrainer
@@ -94,6 +95,7 @@ def test_a_classic_train_epoch_override_is_refused_not_ignored(tmp_path, monkeyp
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+@pytest.mark.needs("predict.py", "export.py")
 def test_predict_and_export_refuse_a_model_fed_another_way(user_code, tmp_path, capsys):
     import export
     import predict

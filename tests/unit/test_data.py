@@ -258,6 +258,7 @@ def test_resuming_with_c_keeps_the_model_args_the_loader_filled(monkeypatch, sav
     assert load_checkpoint(run / "checkpoint-latest.pth")["loop"]["epoch"] == 3
 
 
+@pytest.mark.needs("data_loader/device_loader.py")
 def test_the_device_loader_uses_its_sources_own_validation_data(monkeypatch):
     import data_loader.data_loaders
     from data_loader.device_loader import DeviceDataLoader

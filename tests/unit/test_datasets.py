@@ -39,6 +39,7 @@ def test_fashion_mnist_targets_are_one_hot():
     assert torch.equal(transform(3), torch.zeros(10).scatter_(0, torch.tensor(3), 1.0))
 
 
+@pytest.mark.needs("configs/cifar10_resnet18.yaml")
 def test_cifar10_resnet18_config_trains_through_torchvisions_cifar10(tmp_path, monkeypatch, capsys):
     patch_cifar10_sums(monkeypatch, write_cifar10(tmp_path / "data"))
     assert train_example("cifar10_resnet18.yaml", tmp_path, "arch.args.weights=null",

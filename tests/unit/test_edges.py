@@ -1,7 +1,6 @@
 """Hard edges of the entry points (issue 12): every path the template writes stays under its own folders, folders it
 cannot write are reported, and checkpoints that are damaged or are not checkpoints get the right diagnosis."""
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -9,11 +8,9 @@ import subprocess
 import pytest
 import torch
 
-import export
 import new_project
 import test as test_script
 import train
-import tune
 from data_loader.checks import CheckedDataset
 from data_loader.datasets import CsvImageDataset
 from data_loader.transforms import build_transforms
@@ -23,13 +20,7 @@ from utils import run as run_module
 from utils.errors import DataError
 from utils.run import run_of_checkpoint
 
-from helpers import FAST, REPO, tiny_digits, train_args
-
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+from helpers import FAST, REPO, one_error, tiny_digits, train_args
 
 
 @contextlib.contextmanager
@@ -120,31 +111,6 @@ def test_a_read_only_run_folder_is_reported_on_resume(run_copy, capsys):
         assert train.main(["--resume", str(run_copy), "--epochs", "2"]) == 2
     assert f"Cannot write in '{run_copy}'" in one_error(capsys)
     assert sorted(os.listdir(run_copy)) == before
-
-
-def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, capsys):
-    folder = tmp_path / "saved" / "models" / "digits_cnn_tune" / "s"
-    folder.mkdir(parents=True)
-    victim = tmp_path / "saved" / "victim"
-    victim.mkdir()
-    (victim / "keep.txt").write_text("mine")
-    trial = {"id": "../../../victim", "params": {}, "status": "pending", "best": None, "epochs": 0, "seconds": 0.0,
-             "error": ""}
-    (folder / "search.json").write_text(json.dumps({
-        "format": 1, "name": "digits_cnn_tune/s", "mode": "grid", "n": None, "seed": 0, "space": {},
-        "train_args": [], "monitor": "max val_accuracy", "save_dir": str(tmp_path / "saved"), "cwd": str(tmp_path),
-        "trials": [trial]}))
-    assert tune.main(["--resume", str(folder)]) == 2
-    assert "a trial id must be a folder name such as run1" in one_error(capsys)
-    assert (victim / "keep.txt").read_text() == "mine"
-
-
-def test_tune_refuses_a_search_id_that_leads_elsewhere(tmp_path, capsys):
-    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", *FAST,
-            "--grid", "optimizer.args.lr=1e-3,1e-2", "--search-id", "../../x"]
-    assert tune.main(args) == 2
-    assert "--search-id must be a folder name such as run1" in one_error(capsys)
-    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -257,11 +223,17 @@ def test_test_py_takes_the_data_loader_of_a_data_only_config(run_copy, tmp_path,
     assert test_script.main(["--resume", str(run_copy), "--no-report", "arch.args.width=4"]) == 2
     assert "does not fit the model 'DigitsCNN'" in (err := one_error(capsys)) and \
         "The command line's arch.args.width=4 changes the model the checkpoint was trained as: leave it out." in err
-    # Data of another form (a table) than the model was trained on: one message before anything is evaluated.
+
+
+@pytest.mark.needs("configs/diabetes_mlp.yaml", "export.py")
+def test_data_of_another_form_than_the_model_was_trained_on_is_one_message(run_copy, capsys):
+    """A table for a model trained on images: one message before anything is evaluated or exported."""
     table = str(REPO / "configs" / "diabetes_mlp.yaml")
     assert test_script.main(["--resume", str(run_copy), "-c", table, "--no-report"]) == 2
     assert "One batch of the test data (inputs ((32, 10) float32, (32, 1) float32)) does not go through the trained " \
            "model" in one_error(capsys)
+    import export  # a minimal project leaves it out
+
     assert export.main(["--resume", str(run_copy), "-c", table, "--format", "torchscript"]) == 2
     assert "A test batch (inputs (32, 10)) does not go through the trained model" in one_error(capsys)
     assert not list(run_copy.glob("*.ts.pt"))
@@ -386,6 +358,13 @@ def test_an_infinite_or_nan_optimizer_setting_is_refused_before_writing(tmp_path
     assert not (tmp_path / "saved").exists()
 
 
+def test_new_project_refuses_an_example_in_a_minimal_project(tmp_path, capsys):
+    assert new_project.main([str(tmp_path / "mine"), "--minimal", "--example", "vae"]) == 2
+    assert "--example and --minimal do not go together" in capsys.readouterr().err
+    assert not (tmp_path / "mine").exists()
+
+
+@pytest.mark.needs("examples")
 def test_new_project_lays_an_example_over_the_copy_and_refuses_an_unknown_one(tmp_path, capsys):
     assert new_project.main([str(tmp_path / "gan"), "--example", "dcgan"]) == 0
     assert "python train.py -c config.yaml" in capsys.readouterr().out

@@ -54,6 +54,7 @@ def test_a_transform_that_cannot_take_the_data_is_refused_before_writing(save_di
     assert "which comes before Normalize" in err
 
 
+@pytest.mark.needs("data_loader/device_loader.py")
 def test_the_default_loaders_eval_transform_that_cannot_take_the_data_is_refused(save_dir, capsys):
     code = train.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}",
                        "data_loader.args.eval_transform=[{type: Normalize, args: {mean: [0.3], std: [0.4]}}]"])

@@ -123,6 +123,7 @@ def test_bad_output_folder_stops_before_anything_is_written(digits_run, tmp_path
     assert not (run / "report-model_best-val").exists()
 
 
+@pytest.mark.needs("configs/diabetes_mlp.yaml")
 def test_regression_gets_a_report_without_classification(tmp_path, capsys):
     save_dir = tmp_path / "saved"
     assert train.main(["-c", str(REPO / "configs" / "diabetes_mlp.yaml"), f"trainer.save_dir={save_dir}",

@@ -1,6 +1,7 @@
 """tune.py as a user runs it: a grid search, a search killed and continued, seeded random draws, errors,
 and the Optuna search."""
 import errno
+import json
 import sys
 
 import pytest
@@ -9,7 +10,7 @@ import tune
 from tools import trials
 from tools.search import random_trials, split_items
 
-from helpers import a_search, fast_args
+from helpers import FAST, REPO, a_search, fast_args, one_error
 
 
 def test_grid_enumerates_every_combination_in_order(tmp_path):
@@ -60,8 +61,7 @@ BAD = {
 def test_bad_search_gives_one_message_exit_2_and_writes_nothing(tmp_path, case, capsys):
     items, message = BAD[case]
     assert tune.main(fast_args(tmp_path / "saved", *items)) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    err = one_error(capsys)
     assert message in err, err
     assert not (tmp_path / "saved").exists()
 
@@ -100,8 +100,7 @@ def test_a_tampered_search_record_is_refused_before_any_trial_runs(tmp_path, cas
     changes, message = TAMPERED[case]
     folder = a_search(tmp_path, **changes)
     assert tune.main(["--resume", str(folder)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    err = one_error(capsys)
     assert "search.json' is damaged (" in err and message in err, err
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "search.json"]
 
@@ -119,3 +118,28 @@ def test_a_full_disk_during_a_search_stops_it_with_one_message(tmp_path, monkeyp
     assert err.startswith("error: Could not write") and len(err.strip().splitlines()) == 1, err
     assert "search.json': No space left on device. The search stopped" in err and f"--resume {folder}" in err
     assert (folder / "search.json").read_text() == record
+
+
+def test_tune_refuses_a_search_json_whose_trial_ids_lead_elsewhere(tmp_path, capsys):
+    folder = tmp_path / "saved" / "models" / "digits_cnn_tune" / "s"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "saved" / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    trial = {"id": "../../../victim", "params": {}, "status": "pending", "best": None, "epochs": 0, "seconds": 0.0,
+             "error": ""}
+    (folder / "search.json").write_text(json.dumps({
+        "format": 1, "name": "digits_cnn_tune/s", "mode": "grid", "n": None, "seed": 0, "space": {},
+        "train_args": [], "monitor": "max val_accuracy", "save_dir": str(tmp_path / "saved"), "cwd": str(tmp_path),
+        "trials": [trial]}))
+    assert tune.main(["--resume", str(folder)]) == 2
+    assert "a trial id must be a folder name such as run1" in one_error(capsys)
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_tune_refuses_a_search_id_that_leads_elsewhere(tmp_path, capsys):
+    args = ["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}", *FAST,
+            "--grid", "optimizer.args.lr=1e-3,1e-2", "--search-id", "../../x"]
+    assert tune.main(args) == 2
+    assert "--search-id must be a folder name such as run1" in one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
