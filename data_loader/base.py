@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable
 
 import torch
@@ -26,15 +26,34 @@ def process_share(pad: bool) -> dict[str, Any]:
     return {"num_replicas": dist.get_world_size(), "rank": dist.get_rank(), "pad": pad}
 
 
-def split_indices(n: int, share: float | int, seed: int) -> tuple[list[int], list[int]]:
-    """Indices 0..n-1 split into training and validation: `share` is a fraction (0.1) or a count (500) of
-    validation samples, chosen by `seed`."""
+def split_indices(n: int, share: float | int, seed: int, labels: Sequence[Any] | None = None,
+                  name: str = "validation_split") -> tuple[list[int], list[int]]:
+    """Indices 0..n-1 split into the kept ones and the held-out ones: `share` is a fraction (0.1) or a count (500)
+    of held-out samples, chosen by `seed`. With `labels`, each class gives its share (largest remainders first),
+    so that a small class is held out in proportion too."""
     count = int(share) if isinstance(share, int) and not isinstance(share, bool) else round(n * float(share))
     if count < 0 or count >= n or (isinstance(share, float) and not 0.0 <= share < 1.0):
-        raise DataError(f"validation_split={share!r} leaves no training samples out of {n}; "
+        raise DataError(f"{name}={share!r} leaves no training samples out of {n}; "
                         "use a fraction below 1 (e.g. 0.1) or a count below the number of samples.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(order[count:]), sorted(order[:count])
+    if labels is None:
+        return sorted(order[count:]), sorted(order[:count])
+    classes: dict[int, list[int]] = {}
+    for i in order:
+        classes.setdefault(int(labels[i]), []).append(i)
+    quota = {c: len(members) * count / n for c, members in classes.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(classes, key=lambda c: (take[c] - quota[c], c))[:count - sum(take.values())]:
+        take[c] += 1
+    held = {i for c, members in classes.items() for i in members[:take[c]]}
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
+def class_labels(dataset: Dataset) -> Sequence[Any] | None:
+    """Each sample's class label, read without decoding a sample (`targets`, as ImageFolder's and torchvision's
+    datasets have it); None when the dataset does not list them (a regression table)."""
+    targets = getattr(dataset, "targets", None)
+    return None if targets is None or len(targets) != len(dataset) else targets
 
 
 def loader_args(dataset: Dataset, batch_size: int, sampler: Any, with_seeds: bool, seed: int,
@@ -105,7 +124,9 @@ class BaseDataLoader(ClassNames):
     """Subclasses say how to build the dataset (`make_dataset`); this class does the split and the loaders.
 
     `validation_split` is a fraction (0.1) or a number of samples (500) of the training files held out for
-    validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples.
+    validation, chosen by `seed`, so the trainer and `test.py --split val` see the same samples. `test_split`
+    (0: off) holds out the test data the same way, first and stratified by class, for data that has no test part
+    of its own (one folder per class); the data's own test part is then not read.
     `num_classes` bounds the labels and `channels` the images' channel count (both checked when given);
     `skip_bad` leaves unreadable or wrong samples out and counts them instead of stopping. A subclass whose data
     names its classes sets `classes` (ClassNames), which checkpoints keep. `batch_transform` mixes training
@@ -118,19 +139,20 @@ class BaseDataLoader(ClassNames):
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
                  target_transform: list | None = None, num_classes: int | None = None, channels: int | None = None,
                  skip_bad: bool = False, batch_transform: dict | None = None, repeated_augmentations: int = 1,
-                 seed: int = 0):
+                 test_split: float | int = 0, seed: int = 0):
         for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                                     ("repeated_augmentations", repeated_augmentations, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{key} must be a whole number >= {minimum}, got {value!r}.")
-        share = validation_split
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0 \
-                or (isinstance(share, float) and share >= 1):
-            raise ValueError(f"validation_split must be a fraction of the training samples from 0 to "
-                             f"below 1 (0.1) or a number of them (500), got {validation_split!r}.")
+        for key, share in (("validation_split", validation_split), ("test_split", test_split)):
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0 \
+                    or (isinstance(share, float) and share >= 1):
+                raise ValueError(f"{key} must be a fraction of the training samples from 0 to below 1 (0.1) or a "
+                                 f"number of them (500), got {share!r}.")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.validation_split = validation_split
+        self.test_split = test_split
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -146,11 +168,24 @@ class BaseDataLoader(ClassNames):
         self.bad_samples = BadSamples() if skip_bad else None
         self.batch_transform = build_batch_transform(batch_transform, num_classes)
         self.repeated_augmentations = repeated_augmentations
-        self._split: tuple[list[int], list[int]] | None = None
+        self._split: tuple[list[int], list[int], list[int]] | None = None
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         """The training files (`train=True`) or the test files, decoded with `transform`."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **({"test_split": self.test_split} if self.test_split else {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Also refuse another `test_split` than the model was trained with: its test images would include
+        training images (held out now, trained on then), and the figures would flatter the model."""
+        super().load_state_dict(state)
+        trained = state.get("test_split", 0)
+        if self.test_split and self.test_split != trained:
+            raise CheckpointError(f"The model was trained with test_split {trained!r}, so the test_split "
+                                  f"{self.test_split!r} given now would test it on images it was trained on. Use the "
+                                  f"training run's test_split ({trained!r}), or test on data of its own.")
 
     def make_val_dataset(self, transform: Callable | None) -> Dataset | None:
         """Validation data of its own (a file or a folder apart), decoded with `transform`; None, the default, holds
@@ -163,12 +198,19 @@ class BaseDataLoader(ClassNames):
         the run's config. None by default; override it."""
         return {}
 
-    def split(self) -> tuple[list[int], list[int]]:
-        """Indices of the training files used for training and for validation (none, with data of its own)."""
+    def split(self) -> tuple[list[int], list[int], list[int]]:
+        """Indices of the training files used for training, for validation (none, with validation data of its
+        own) and for testing (none without `test_split`). The test share is held out first, so that the
+        validation split does not change it."""
         if self._split is None:
-            n = len(self.make_dataset(True, None))
-            own = self.make_val_dataset(None) is not None
-            self._split = (list(range(n)), []) if own else split_indices(n, self.validation_split, self.seed)
+            files = self.make_dataset(True, None)
+            rest, test = list(range(len(files))), []
+            if self.test_split:
+                rest, test = split_indices(len(files), self.test_split, self.seed, class_labels(files), "test_split")
+            train, val = list(range(len(rest))), []
+            if self.make_val_dataset(None) is None:
+                train, val = split_indices(len(rest), self.validation_split, self.seed)
+            self._split = ([rest[i] for i in train], [rest[i] for i in val], test)
         return self._split
 
     def _loader(self, dataset: Dataset, sampler: Any = None, drop_last: bool = False,
@@ -198,7 +240,11 @@ class BaseDataLoader(ClassNames):
         return self._loader(self.make_dataset(True, self.eval_transform), sampler)
 
     def test_loader(self, device: torch.device | None = None) -> DataLoader:
-        return self._loader(self.make_dataset(False, self.eval_transform))
+        """The test files, or with `test_split` the share of the training files held out for testing."""
+        if not self.test_split:
+            return self._loader(self.make_dataset(False, self.eval_transform))
+        sampler = ResumableSampler(self.split()[2], shuffle=False, **process_share(pad=False))
+        return self._loader(self.make_dataset(True, self.eval_transform), sampler)
 
     def check_labels(self, dataset: Dataset, targets: Any) -> None:
         """Refuse labels outside 0..num_classes-1 (when `num_classes` is given), naming the first such sample."""

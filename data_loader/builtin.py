@@ -39,12 +39,16 @@ class CsvImageDataLoader(BaseDataLoader):
 
 
 class ImageFolderDataLoader(BaseDataLoader):
-    """One folder per class: `data_dir/train/<class>/<image>` and `data_dir/test/<class>/<image>`. Classes are
-    numbered in sorted order of their folder names; the test tree must have the same class folders."""
+    """One folder per class: `data_dir/<class>/<image>`, with `test_split` holding out the test images, or
+    `data_dir/train/<class>/<image>` and `data_dir/test/<class>/<image>`. `train_dir` defaults to `train` when
+    data_dir has that folder, else to data_dir itself. Classes are numbered in sorted order of their folder names;
+    a test tree must have the same class folders."""
 
-    def __init__(self, data_dir: str, train_dir: str = "train", test_dir: str = "test",
+    def __init__(self, data_dir: str, train_dir: str | None = None, test_dir: str = "test",
                  image_mode: str = "unchanged", **kwargs):
         super().__init__(**kwargs)
+        if train_dir is None:
+            train_dir = "train" if (Path(data_dir) / "train").is_dir() else "."
         self.folders = {True: Path(data_dir) / train_dir, False: Path(data_dir) / test_dir}
         self.image_mode = image_mode
         train = self.make_dataset(True, None)
@@ -53,6 +57,11 @@ class ImageFolderDataLoader(BaseDataLoader):
         log.info("Classes (folder: label): %s", ", ".join(f"{name}: {i}" for i, name in enumerate(self.classes)))
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
+        if not train and not self.folders[False].is_dir():
+            raise DataError(f"There is no test folder '{self.folders[False]}'. Hold out test images from the class "
+                            f"folders of '{self.folders[True]}' with the data loader's test_split (e.g. "
+                            "data_loader.args.test_split=0.2, set before training so that the model never sees them), "
+                            "or give the test images a tree of their own with the same class folders (test_dir).")
         dataset = ImageFolderDataset(self.folders[train], transform, self.target_transform, self.image_mode)
         if not train and dataset.classes != self.classes:
             differ = sorted(set(dataset.classes) ^ set(self.classes))

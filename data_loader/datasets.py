@@ -202,6 +202,11 @@ class CsvImageDataset(Dataset):
                 rows.append((file, int(label), line))
         return rows, bad, classes, len(table)
 
+    @property
+    def targets(self) -> list[int]:
+        """Each row's label, for a split stratified by class."""
+        return [label for _, label, _ in self.samples]
+
     def describe(self, index: int) -> str:
         name, _, line = self.samples[index]
         return f"image '{self.root / name}' (line {line} of {self.csv_file})"

@@ -228,7 +228,11 @@ class DeviceDataLoader:
         return self._batches(dataset, device, "validation", train=False)
 
     def test_loader(self, device: torch.device | None = None) -> DeviceBatches:
-        dataset = self.source.make_dataset(False, self.source.eval_transform)
+        """The source's test files, or the share of its training files that `test_split` holds out."""
+        if self.source.test_split:
+            dataset = Subset(self.source.make_dataset(True, self.source.eval_transform), self.source.split()[2])
+        else:
+            dataset = self.source.make_dataset(False, self.source.eval_transform)
         return self._batches(dataset, device, "test", train=False)
 
     @property

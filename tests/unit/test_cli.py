@@ -35,7 +35,7 @@ BROKEN = {
                 "whole number >= 1, got 0"),
     "loader arg": (None, ["data_loader.args.bogus=1"], r"command line \(data_loader\.args\.bogus=1\): wrong args for "
                    r"data_loader type 'CsvImageDataLoader': unexpected keyword argument 'bogus'\. It accepts: "
-                   r"data_dir, csv_file, (?!.*seed).*skip_bad, batch_transform, repeated_augmentations\.$"),
+                   r"data_dir, csv_file, (?!.*seed).*skip_bad, batch_transform, repeated_augmentations, test_split\.$"),
     "name path": (None, ["name=../../x"], r"command line \(name=\.\./\.\./x\): 'name' must be a folder name"),
     "absolute name": (None, ["name=/tmp/x"], r"'name' must be a folder name"),
     "run id path": (None, ["--run-id", "../../x"], r"--run-id must be a folder name such as run1"),

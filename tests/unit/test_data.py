@@ -42,9 +42,10 @@ def test_validation_split_is_seeded_disjoint_and_reproducible():
     a = CsvImageDataLoader(data_dir=str(DIGITS), validation_split=0.2, seed=1, transform=TO_FLOAT)
     b = CsvImageDataLoader(data_dir=str(DIGITS), validation_split=0.2, seed=1, transform=TO_FLOAT)
     c = CsvImageDataLoader(data_dir=str(DIGITS), validation_split=0.2, seed=2, transform=TO_FLOAT)
-    train, val = a.split()
+    train, val, test = a.split()
     assert a.split() == b.split() and a.split() != c.split()
     assert not set(train) & set(val) and len(train) + len(val) == 1437 and len(val) == round(1437 * 0.2)
+    assert test == []  # the data's own test rows: no test_split
     assert len(a.val_loader().sampler) == len(val)
     assert len(CsvImageDataLoader(data_dir=str(DIGITS), validation_split=100).split()[1]) == 100
 

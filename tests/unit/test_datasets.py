@@ -12,13 +12,13 @@ from torchvision.io import write_png
 
 import test as test_script
 import train
-from data_loader.base import BaseDataLoader
+from data_loader.base import BaseDataLoader, split_indices
 from data_loader.builtin import CsvImageDataLoader, ImageFolderDataLoader, TorchvisionDataLoader
 from utils.config import Config
 from utils.errors import DataError
 
 from fake_data import patch_cifar10_sums, write_cifar10, write_mnist
-from helpers import ORDINARY_LOADER, REPO, TO_FLOAT, only_run, small_copy, train_example
+from helpers import ORDINARY_LOADER, REPO, TO_FLOAT, image_classes, only_run, small_copy, train_example
 
 
 @pytest.mark.parametrize("config, folder", [("mnist.yaml", "MNIST"), ("fashion_mnist.yaml", "FashionMNIST")])
@@ -103,7 +103,7 @@ def test_image_folder_tree_trains_with_labels_from_folder_names(tmp_path, capsys
 
 
 def test_image_folder_errors_name_the_folder(tmp_path):
-    with pytest.raises(DataError, match="Image folder .*nowhere/train' not found"):
+    with pytest.raises(DataError, match="Image folder .*nowhere' not found"):
         ImageFolderDataLoader(str(tmp_path / "nowhere"))
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="No images found in .*empty/train"):
@@ -111,7 +111,7 @@ def test_image_folder_errors_name_the_folder(tmp_path):
     root = image_tree(tmp_path / "tree")
     with pytest.raises(DataError, match=r"tree/train/train' not found.* data_dir '.*tree/train' looks like that folder "
                                         r"itself: set data_dir to '.*tree', the folder that holds train/\."):
-        ImageFolderDataLoader(str(root / "train"))
+        ImageFolderDataLoader(str(root / "train"), train_dir="train")
     shutil.rmtree(root / "test" / "2")
     with pytest.raises(DataError, match=r"class folders of .*tree/test' differ .*\(2\)"):
         ImageFolderDataLoader(str(root)).test_loader()
@@ -130,13 +130,16 @@ def test_corrupt_image_stops_with_its_name_even_in_a_worker_process(tmp_path, ca
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: Cannot read image '") and "0002.png': Unsupported image file" in err[-1]
     assert not any("Traceback" in line for line in err)
-    # With skip_bad the epoch goes on without it, and the count is reported at its end.
+    # With skip_bad the epoch goes on without it, and each epoch's line counts it.
     assert train.main(args + ["data_loader.args.skip_bad=true"]) == 0
     log = capfd.readouterr()  # fd-level: the worker processes' output too
-    assert (log.out + log.err).count("Skipped 1 bad sample(s) in epoch") == 2, log
-    # The reason for the first, logged by the worker process that met it.
-    assert re.search(r"Skipping bad samples \(skip_bad: true\); the first: Cannot read image "
-                     r"'.*0002.png'", log.out), log.out
+    epochs = [line for line in log.out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all(line.endswith("1 bad sample(s) skipped") for line in epochs), log.out
+    # The reason, once in the run (logged by the worker process that met it), without the advice to set skip_bad.
+    assert len(re.findall(r"Skipping bad samples \(skip_bad: true\); the first: Cannot read image '.*0002.png': "
+                          r"Unsupported image file[^\n]*\. Each epoch's line counts the samples skipped\.$", log.out,
+                          re.M)) == 1, log.out
+    assert "skip_bad: true to skip" not in log.out + log.err
 
 
 def test_bad_label_row_is_skipped_with_a_warning_when_asked(tmp_path, caplog):
@@ -187,3 +190,43 @@ def test_listed_paths_written_from_the_project_folder_are_named_before_anything_
            "be 'digits/digits/images/0000.png', while 'digits/images/0000.png' exists from the current folder). The " \
            "file column is relative to data_dir" in err, err
     assert not (tmp_path / "saved").exists()
+
+
+def test_one_folder_per_class_holds_out_a_seeded_stratified_test_split(tmp_path, capsys):
+    root = image_classes(tmp_path / "photos", ("cat", "dog", "fox"), per_class=10, splits=("",))
+    loader = ImageFolderDataLoader(str(root), test_split=0.2, validation_split=3, batch_size=4, transform=TO_FLOAT)
+    assert loader.classes == ["cat", "dog", "fox"]
+    fit, val, test = loader.split()
+    assert len(test) == 6 and len(val) == 3 and len(fit) == 21
+    assert not (set(fit) & set(val) or set(fit) & set(test) or set(val) & set(test))
+    labels = loader.make_dataset(True, None).targets
+    assert sorted(labels[i] for i in test) == [0, 0, 1, 1, 2, 2]  # two of each class
+    assert ImageFolderDataLoader(str(root), test_split=0.2, validation_split=3).split() == (fit, val, test)
+    assert ImageFolderDataLoader(str(root), test_split=0.2, validation_split=3, seed=1).split()[2] != test
+    assert ImageFolderDataLoader(str(root), test_split=0.2, validation_split=0).split()[2] == test  # held out first
+    assert sum(len(labels) for _, labels in loader.test_loader()) == 6
+    # Without test_split there is no test data, and the message says how to get some.
+    with pytest.raises(DataError, match=r"There is no test folder '.*photos/test'\. Hold out test images from the "
+                                        r"class folders of '.*photos' with the data loader's test_split"):
+        ImageFolderDataLoader(str(root)).test_loader()
+    # Trained, tested, and refused a test split the model was not trained with.
+    args = f"{{data_dir: {root}, batch_size: 8, test_split: 0.2, validation_split: 3, transform: {TO_FLOAT}}}"
+    assert train.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
+                       "arch.args.width=8", "arch.args.num_classes=3", "trainer.epochs=1", "trainer.tensorboard=false",
+                       "data_loader.type=ImageFolderDataLoader", f"data_loader.args={args}", "--run-id", "r"]) == 0
+    assert "Data per process: 21 training, 3 validation samples" in capsys.readouterr().out
+    run = tmp_path / "saved" / "models" / "digits_cnn" / "r"
+    assert test_script.main(["--resume", str(run), "--no-report"]) == 0
+    assert "on the test split: 6 samples" in capsys.readouterr().out
+    assert test_script.main(["--resume", str(run), "--no-report", "data_loader.args.test_split=0.3"]) == 2
+    assert "trained with test_split 0.2, so the test_split 0.3 given now would test it on images it was trained on" \
+        in capsys.readouterr().err
+
+
+def test_a_held_out_share_is_stratified_by_class_with_largest_remainders():
+    labels = [0] * 90 + [1] * 7 + [2] * 3
+    kept, held = split_indices(100, 10, seed=0, labels=labels)
+    assert sorted(labels[i] for i in held) == [0] * 9 + [1]  # 9, 0.7 and 0.3: the larger remainder gets the 10th
+    assert len(kept) == 90 and not set(kept) & set(held)
+    kept, held = split_indices(100, 0.1, seed=0)  # without labels: a plain seeded draw
+    assert len(held) == 10

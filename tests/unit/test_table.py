@@ -41,7 +41,7 @@ SMALL = ["a,b,y,split", "1,10,5,train", "2,20,6,train", "3,30,7,train", "4,40,8,
 def test_bundled_table_gives_float_rows_of_ten_features_and_a_target_of_shape_1():
     data = TableDataLoader(validation_split=0.15)
     assert data.features == COLUMNS and data.target == "target"
-    train_rows, val_rows = data.split()
+    train_rows, val_rows, _ = data.split()
     assert len(train_rows) + len(val_rows) == 353 and len(val_rows) == round(353 * 0.15)
     features, target = data.make_dataset(True, None)[0]
     assert features.shape == (10,) and features.dtype == torch.float32
