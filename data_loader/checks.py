@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
+from data_loader.datasets import SKIP_HINT
 from utils import distributed
 from utils.errors import DataError, plural, reason
 
@@ -21,11 +22,15 @@ class BadSamples:
 
     def __init__(self):
         self._count = multiprocessing.Value("q", 0)
+        self._ever = multiprocessing.Value("q", 0)  # in the whole run: the first one's reason is logged once
 
     def add(self) -> int:
+        """Count one; the number skipped in the whole run so far."""
         with self._count.get_lock():
             self._count.value += 1
-            return self._count.value
+        with self._ever.get_lock():
+            self._ever.value += 1
+            return self._ever.value
 
     def take(self) -> int:
         """The count since the last call."""
@@ -67,8 +72,9 @@ class CheckedDataset(Dataset):
         except DataError as e:
             if self.bad is None:
                 raise
-            if self.bad.add() == 1:
-                log.warning("Skipping bad samples (skip_bad: true); the first: %s", e)
+            if self.bad.add() == 1:  # the advice to set skip_bad is left out: it is set
+                log.warning("Skipping bad samples (skip_bad: true); the first: %s Each epoch's line counts the "
+                            "samples skipped.", str(e).replace(SKIP_HINT, ""))
             return None
         return sample
 

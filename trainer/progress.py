@@ -104,7 +104,7 @@ class Progress:
 
     def epoch(self, title: str, epoch_log: dict[str, float], lrs: list[float], seconds: float, improved: str | None,
               bad_samples: int, model: nn.Module, step: int) -> None:
-        """The epoch's log line, then what it calls for: a slow-data hint, skipped samples, TensorBoard."""
+        """The epoch's log line (with the samples skipped), then what it calls for: a slow-data hint, TensorBoard."""
         parts = [title] + [f"{k} {v:.4f}" for k, v in epoch_log.items()]
         parts.append("lr " + ",".join(f"{lr:.3g}" for lr in lrs))
         if self.throughput is not None:
@@ -112,6 +112,8 @@ class Progress:
         parts.append(f"{seconds:.1f}s")
         if improved:
             parts.append(f"best {improved}")
+        if bad_samples:
+            parts.append(f"{bad_samples} bad sample(s) skipped")
         if self.skipped_batches:
             parts.append(f"{self.skipped_batches} batches with a non-finite loss skipped")
             self.skipped_batches = 0
@@ -122,9 +124,6 @@ class Progress:
                         "DeviceDataLoader (docs/speed.md) removes the wait; otherwise raise "
                         "the data loader's num_workers if CPU cores are idle, set pin_memory: true on a GPU, or "
                         "make the dataset's __getitem__ cheaper.", 100 * self.throughput[1])
-        if bad_samples:
-            log.warning("Skipped %d bad sample(s) in %s (skip_bad: true); the reason for the "
-                        "first is logged above.", bad_samples, title.split("/")[0])
         if self.board is not None:
             self.board.epoch(epoch_log, lrs, self.throughput, step)
             if self.cfg["histograms"]:
