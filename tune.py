@@ -113,8 +113,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if combinations > MAX_TRIALS:
         raise ConfigError(f"This grid has {combinations} combinations, more than {MAX_TRIALS} trials, each a training "
                           "run; list fewer values, or draw some of them with --random N.")
-    flags = [arg for flag in ("device", "lr", "bs", "epochs") if getattr(args, flag) is not None
-             for arg in (f"--{flag}", str(getattr(args, flag)))]
+    flags = given_flags(args, ("device", "lr", "bs", "epochs"))
     save_dir = Path(config["trainer"]["save_dir"]).resolve()
     definition = {
         "mode": mode, "n": n, "seed": args.seed or 0,
@@ -244,12 +243,17 @@ def lr_find(args: argparse.Namespace) -> RangeTest:
         print("No suggestion: the loss diverged too soon to judge. Lower --start-lr, or raise --steps.")
     else:
         # As the last key=value, it wins over any lr among the overrides (a --lr flag and one would be refused).
-        command = shlex.join(["python", "train.py", "-c", args.config, *args.overrides,
-                              f"optimizer.args.lr={result.suggestion:.2g}"])
+        command = shlex.join(["python", "train.py", "-c", args.config, *given_flags(args, ("device", "bs", "epochs",
+                              "name")), *args.overrides, f"optimizer.args.lr={result.suggestion:.2g}"])
         print(f"Suggested learning rate: {result.suggestion:.3g} (where the smoothed loss falls fastest). Train "
               f"with it: {command}")
     print(f"Files: {folder / 'lr_find.csv'}, {folder / 'lr_find.png'}")
     return result
+
+
+def given_flags(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The short flags of `names` given on the command line, as train.py takes them (`--bs 32`)."""
+    return [arg for flag in names if getattr(args, flag) is not None for arg in (f"--{flag}", str(getattr(args, flag)))]
 
 
 def open_search(args: argparse.Namespace) -> Search:

@@ -42,7 +42,7 @@ def test_lr_find_on_the_digits_writes_its_own_folder_only(save_dir, capsys):
     assert train.main(fast_args(save_dir, "trainer.epochs=1", "--run-id", "run")) == 0
     before = digest(save_dir)
     args = ["--lr-find", "-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={save_dir}", *FAST,
-            "optimizer.args.lr=1e-3", "--steps", "40", "--start-lr", "1e-4", "--end-lr", "1000"]
+            "optimizer.args.lr=1e-3", "--steps", "40", "--start-lr", "1e-4", "--end-lr", "1000", "--bs", "32"]
     assert tune.main(args) == 0
     out = capsys.readouterr().out
     after = digest(save_dir)
@@ -64,6 +64,7 @@ def test_lr_find_on_the_digits_writes_its_own_folder_only(save_dir, capsys):
     parsed = train.parse_args(command[2:])
     config = Config.load(parsed.config, parsed.overrides, lr=parsed.lr)
     assert config["optimizer"]["args"]["lr"] == float(f"{suggested:.2g}")
+    assert parsed.bs == 32  # the batch size the rate was measured with
     assert Image.open(folder / "lr_find.png").size == (720, 440)
 
 
