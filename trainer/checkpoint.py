@@ -227,12 +227,12 @@ def keep_top_k(kept: list[list], value: float, name: str, k: int, mode: str) -> 
     """Decide whether the epoch checkpoint `name` (monitored `value`) joins the `k` kept ones.
 
     `kept` is a list of [value, file name]; `mode` is 'min' or 'max' (for 'max' with the epoch number as
-    value, the newest are kept). Returns the new list, whether to write `name`, and the files to delete
-    once it is written. k = -1 keeps every checkpoint, 0 none.
+    value, the newest are kept); of equal values, the newer file ranks first. Returns the new list, whether to
+    write `name`, and the files to delete once it is written. k = -1 keeps every checkpoint, 0 none.
     """
     if k == 0:
         return kept, False, []
-    entries = kept + [[value, name]]
+    entries = [[value, name], *kept]  # the sort is stable: ahead of the older files of its value
     entries.sort(key=lambda e: e[0], reverse=(mode == "max"))
     if k < 0:
         return entries, True, []

@@ -29,16 +29,18 @@ class Monitor:
                               f"not logged. Logged values: {', '.join(logged)}.")
 
     def update(self, epoch_log: dict[str, float]) -> bool:
-        """Record an epoch's values; whether the monitored one improved (a NaN never does)."""
+        """Record an epoch's values; whether this epoch is the best so far (a NaN never is). A tie with the best is
+        the best too, so that the later weights, trained longer, are kept (accuracy on a small validation set ties
+        often); but only a strict improvement resets early stopping's count, so a plateau still stops."""
         if self.key is None:
             return False
         value = epoch_log[self.key]  # the loop checked the name first (`check`)
-        improved = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
-        if improved:
-            self.best, self.not_improved = value, 0
-        else:
-            self.not_improved += 1
-        return improved
+        better = math.isfinite(value) and (value < self.best if self.mode == "min" else value > self.best)
+        self.not_improved = 0 if better else self.not_improved + 1
+        if better or (math.isfinite(value) and value == self.best):
+            self.best = value
+            return True
+        return False
 
     def early_stopped(self, patience: int) -> bool:
         if patience and self.key is not None and self.not_improved >= patience:

@@ -153,9 +153,9 @@ SCHEMA: list[Key] = [
         number(lambda v: v >= 0, "a number >= 0 (0: off)")),
     Key("trainer.verbosity", 1, "0 warnings only, 1 info, 2 debug", choice(0, 1, 2)),
     Key("trainer.monitor", "off", "`min <value>` or `max <value>` of a logged value, e.g. `min val_loss`, "
-        "`max val_accuracy`", _MONITOR),
-    Key("trainer.early_stop", 0, "stop after this many epochs without improvement of the monitored value (0: off)",
-        whole(0), null=0),
+        "`max val_accuracy`; an epoch that ties the best is saved as the best (the later weights)", _MONITOR),
+    Key("trainer.early_stop", 0, "stop after this many epochs without strict improvement of the monitored value (a "
+        "tie is none; 0: off)", whole(0), null=0),
     Key("trainer.tensorboard", False, "write TensorBoard events to the log folder (tags listed in "
         "[tensorboard.md](tensorboard.md))", SWITCH),
     Key("trainer.hparams", True, "with `tensorboard`, write the run's hyperparameters and final values for the "

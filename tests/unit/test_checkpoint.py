@@ -1,4 +1,5 @@
 import errno
+import math
 import os
 import pathlib
 import re
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from trainer.checkpoint import find_checkpoint, keep_top_k, load_checkpoint, save_checkpoint
+from trainer.monitor import Monitor
 from utils import files
 from utils.errors import CheckpointError, TrainingError
 from utils.files import atomic_write
@@ -174,3 +176,15 @@ def test_keep_top_k():
     assert [e[1] for e in newest] == ["e4", "e3"] and evict == ["e2"]
     assert keep_top_k([], 1.0, "e1", 0, "min") == ([], False, [])
     assert keep_top_k([[1.0, "e1"]], 2.0, "e2", -1, "min")[1:] == (True, [])
+
+
+def test_a_tie_with_the_best_keeps_the_later_epoch_but_does_not_put_off_early_stopping():
+    monitor = Monitor("max val_accuracy", "config")
+    assert [monitor.update({"val_accuracy": v}) for v in (0.5, 0.5, 0.4, 0.5)] == [True, True, False, True]
+    assert monitor.best == 0.5 and monitor.not_improved == 3  # ties are not improvements: a plateau still stops
+    assert monitor.early_stopped(3)
+    nan = Monitor("min val_loss", "config")
+    assert not nan.update({"val_loss": math.inf}) and not nan.update({"val_loss": math.nan})
+    # Of the epoch checkpoints, the later of two equal ones is kept.
+    kept, write, evict = keep_top_k([[0.5, "e1"]], 0.5, "e2", 1, "max")
+    assert write and evict == ["e1"] and kept == [[0.5, "e2"]]
