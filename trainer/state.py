@@ -186,9 +186,26 @@ class TrainingState:
         latest = self.save(names)
         for name in evict if self.dist.is_main else ():
             (self.run.models / name).unlink(missing_ok=True)
+        if not self.disk_use_told and self.dist.is_main:
+            self.disk_use_told = True
+            self.tell_disk_use(latest.stat().st_size / 2**20)
         if improved:
             log.info("Saved %s (%s %.6g).", self.run.models / BEST, self.monitor.key, self.monitor.best)
         return latest
+
+    def tell_disk_use(self, megabytes: float) -> None:
+        """After the first end-of-epoch save: how much disk the run's checkpoints take, at most."""
+        k = self.cfg["save_top_k"] if self.cfg["save_period"] else 0
+        if k < 0:
+            log.warning("Each checkpoint takes %.3g MiB, and trainer.save_top_k is -1: every epoch's checkpoint is "
+                        "kept, %.3g MiB more each epoch. Set save_top_k to keep only the best epochs.", megabytes,
+                        megabytes / self.cfg["save_period"])
+            return
+        files = ["checkpoint-latest.pth", *(["model_best.pth"] if self.monitor.key else []),
+                 *([f"the {k} best epochs' (trainer.save_top_k)"] if k else [])]
+        log.info("Each checkpoint takes %.3g MiB; the run keeps at most %d in %s, %.3g MiB: %s.", megabytes,
+                 len(files) - bool(k) + k, self.run.models, megabytes * (len(files) - bool(k) + k),
+                 " and ".join([", ".join(files[:-1]), files[-1]] if len(files) > 1 else files))
 
     def check_best_file(self) -> None:
         """On resume: the best value the monitor recorded must be the one `model_best.pth` holds. A kill, a full

@@ -113,6 +113,7 @@ class Trainer(TrainingState, OptimizerSteps, Events):
         self.monitor = Monitor(self.cfg["monitor"] if data is not None else "off", config.source)
         self.progress = Progress(self.cfg, config.source, dist.is_main)
         self.stop, self.run = StopSignals(), None
+        self.disk_use_told = False  # the run's disk use is logged once, after the first end-of-epoch save
         self.callbacks: list[Any] = []  # trainer/factory.py sets the config's `callbacks`
         self.logging_to: MetricTracker | None = None  # where `log` adds values: this epoch's or validation's
 

@@ -392,3 +392,17 @@ class ClosureTrainer(Trainer):
                                 "optimizers={all: {type: LBFGS, args: {lr: 0.2, max_iter: 3}}}", "trainer.epochs=1",
                                 "trainer.grad_clip_norm=0.01")) == 0
     assert len(norms) > 20 and max(norms) <= 0.01 + 1e-6  # every evaluation LBFGS saw was clipped
+
+
+def test_the_run_says_how_much_disk_its_checkpoints_take_at_most(save_dir, caplog):
+    caplog.set_level("INFO")
+    assert train.main(fast_args(save_dir, "trainer.epochs=3", "trainer.save_top_k=2")) == 0
+    run = only_run(save_dir)
+    told = [r.getMessage() for r in caplog.records if "Each checkpoint takes" in r.getMessage()]
+    assert len(told) == 1, told  # once, after the first epoch
+    each, total = re.fullmatch(rf"Each checkpoint takes ([\d.]+) MiB; the run keeps at most 4 in {re.escape(str(run))}, "
+                               r"([\d.]+) MiB: checkpoint-latest.pth, model_best.pth and the 2 best epochs' "
+                               r"\(trainer.save_top_k\)\.", told[0]).groups()
+    size = (run / "checkpoint-latest.pth").stat().st_size / 2**20  # a little larger: its history grew since
+    assert float(each) == pytest.approx(size, rel=0.05) and float(total) == pytest.approx(4 * float(each), rel=0.01)
+    assert len(list(run.glob("*.pth"))) == 4
