@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from data_loader.checks import sample_names
 from tools.report import check_output_dir, format_report, write_report
 from tools.restore import add_ema_argument, eval_loader, evaluator, restore
 from trainer.checkpoint import class_names
@@ -61,6 +62,10 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     for name, value in result.items():
         print(f"  {name:<{width}}  {value:.6f}")
     report = collector.result(class_names(trained.checkpoint))
+    names = sample_names(loader)
+    if report is not None and names is not None and len(names) == collector.seen:  # none was skipped: in step
+        for mistake in report.mistakes:
+            mistake.sample = names[mistake.index]
     print(f"\n{format_report(report)}" if report is not None
           else f"No classification report: {collector.skipped}.")
     if not args.no_report:

@@ -43,9 +43,24 @@ def describe(dataset: Dataset, index: int) -> str:
     """A sample's name for messages: its file when the dataset can tell (`describe`), else its index."""
     if isinstance(dataset, Subset):
         return describe(dataset.dataset, dataset.indices[index])
+    if isinstance(dataset, CheckedDataset):
+        return describe(dataset.dataset, index)
     if hasattr(dataset, "describe"):
         return dataset.describe(index)
     return f"sample {index} of {type(dataset).__name__}"
+
+
+def sample_names(loader: Any) -> list[str] | None:
+    """Each sample's name (its file) in the order an evaluation loader gives them, for a report; None when its
+    dataset cannot name them. A device-resident loader names them through the dataset its tensors came from
+    (`origin`, None when bad samples were left out of them)."""
+    dataset = getattr(loader, "origin", None) or getattr(loader, "dataset", None)
+    inner = dataset
+    while isinstance(inner, (Subset, CheckedDataset)):
+        inner = inner.dataset
+    if not hasattr(inner, "describe") or getattr(loader, "sampler", None) is None:
+        return None
+    return [describe(dataset, int(index)) for index in loader.sampler]
 
 
 class CheckedDataset(Dataset):

@@ -34,9 +34,10 @@ class DeviceBatches:
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, sampler: ResumableSampler,
                  drop_last: bool = False, crop_padding: int = 0, hflip: bool = False, degrees: float = 0.0,
-                 translate: tuple[float, float] = (0.0, 0.0)):
+                 translate: tuple[float, float] = (0.0, 0.0), origin: Dataset | None = None):
         self.images, self.targets = images, targets
         self.dataset = TensorDataset(images, targets)
+        self.origin = origin  # the dataset sample i came from, for naming it in a report (data_loader/checks.py)
         self.batch_size = batch_size
         self.sampler = sampler
         self.drop_last = drop_last
@@ -206,7 +207,8 @@ class DeviceDataLoader:
                                    repeats=self.source.repeated_augmentations if train else 1,
                                    **process_share(pad=train))
         if not train:
-            return DeviceBatches(images, targets, self.source.batch_size, sampler)
+            return DeviceBatches(images, targets, self.source.batch_size, sampler,
+                                 origin=dataset if len(images) == len(dataset) else None)
         return DeviceBatches(images, targets, self.source.batch_size, sampler, drop_last=self.source.drop_last,
                              crop_padding=self.crop_padding, hflip=self.hflip, degrees=self.degrees,
                              translate=self.translate)

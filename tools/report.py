@@ -3,6 +3,7 @@ the files it writes: report.json, confusion_matrix.png and mistakes.png (the fig
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,13 @@ def check_output_dir(folder: Path, chosen: bool = True) -> None:
                             "with --output-dir, or --no-report to print the figures only.")
 
 
+def file_name(sample: str | None) -> str | None:
+    """The file's name in a sample's description ("image 'data/pets/cat/001.jpg' (line 4 of labels.csv)"), for a
+    caption under its picture."""
+    quoted = re.search(r"'([^']+)'", sample or "")
+    return Path(quoted.group(1)).name if quoted else None
+
+
 def write_report(folder: Path, summary: dict[str, Any], report: ClassReport | None) -> list[Path]:
     """report.json (`summary`, plus the classification figures, matrix and mistakes when there is a report),
     confusion_matrix.png and mistakes.png, each written atomically into `folder`; files of an earlier report
@@ -73,13 +81,14 @@ def write_report(folder: Path, summary: dict[str, Any], report: ClassReport | No
         content["confusion_matrix.png"] = png_bytes(confusion_matrix_image(report.matrix, report.names))
         pictures = [m for m in report.mistakes if m.image is not None]
         if pictures:
-            captions = [[f"#{m.index} true: {report.names[m.true]}", f"predicted: {report.names[m.predicted]}",
-                         f"confidence {m.confidence:.3f}"] for m in pictures]
+            captions = [[file_name(m.sample) or f"#{m.index}", f"true: {report.names[m.true]}",
+                         f"predicted: {report.names[m.predicted]}", f"confidence {m.confidence:.3f}"]
+                        for m in pictures]
             content["mistakes.png"] = png_bytes(image_grid([m.image for m in pictures], captions))
         data["classification"] = {
             "classes": report.names, "confusion_matrix": report.matrix, "ignored": report.ignored,
             **report.figures(),
-            "most_confident_mistakes": [{"index": m.index, "true": report.names[m.true],
+            "most_confident_mistakes": [{"index": m.index, "sample": m.sample, "true": report.names[m.true],
                                          "predicted": report.names[m.predicted], "confidence": m.confidence}
                                         for m in report.mistakes]}
     content["report.json"] = (json.dumps(data, indent=1) + "\n").encode()

@@ -26,6 +26,7 @@ class Mistake:
     predicted: int
     confidence: float  # softmax probability of the predicted class
     image: torch.Tensor | None = None  # (C, H, W), scaled to 0..1, on the CPU; None for inputs that are not images
+    sample: str | None = None  # what the sample is (its file: "image 'data/pets/cat/001.jpg'"), when known
 
 
 @dataclass

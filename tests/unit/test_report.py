@@ -96,6 +96,25 @@ def test_test_py_writes_the_report_of_the_digits(digits_run, capsys):
     assert Image.open(folder / "confusion_matrix.png").size[0] > 300
     assert Image.open(folder / "mistakes.png").size[1] > 96
     assert "Confusion matrix (rows: true class, columns: predicted class)" in out
+    # Each mistake names its file (and its line of labels.csv), whose label is the true class.
+    rows = (REPO / "data" / "digits" / "labels.csv").read_text().splitlines()
+    for mistake in mistakes:
+        file, line = re.fullmatch(r"image '(?:.*/)?data/digits/(images/\d+\.png)' \(line (\d+) of labels.csv\)",
+                                  mistake["sample"]).groups()
+        assert rows[int(line) - 1].split(",")[:2] == [file, mistake["true"]], mistake
+
+
+@pytest.mark.needs("data_loader/device_loader.py")
+def test_the_device_resident_loader_names_the_same_mistakes(digits_run, tmp_path):
+    """Its tensors came from the files of its source loader: the report names them as the ordinary loader does."""
+    best = digits_run / "models" / "digits_cnn" / "r" / "model_best.pth"
+    device = ("data_loader={type: DeviceDataLoader, args: {source: CsvImageDataLoader, data_dir: data/digits, "
+              "eval_transform: [{type: ToDtype, args: {dtype: float32, scale: true}}]}}")
+    assert test_script.main(["--resume", str(best), "-o", str(tmp_path / "ordinary")]) == 0
+    assert test_script.main(["--resume", str(best), "-o", str(tmp_path / "device"), device]) == 0
+    reports = [json.loads((tmp_path / kind / "report.json").read_text())["classification"]["most_confident_mistakes"]
+               for kind in ("ordinary", "device")]
+    assert reports[0] == reports[1] and all(m["sample"].startswith("image '") for m in reports[1])
 
 
 def test_tensorboard_has_the_final_models_validation_report(digits_run, tmp_path, capsys):
