@@ -31,7 +31,7 @@ LEFT_OUT = {
     "export to ONNX, TorchScript and torch.export (export.py, docs/export.md)": (
         "export.py", "docs/export.md", "tests/e2e/test_export.py"),
     "predictions on new files (predict.py, docs/predict.md)": (
-        "predict.py", "data_loader/inputs.py", "docs/predict.md", "tests/unit/test_predict.py"),
+        "predict.py", "tools/predictor.py", "data_loader/inputs.py", "docs/predict.md", "tests/unit/test_predict.py"),
     "the data set held on the training device (DeviceDataLoader, docs/speed.md)": (
         "data_loader/device_loader.py", "docs/speed.md", "benchmarks", "tests/unit/test_speed_options.py"),
     "the EMA of the weights (trainer.ema)": ("trainer/ema.py", "tests/unit/test_ema.py"),

@@ -28,9 +28,9 @@ from data_loader.checks import collate
 from data_loader.datasets import read_mode
 from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
+from tools.predictor import Predictor, is_classifier
 from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, rebuilt_data, restore
 from trainer.checkpoint import class_names
-from utils.config import Config
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors
 from utils.files import atomic_write
@@ -38,10 +38,6 @@ from utils.log import setup_logging
 from utils.run import check_not_an_input, check_output_file
 
 log = logging.getLogger("predict")
-
-# Losses and metrics whose model outputs are class scores: softmax turns them into probabilities.
-CLASSIFICATION = {"cross_entropy", "nll_loss", "CrossEntropyLoss", "NLLLoss", "accuracy", "top_k_acc"}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Predict classes (or output values) with a trained checkpoint.")
@@ -93,13 +89,6 @@ def training_channels(source: Any) -> int | None:
     except (DataError, OSError, RuntimeError, ValueError, TypeError, IndexError):
         return None
     return image.shape[0] if isinstance(image, torch.Tensor) and image.dim() == 3 else None
-
-
-def is_classifier(config: Config, names: list[str] | None) -> bool:
-    """Whether the model's outputs are class scores rather than values: its data names classes, or its loss or a
-    metric is a classification one."""
-    named = [item["type"] if isinstance(item, dict) else item for item in [config["loss"], *config["metrics"]]]
-    return bool(names) or bool(CLASSIFICATION & set(named))
 
 
 def forward(trained: Restored, batch: torch.Tensor) -> torch.Tensor:
@@ -209,13 +198,16 @@ def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     output = check_args(args)
     trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
     check_one_input(trained, "predict.py")
-    data = rebuilt_data(trained, training=False)
-    source = data.source if isinstance(data, DeviceDataLoader) else data
-    inputs = make_inputs(source, args.paths)
+    batch_size = args.batch_size or trained.config["data_loader"]["args"].get("batch_size", 64)
+    if args.config is None and "inputs" in (trained.checkpoint.get("data_loader") or {}):
+        inputs, num_workers = Predictor(trained).files(args.paths), 0  # the checkpoint alone: no data needed
+    else:  # other data (-c), or a checkpoint that does not record its inputs: from the data loader, rebuilt
+        data = rebuilt_data(trained, training=False)
+        source = data.source if isinstance(data, DeviceDataLoader) else data
+        inputs, num_workers = make_inputs(source, args.paths), getattr(source, "num_workers", 0)
     check_not_an_input(output, [trained.path, *map(Path, args.paths), *getattr(inputs, "files", [])])
     names = class_names(trained.checkpoint)
-    indices, outputs, skipped = run_model(trained, inputs, args.batch_size or source.batch_size,
-                                          getattr(source, "num_workers", 0), args.strict)
+    indices, outputs, skipped = run_model(trained, inputs, batch_size, num_workers, args.strict)
     if not indices:
         raise DataError(f"None of the {len(inputs)} inputs could be read (the reasons are above); nothing written.")
     header, rows = prediction_rows(outputs, names, is_classifier(trained.config, names), args.top_k)

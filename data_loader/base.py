@@ -134,6 +134,8 @@ class BaseDataLoader(ClassNames):
     sample that many times in a row per epoch (ResumableSampler).
     """
 
+    image_mode: str | None = None  # how an image loader reads images (unchanged, gray, rgb); None: not images
+
     def __init__(self, batch_size: int = 64, shuffle: bool = True, validation_split: float | int = 0.1,
                  num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
                  drop_last: bool = False, transform: list | None = None, eval_transform: list | None = None,
@@ -161,6 +163,7 @@ class BaseDataLoader(ClassNames):
         self.transform = build_transforms(transform, "transform")
         self.eval_transform = (build_transforms(eval_transform, "eval_transform")
                                if eval_transform is not None else self.transform)
+        self.eval_transform_spec = eval_transform if eval_transform is not None else transform
         self.target_transform = build_transforms(target_transform, "target_transform")
         self.num_classes = num_classes
         self.channels = channels
@@ -169,13 +172,36 @@ class BaseDataLoader(ClassNames):
         self.batch_transform = build_batch_transform(batch_transform, num_classes)
         self.repeated_augmentations = repeated_augmentations
         self._split: tuple[list[int], list[int], list[int]] | None = None
+        self._inputs: dict[str, Any] | None = None
 
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         """The training files (`train=True`) or the test files, decoded with `transform`."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **({"test_split": self.test_split} if self.test_split else {})}
+        """The class names, the test split, and how the model's inputs are prepared (`inputs`)."""
+        return {**super().state_dict(), **({"test_split": self.test_split} if self.test_split else {}),
+                "inputs": self.inputs()}
+
+    def inputs(self) -> dict[str, Any]:
+        """How an input is prepared for the model, as evaluation prepares the test data, so that a checkpoint alone
+        serves inference on another machine (predict.py, export.py, tools/predictor.py): how images are read
+        (`image_mode`; None for data that are not images), the `eval_transform` steps as configured, and the shape
+        and dtype of one prepared training sample (None when its input is not one tensor)."""
+        if self._inputs is None:
+            dataset, sample = CheckedDataset(self.make_dataset(True, self.eval_transform), self.channels), None
+            for index in range(min(len(dataset), 100)):  # the first readable one, with skip_bad
+                try:
+                    sample = dataset[index]
+                    break
+                except DataError:
+                    if not self.skip_bad:
+                        raise
+            image = sample[0] if isinstance(sample, (tuple, list)) and sample else None
+            form = {"shape": list(image.shape), "dtype": str(image.dtype).removeprefix("torch.")} \
+                if isinstance(image, torch.Tensor) else {"shape": None, "dtype": None}
+            self._inputs = {"image_mode": self.image_mode, "eval_transform": self.eval_transform_spec, **form}
+        return self._inputs
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Also refuse another `test_split` than the model was trained with: its test images would include

@@ -1,5 +1,6 @@
 """predict.py: a checkpoint's classes (or output values) for images and table rows, prepared as in evaluation."""
 import csv
+import json
 import os
 import re
 import shutil
@@ -9,13 +10,17 @@ import zlib
 
 import pytest
 import torch
-from torchvision.io import write_png
+from PIL import Image
+from torchvision.io import read_image, write_png
 
+import export
 import predict
 import test as test_script
 import train
 from data_loader.inputs import find_images
+from tools import predictor
 from tools.restore import eval_loader, restore
+from utils.errors import DataError
 
 from fake_data import digits, write_mnist
 from helpers import DIGITS, NAMES, REPO, TO_FLOAT, fast_args, image_classes, named_copy, only_run, train_example
@@ -289,3 +294,58 @@ def test_a_model_with_several_outputs_predicts_through_its_predict_or_is_refused
     monkeypatch.setattr(DigitsCNN, "predict", lambda self, x: self(x)[0], raising=False)
     assert predict.main(["--resume", str(digits_best), str(image), "--output", str(output)]) == 0
     assert list(read_csv(output)[0])[:3] == ["file", "label", "index"]
+
+
+def test_the_checkpoint_alone_predicts_exports_and_serves_a_notebook_once_the_data_is_gone(tmp_path, capsys):
+    photos = image_classes(tmp_path / "photos", ("cat", "dog", "fox"), per_class=8, splits=("",))
+    args = f"{{data_dir: {photos}, batch_size: 8, test_split: 6, validation_split: 3, transform: {TO_FLOAT}}}"
+    assert train.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
+                       "arch.args.width=8", "arch.args.num_classes=3", "trainer.epochs=1", "trainer.tensorboard=false",
+                       "data_loader.type=ImageFolderDataLoader", f"data_loader.args={args}"]) == 0
+    best = only_run(tmp_path / "saved") / "model_best.pth"
+    new = tmp_path / "new"
+    shutil.copytree(photos / "dog", new)
+    shutil.rmtree(photos)  # "another machine": the training data is not there
+    output = tmp_path / "preds.csv"
+    assert predict.main(["--resume", str(best), str(new), "--output", str(output)]) == 0
+    rows = read_csv(output)
+    assert len(rows) == 8 and {r["label"] for r in rows} <= {"cat", "dog", "fox"}
+    assert export.main(["--resume", str(best), "--format", "exported", "-o", str(tmp_path / "m.pt2")]) == 0
+    assert "on a batch of 2 and on one sample" in capsys.readouterr().out
+    # The file takes any batch and image size (DigitsCNN pools to one value), and says how to prepare its input.
+    described = json.loads((tmp_path / "m.pt2.json").read_text())
+    assert described["classes"] == ["cat", "dog", "fox"] and described["input"]["shape"] == [None, 1, None, None]
+    assert described["preprocessing"] == {"image_mode": "unchanged", "eval_transform": TO_FLOAT}
+    exported, restored = torch.export.load(tmp_path / "m.pt2").module(), restore(best).model
+    larger = torch.rand(3, 1, 20, 12)
+    assert torch.allclose(exported(larger), restored(larger), atol=1e-5)
+    # The notebook API gives what predict.py wrote, for a path, a PIL image and a tensor alike.
+    model = predictor.load(best)
+    files = sorted(new.iterdir())
+    by_path = model.predict([str(f) for f in files])
+    assert [p.label for p in by_path] == [r["label"] for r in rows]
+    assert [round(p.probability, 6) for p in by_path] == [float(r["probability"]) for r in rows]
+    image = Image.open(files[0])
+    assert model.predict(image) == model.predict(read_image(str(files[0]))) == by_path[0]
+    assert set(by_path[0].probabilities) == {"cat", "dog", "fox"} and sum(by_path[0].probabilities.values()) == \
+        pytest.approx(1)
+
+
+@pytest.mark.needs("configs/diabetes_mlp.yaml")
+def test_a_table_model_predicts_rows_from_its_checkpoint_alone(tmp_path):
+    table = tmp_path / "diabetes.csv"
+    shutil.copy(REPO / "data" / "diabetes" / "diabetes.csv", table)
+    assert train.main(["-c", str(REPO / "configs" / "diabetes_mlp.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
+                       f"data_loader.args.csv_file={table}", "trainer.epochs=2"]) == 0
+    best = only_run(tmp_path / "saved") / "model_best.pth"
+    rows = read_csv(table)[:3]
+    table.unlink()
+    model = predictor.load(best)
+    columns = model.features
+    as_mappings = model.predict([{c: float(row[c]) for c in columns} for row in rows])
+    as_lists = model.predict([[float(row[c]) for c in columns] for row in rows])
+    assert [p.output for p in as_mappings] == [p.output for p in as_lists] and as_mappings[0].label is None
+    one = model.predict([float(rows[0][c]) for c in columns])  # one row: one prediction
+    assert one.output == as_lists[0].output
+    with pytest.raises(DataError, match="a row has 2 values; the model takes 10"):
+        model.predict([[1.0, 2.0]])
