@@ -4,8 +4,9 @@
 
 The model is rebuilt from the checkpoint's config and weights, in eval mode, and written as TorchScript
 (`torch.jit.load`), ONNX (onnxruntime) or a `torch.export` program (`torch.export.load(...).module()`), each
-with a dynamic batch dimension. The file is then loaded back and run on a batch of the test data and on a
-single sample; outputs that differ from the PyTorch model's beyond the tolerance fail the export.
+with a dynamic batch dimension. The file is then loaded back and run on a batch and on a single sample (random
+inputs of the form the checkpoint records, so that no data is needed; a test batch with -c); outputs that differ
+from the PyTorch model's beyond the tolerance fail the export.
 """
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ import contextlib
 import errno
 import gc
 import importlib.util
+import json
 import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, eval_loader, restore
+from trainer.checkpoint import class_names
 from utils.errors import ConfigError, ExportError, reason, report_errors, suggest
+from utils.files import atomic_write
 from utils.log import setup_logging
 from utils.run import check_not_an_input, check_output_file
 
@@ -46,13 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-f", "--format", required=True, choices=SUFFIXES, help="file format to write")
     parser.add_argument("-o", "--output", help="file to write (default: next to the checkpoint, e.g. "
                                                "model_best.ts.pt, model_best.onnx, model_best.pt2)")
-    parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's "
-                                               "(the data the check runs on)")
+    parser.add_argument("-c", "--config", help="config whose data_loader section replaces the checkpoint's: the "
+                                               "check runs on its test batch (default: random inputs of the form "
+                                               "the checkpoint records)")
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("-m", "--module", help="export this submodule of the model (e.g. a GAN's generator), fed the "
                                                "model's example_input(module)")
     add_ema_argument(parser)
-    return parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="as test.py takes them, e.g. "
+                        "device=cpu")
+    return parser.parse_intermixed_args(argv)
 
 
 @contextlib.contextmanager
@@ -63,9 +71,10 @@ def quiet_jit_deprecation() -> Iterator[None]:
         yield
 
 
-def export(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
-    """Write `model` (in eval mode) to `path` in format `fmt`, traced on `example` with a dynamic batch size."""
-    batch = {0: torch.export.Dim("batch")}
+def export(model: nn.Module, example: torch.Tensor, fmt: str, path: Path, any_size: bool) -> None:
+    """Write `model` (in eval mode) to `path` in format `fmt`, traced on `example` with a dynamic batch size, and
+    with `any_size` a dynamic image height and width where the exporter can keep them so."""
+    batch = {0: torch.export.Dim("batch"), **({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO} if any_size else {})}
     if fmt == "torchscript":
         with quiet_jit_deprecation():
             torch.jit.trace(model, example).save(str(path))
@@ -106,10 +115,52 @@ def max_difference(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module
     return (actual.to(expected.device, expected.dtype) - expected).abs().max().item()
 
 
-def served_part(trained: Restored, module: str | None) -> tuple[nn.Module, str, torch.Tensor]:
+def recorded_input(trained: Restored) -> torch.Tensor | None:
+    """Two random inputs of the form the checkpoint records for its model (data_loader/base.py `inputs`), so that
+    export needs no data; None for a checkpoint that records none."""
+    record = (trained.checkpoint.get("data_loader") or {}).get("inputs") or {}
+    if not record.get("shape") or not isinstance(getattr(torch, str(record.get("dtype")), None), torch.dtype):
+        return None
+    dtype = getattr(torch, record["dtype"])
+    generator = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point:
+        return torch.randn(2, *record["shape"], generator=generator).to(dtype)
+    return torch.zeros(2, *record["shape"], dtype=dtype)
+
+
+def other_size(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
+    """One image of another size (16 pixels more each way) when the inputs are images (N, C, H, W) and the model
+    takes that size too; None when it takes one size only, or the inputs are not images."""
+    if inputs.dim() != 4:
+        return None
+    larger = torch.nn.functional.pad(inputs[:1], (8, 8, 8, 8))
+    try:
+        with torch.no_grad():
+            model(larger)
+    except (RuntimeError, ValueError):
+        return None
+    return larger
+
+
+def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_size: bool) -> dict[str, Any]:
+    """What a user of the exported file needs besides it (the JSON beside it): the class names, and how an input
+    is prepared (the checkpoint's record: image_mode, eval_transform; a table's columns and statistics)."""
+    state = trained.checkpoint.get("data_loader") or {}
+    shape = [None, *inputs.shape[1:]] if not any_size else [None, inputs.shape[1], None, None]
+    table = {key: state[key].tolist() if isinstance(state[key], torch.Tensor) else state[key]
+             for key in ("features", "mean", "std") if key in state}
+    return {"format": fmt, "model": arch, "checkpoint": str(trained.path), "weights": trained.weights,
+            "input": {"name": "input", "shape": shape, "dtype": str(inputs.dtype).removeprefix("torch.")},
+            "output": "output", "classes": class_names(trained.checkpoint),
+            "preprocessing": {**{k: v for k, v in (state.get("inputs") or {}).items() if k in ("image_mode",
+                                                                                         "eval_transform")},
+                              **table}}
+
+
+def served_part(trained: Restored, module: str | None, data: bool) -> tuple[nn.Module, str, torch.Tensor]:
     """What to export (the model, or its submodule `module`, as served: its `predict` where it has one), its name,
     and the inputs to trace and check it on: the model's `example_input(module)` where it has one (a GAN's noise),
-    else a test batch."""
+    else, unless `data` asks for a test batch, random inputs of the recorded form, else a test batch."""
     example = getattr(trained.model, "example_input", None)
     arch = trained.config["arch"]["type"]
     if module is None:
@@ -126,7 +177,9 @@ def served_part(trained: Restored, module: str | None) -> tuple[nn.Module, str, 
             raise ConfigError(f"--module {module}: export.py needs an example input for that submodule. Give {arch} "
                               "an example_input(module) method that returns one (docs/export.md).")
         arch = f"{arch}.{module}"
-    inputs = example(module or "") if callable(example) else next(iter(eval_loader(trained, "test")))[0]
+    inputs = example(module or "") if callable(example) else None if data else recorded_input(trained)
+    if inputs is None:
+        inputs = next(iter(eval_loader(trained, "test")))[0]
     return Served(part).eval(), arch, inputs.to(trained.device)
 
 
@@ -140,8 +193,8 @@ def remove_exported(path: Path, fmt: str) -> None:
 def run_export(args: argparse.Namespace) -> float:
     if args.format == "onnx":
         check_onnx_packages()
-    trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
-    model, arch, inputs = served_part(trained, args.module)
+    trained = restore(args.resume, args.config, args.overrides, device=args.device, ema=args.ema)
+    model, arch, inputs = served_part(trained, args.module, data=args.config is not None)
     try:
         with torch.no_grad():
             reference = model(inputs)
@@ -156,7 +209,10 @@ def run_export(args: argparse.Namespace) -> float:
     check_output_file(path, chosen=args.output is not None)
     if args.output is None and args.format == "onnx":  # the weights of a large model go into a file beside it
         check_output_file(path.with_name(path.name + ".data"), chosen=False)
-    check_not_an_input(path, [trained.path, *([Path(args.config)] if args.config else [])])
+    described = path.with_name(path.name + ".json")  # the class names and preprocessing, beside the file
+    check_output_file(described, chosen=False)
+    for output in (path, described):
+        check_not_an_input(output, [trained.path, *([Path(args.config)] if args.config else [])])
     existed = path.exists()
     try:
         path.open("ab").close()  # can it be written? (the exporters' own errors would not say)
@@ -165,8 +221,9 @@ def run_export(args: argparse.Namespace) -> float:
                           "can write to.") from None
     if args.format == "torchscript":
         log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
+    larger = other_size(model, inputs)
     try:
-        export(model, inputs, args.format, path)
+        export(model, inputs, args.format, path, any_size=larger is not None)
     except Exception as e:  # the exporters raise many types; the first line says what could not be exported
         if not existed:
             path.unlink(missing_ok=True)
@@ -188,7 +245,19 @@ def run_export(args: argparse.Namespace) -> float:
                           "x.view(len(x), ...)) is exported for that size only: write x.view(-1, ...) or x.flatten(1) "
                           "instead, or try another --format.") from None
     difference = torch.tensor(differences).max().item()  # NaN if either is NaN
-    log.info("Wrote %s (%s, %s, %s weights). Max abs difference to the PyTorch model on a test batch of %d and on "
+    if larger is not None:
+        try:
+            with torch.no_grad():
+                scale = model(larger).abs().max().item()
+            any_size = max_difference(run, model, larger) <= RELATIVE_TOLERANCE * max(1.0, scale)
+        except Exception:  # the exporter kept the traced size: the file takes that size only
+            any_size = False
+        if not any_size:
+            log.info("The exported file takes images of %s pixels only (the exporter fixed the size the model "
+                     "was traced with).", "x".join(map(str, inputs.shape[2:])))
+    else:
+        any_size = False
+    log.info("Wrote %s (%s, %s, %s weights). Max abs difference to the PyTorch model on a batch of %d and on "
              "one sample: %.3g (tolerance %.3g).", path, args.format, arch, trained.weights, len(inputs), difference,
              tolerance)
     if not difference <= tolerance:  # also catches NaN
@@ -197,6 +266,13 @@ def run_export(args: argparse.Namespace) -> float:
                           f"{difference:.3g}, more than the tolerance {tolerance:.3g}, so '{path}' was removed. The "
                           "model probably does something the exporter does not capture (e.g. Python code that "
                           "depends on the input's values); try another --format.")
+    try:
+        atomic_write(described, (json.dumps(metadata(trained, args.format, arch, inputs, any_size), indent=1)
+                                 + "\n").encode())
+    except OSError as e:
+        raise ConfigError(f"Could not write '{described}': {e.strerror or e}. Free disk space, or give --output in "
+                          "a folder you can write to.") from None
+    log.info("Wrote %s: the class names and how an input is prepared.", described)
     return difference
 
 
