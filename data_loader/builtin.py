@@ -59,9 +59,9 @@ class ImageFolderDataLoader(BaseDataLoader):
     def make_dataset(self, train: bool, transform: Callable | None) -> Dataset:
         if not train and not self.folders[False].is_dir():
             raise DataError(f"There is no test folder '{self.folders[False]}'. Hold out test images from the class "
-                            f"folders of '{self.folders[True]}' with the data loader's test_split (e.g. "
-                            "data_loader.args.test_split=0.2, set before training so that the model never sees them), "
-                            "or give the test images a tree of their own with the same class folders (test_dir).")
+                            f"folders of '{self.folders[True]}' with the data loader's test_split (e.g. 0.2, set "
+                            "before training, so that the model never sees them), or give the test images a tree of "
+                            "their own with the same class folders (test_dir).")
         dataset = ImageFolderDataset(self.folders[train], transform, self.target_transform, self.image_mode)
         if not train and dataset.classes != self.classes:
             differ = sorted(set(dataset.classes) ^ set(self.classes))
