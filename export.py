@@ -137,7 +137,7 @@ def other_size(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
     try:
         with torch.no_grad():
             model(larger)
-    except (RuntimeError, ValueError):
+    except Exception:  # RuntimeError, ValueError, or an assert on the size (torch._assert): one size only
         return None
     return larger
 
@@ -157,10 +157,11 @@ def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_s
                               **table}}
 
 
-def served_part(trained: Restored, module: str | None, data: bool) -> tuple[nn.Module, str, torch.Tensor]:
+def served_part(trained: Restored, module: str | None, data: bool) -> tuple[nn.Module, str, torch.Tensor, bool]:
     """What to export (the model, or its submodule `module`, as served: its `predict` where it has one), its name,
     and the inputs to trace and check it on: the model's `example_input(module)` where it has one (a GAN's noise),
-    else, unless `data` asks for a test batch, random inputs of the recorded form, else a test batch."""
+    else, unless `data` asks for a test batch, random inputs of the recorded form, else a test batch; and whether
+    the inputs are data (images may then come in other sizes), not a model's example input (a GAN's noise)."""
     example = getattr(trained.model, "example_input", None)
     arch = trained.config["arch"]["type"]
     if module is None:
@@ -180,7 +181,7 @@ def served_part(trained: Restored, module: str | None, data: bool) -> tuple[nn.M
     inputs = example(module or "") if callable(example) else None if data else recorded_input(trained)
     if inputs is None:
         inputs = next(iter(eval_loader(trained, "test")))[0]
-    return Served(part).eval(), arch, inputs.to(trained.device)
+    return Served(part).eval(), arch, inputs.to(trained.device), not callable(example)
 
 
 def remove_exported(path: Path, fmt: str) -> None:
@@ -194,7 +195,7 @@ def run_export(args: argparse.Namespace) -> float:
     if args.format == "onnx":
         check_onnx_packages()
     trained = restore(args.resume, args.config, args.overrides, device=args.device, ema=args.ema)
-    model, arch, inputs = served_part(trained, args.module, data=args.config is not None)
+    model, arch, inputs, of_data = served_part(trained, args.module, data=args.config is not None)
     try:
         with torch.no_grad():
             reference = model(inputs)
@@ -221,7 +222,7 @@ def run_export(args: argparse.Namespace) -> float:
                           "can write to.") from None
     if args.format == "torchscript":
         log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
-    larger = other_size(model, inputs)
+    larger = other_size(model, inputs) if of_data else None
     try:
         export(model, inputs, args.format, path, any_size=larger is not None)
     except Exception as e:  # the exporters raise many types; the first line says what could not be exported

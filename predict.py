@@ -75,7 +75,7 @@ def make_inputs(source: Any, paths: list[str]) -> Inputs:
         raise ConfigError(f"predict.py prepares images with the loader's eval_transform, and "
                           f"{type(source).__name__} has none (a classic template loader keeps its transforms in its "
                           "dataset). Train with a loader of data_loader/ (e.g. CsvImageDataLoader) to predict here.")
-    return ImageInputs(find_images(paths), read_mode(getattr(source, "image_mode", "unchanged")),
+    return ImageInputs(find_images(paths), read_mode(getattr(source, "image_mode", None) or "unchanged"),
                        source.eval_transform, training_channels(source))
 
 

@@ -1,6 +1,7 @@
 """Turns a dataset into the train, validation and test DataLoaders, with a seeded validation split."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ def process_share(pad: bool) -> dict[str, Any]:
     return {"num_replicas": dist.get_world_size(), "rank": dist.get_rank(), "pad": pad}
 
 
-def split_indices(n: int, share: float | int, seed: int, labels: Sequence[Any] | None = None,
+def split_indices(n: int, share: float | int, seed: int, labels: Sequence[int] | None = None,
                   name: str = "validation_split") -> tuple[list[int], list[int]]:
     """Indices 0..n-1 split into the kept ones and the held-out ones: `share` is a fraction (0.1) or a count (500)
     of held-out samples, chosen by `seed`. With `labels`, each class gives its share (largest remainders first),
@@ -40,7 +41,7 @@ def split_indices(n: int, share: float | int, seed: int, labels: Sequence[Any] |
         return sorted(order[count:]), sorted(order[:count])
     classes: dict[int, list[int]] = {}
     for i in order:
-        classes.setdefault(int(labels[i]), []).append(i)
+        classes.setdefault(labels[i], []).append(i)
     quota = {c: len(members) * count / n for c, members in classes.items()}
     take = {c: int(q) for c, q in quota.items()}
     for c in sorted(classes, key=lambda c: (take[c] - quota[c], c))[:count - sum(take.values())]:
@@ -49,11 +50,18 @@ def split_indices(n: int, share: float | int, seed: int, labels: Sequence[Any] |
     return [i for i in range(n) if i not in held], sorted(held)
 
 
-def class_labels(dataset: Dataset) -> Sequence[Any] | None:
+def class_labels(dataset: Dataset) -> list[int] | None:
     """Each sample's class label, read without decoding a sample (`targets`, as ImageFolder's and torchvision's
-    datasets have it); None when the dataset does not list them (a regression table)."""
+    datasets have it); None when the dataset does not list one whole number per sample (a regression table,
+    multi-label targets)."""
     targets = getattr(dataset, "targets", None)
-    return None if targets is None or len(targets) != len(dataset) else targets
+    if targets is None or len(targets) != len(dataset):
+        return None
+    try:
+        targets = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError):  # names, or rows of several labels
+        return None
+    return targets.tolist() if targets.dim() == 1 and not targets.is_floating_point() else None
 
 
 def loader_args(dataset: Dataset, batch_size: int, sampler: Any, with_seeds: bool, seed: int,
@@ -163,7 +171,9 @@ class BaseDataLoader(ClassNames):
         self.transform = build_transforms(transform, "transform")
         self.eval_transform = (build_transforms(eval_transform, "eval_transform")
                                if eval_transform is not None else self.transform)
-        self.eval_transform_spec = eval_transform if eval_transform is not None else transform
+        # As written in a config (a list of steps), for the checkpoint; a transform object of a subclass is not kept.
+        spec = eval_transform if eval_transform is not None else transform
+        self.eval_transform_spec = spec if isinstance(spec, list) else None
         self.target_transform = build_transforms(target_transform, "target_transform")
         self.num_classes = num_classes
         self.channels = channels
@@ -179,9 +189,8 @@ class BaseDataLoader(ClassNames):
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """The class names, the test split, and how the model's inputs are prepared (`inputs`)."""
-        return {**super().state_dict(), **({"test_split": self.test_split} if self.test_split else {}),
-                "inputs": self.inputs()}
+        """The class names, and how the model's inputs are prepared (`inputs`)."""
+        return {**super().state_dict(), "inputs": self.inputs()}
 
     def inputs(self) -> dict[str, Any]:
         """How an input is prepared for the model, as evaluation prepares the test data, so that a checkpoint alone
@@ -189,29 +198,20 @@ class BaseDataLoader(ClassNames):
         (`image_mode`; None for data that are not images), the `eval_transform` steps as configured, and the shape
         and dtype of one prepared training sample (None when its input is not one tensor)."""
         if self._inputs is None:
-            dataset, sample = CheckedDataset(self.make_dataset(True, self.eval_transform), self.channels), None
-            for index in range(min(len(dataset), 100)):  # the first readable one, with skip_bad
-                try:
-                    sample = dataset[index]
-                    break
-                except DataError:
-                    if not self.skip_bad:
-                        raise
+            sample = None
+            try:  # the first readable sample; a failure is for the check before writing to explain, not this record
+                dataset = CheckedDataset(self.make_dataset(True, self.eval_transform), self.channels)
+                for index in range(min(len(dataset), 100)):
+                    with contextlib.suppress(DataError):
+                        sample = dataset[index]
+                        break
+            except Exception:
+                sample = None
             image = sample[0] if isinstance(sample, (tuple, list)) and sample else None
             form = {"shape": list(image.shape), "dtype": str(image.dtype).removeprefix("torch.")} \
                 if isinstance(image, torch.Tensor) else {"shape": None, "dtype": None}
             self._inputs = {"image_mode": self.image_mode, "eval_transform": self.eval_transform_spec, **form}
         return self._inputs
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Also refuse another `test_split` than the model was trained with: its test images would include
-        training images (held out now, trained on then), and the figures would flatter the model."""
-        super().load_state_dict(state)
-        trained = state.get("test_split", 0)
-        if self.test_split and self.test_split != trained:
-            raise CheckpointError(f"The model was trained with test_split {trained!r}, so the test_split "
-                                  f"{self.test_split!r} given now would test it on images it was trained on. Use the "
-                                  f"training run's test_split ({trained!r}), or test on data of its own.")
 
     def make_val_dataset(self, transform: Callable | None) -> Dataset | None:
         """Validation data of its own (a file or a folder apart), decoded with `transform`; None, the default, holds

@@ -41,14 +41,17 @@ class CsvImageDataLoader(BaseDataLoader):
 class ImageFolderDataLoader(BaseDataLoader):
     """One folder per class: `data_dir/<class>/<image>`, with `test_split` holding out the test images, or
     `data_dir/train/<class>/<image>` and `data_dir/test/<class>/<image>`. `train_dir` defaults to `train` when
-    data_dir has that folder, else to data_dir itself. Classes are numbered in sorted order of their folder names;
+    data_dir holds that folder and no others but `test` (`test_dir`), else to data_dir itself (a class may be
+    named `train`). Classes are numbered in sorted order of their folder names;
     a test tree must have the same class folders."""
 
     def __init__(self, data_dir: str, train_dir: str | None = None, test_dir: str = "test",
                  image_mode: str = "unchanged", **kwargs):
         super().__init__(**kwargs)
-        if train_dir is None:
-            train_dir = "train" if (Path(data_dir) / "train").is_dir() else "."
+        if train_dir is None:  # train/ (and test/) of a split tree, unless they are among the class folders
+            folders = {p.name for p in Path(data_dir).iterdir() if p.is_dir() and not p.name.startswith(".")} \
+                if Path(data_dir).is_dir() else set()
+            train_dir = "train" if "train" in folders and folders <= {"train", "test", test_dir} else "."
         self.folders = {True: Path(data_dir) / train_dir, False: Path(data_dir) / test_dir}
         self.image_mode = image_mode
         train = self.make_dataset(True, None)

@@ -88,8 +88,9 @@ class CheckedDataset(Dataset):
             if self.bad is None:
                 raise
             if self.bad.add() == 1:  # the advice to set skip_bad is left out: it is set
-                log.warning("Skipping bad samples (skip_bad: true); the first: %s Each epoch's line counts the "
-                            "samples skipped.", str(e).replace(SKIP_HINT, ""))
+                log.warning("Skipping bad samples (skip_bad: true); the first: %s The others are skipped without a "
+                            "message of their own (in training, each epoch's line counts them).",
+                            str(e).replace(SKIP_HINT, ""))
             return None
         return sample
 

@@ -92,8 +92,9 @@ class Predictor:
         elif isinstance(item, (str, Path)):
             sample = read_image(item, read_mode(self.mode), hint="")
         elif isinstance(item, Image.Image):
-            sample = F.pil_to_tensor(item.convert(PIL_MODES.get(self.mode, "RGB" if item.mode not in ("L", "RGB")
-                                                                 else item.mode)))
+            # As image files are read: converted for gray and rgb; else kept as 1, 3 or 4 channels.
+            sample = F.pil_to_tensor(item.convert(PIL_MODES.get(self.mode, item.mode if item.mode in ("L", "RGB", "RGBA")
+                                                                 else "RGB")))
         elif isinstance(item, torch.Tensor):
             sample = item
         else:

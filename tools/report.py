@@ -66,7 +66,7 @@ def check_output_dir(folder: Path, chosen: bool = True) -> None:
 def file_name(sample: str | None) -> str | None:
     """The file's name in a sample's description ("image 'data/pets/cat/001.jpg' (line 4 of labels.csv)"), for a
     caption under its picture."""
-    quoted = re.search(r"'([^']+)'", sample or "")
+    quoted = re.search(r"'(.+)'", sample or "")  # to the last quote: a file name may hold one
     return Path(quoted.group(1)).name if quoted else None
 
 

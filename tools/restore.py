@@ -17,7 +17,7 @@ from torch import nn
 
 from data_loader.factory import build_data_loader, load_data_state
 from model.factory import build_criterion, build_metrics, build_model
-from trainer.checkpoint import BEST, find_checkpoint
+from trainer.checkpoint import BEST, check_test_split, find_checkpoint
 from trainer.factory import build_trainer
 from trainer.trainer import Trainer
 from utils.config import Config
@@ -71,6 +71,8 @@ def restore(resume: str | Path, config_path: str | None = None, overrides: Seque
                               "data_dir.")
         base = {**base, "data_loader": other["data_loader"]}
     config = Config.load(None, overrides, base=base, device=device)
+    if config_path is None:  # the training data: its test split must be the one held out in training
+        check_test_split(checkpoint["config"], config.data, "the command line")
     model = build_model(config, pretrained=False)
     weights, which = checkpoint_weights(checkpoint, ema)
     try:

@@ -213,14 +213,16 @@ def find_resume(path: str | Path) -> tuple[Path | None, dict[str, Any] | None, d
     return checkpoint_path, checkpoint, checkpoint["config"]
 
 
-def best_in_file(path: Path) -> float | None:
-    """The monitored value a best-model file was saved with, or None when it is missing or unreadable."""
+def best_in_file(path: Path) -> tuple[float | None, int]:
+    """The monitored value a best-model file was saved with and the epochs it had finished (its history's length);
+    (None, 0) when it is missing or unreadable."""
     if not path.is_file():
-        return None
+        return None, 0
     try:
-        return load_checkpoint(path)["monitor"]["best"]
+        checkpoint = load_checkpoint(path)
     except CheckpointError:
-        return None
+        return None, 0
+    return checkpoint["monitor"]["best"], len(checkpoint.get("history") or [])
 
 
 def keep_top_k(kept: list[list], value: float, name: str, k: int, mode: str) -> tuple[list[list], bool, list[str]]:
@@ -259,11 +261,27 @@ def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: s
             raise CheckpointError(f"{source} sets {key}.{part} to {now!r}, but the checkpoint was trained with "
                                   f"{before!r}. Resume with the checkpoint's own settings (leave out -c and that "
                                   f"override), change {key}.{part} back, or start a new run with -c.")
+    check_test_split(saved, config, source)
     before, now = saved.get("optimizers"), config.get("optimizers")
     if before != now:
         raise CheckpointError(f"{source} sets optimizers to {now!r}, but the checkpoint was trained with {before!r}. "
                               "Resume with the checkpoint's own settings (leave out -c and that override), or start "
                               "a new run with -c.")
+
+
+def check_test_split(saved: dict[str, Any], config: dict[str, Any], source: str) -> None:
+    """Refuse another `test_split` (or, with one, another seed) than the checkpoint's, on the same data: the test
+    images would then include images the model was trained on, or the training would take in its test images."""
+    def split(cfg: dict[str, Any]) -> tuple[Any, Any]:
+        share = ((cfg.get("data_loader") or {}).get("args") or {}).get("test_split") or 0
+        return share, cfg.get("seed") if share else None
+
+    before, now = split(saved), split(config)
+    if before != now:
+        raise CheckpointError(f"{source} sets data_loader.args.test_split and seed to {now[0]!r} and {now[1]!r}, but "
+                              f"the checkpoint was trained with {before[0]!r} and {before[1]!r}: its test images "
+                              "would include images it was trained on (or training would take in its test images). "
+                              "Keep the training run's test_split and seed.")
 
 
 def class_names(checkpoint: dict[str, Any]) -> list[str] | None:

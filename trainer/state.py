@@ -202,7 +202,7 @@ class TrainingState:
                         megabytes / self.cfg["save_period"])
             return
         files = ["checkpoint-latest.pth", *(["model_best.pth"] if self.monitor.key else []),
-                 *([f"the {k} best epochs' (trainer.save_top_k)"] if k else [])]
+                 *([f"the {k} {'best' if self.monitor.key else 'newest'} epochs' (trainer.save_top_k)"] if k else [])]
         log.info("Each checkpoint takes %.3g MiB; the run keeps at most %d in %s, %.3g MiB: %s.", megabytes,
                  len(files) - bool(k) + k, self.run.models, megabytes * (len(files) - bool(k) + k),
                  " and ".join([", ".join(files[:-1]), files[-1]] if len(files) > 1 else files))
@@ -214,14 +214,22 @@ class TrainingState:
         on from the value the file holds (or from none, without a readable file)."""
         if self.monitor.key is None or not self.history:
             return
-        held = distributed.on_main(best_in_file, self.run.models / BEST)
-        if held == self.monitor.best:
+        held, epochs = distributed.on_main(best_in_file, self.run.models / BEST)
+        # The best is the last epoch that reached the best value (a tie keeps the later one).
+        last = max((i + 1 for i, row in enumerate(self.history) if row.get(self.monitor.key) == self.monitor.best),
+                   default=None)
+        if held == self.monitor.best and (last is None or epochs == last):
             return
-        if self.batch_idx == 0 and self.history[-1].get(self.monitor.key) == self.monitor.best:
+        if self.batch_idx == 0 and last == len(self.history):
             log.warning("model_best.pth does not hold the best %s (%.6g) that the checkpoint records; the run was "
                         "stopped between the two writes. Writing it again from the checkpoint.",
                         self.monitor.key, self.monitor.best)
             self.save([BEST])
+            return
+        if held == self.monitor.best:  # an earlier epoch of the same value, and the later one is gone
+            log.warning("model_best.pth holds epoch %d, which ties the best %s (%.6g) of epoch %s; the run was stopped "
+                        "between the two writes, and the later epoch's weights cannot be written again.", epochs,
+                        self.monitor.key, held, last)
             return
         log.warning("model_best.pth holds %s %s, not the recorded best %.6g; the best model goes on from the file's "
                     "value.", self.monitor.key, "no readable value" if held is None else f"{held:.6g}",

@@ -2,6 +2,7 @@
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -184,3 +185,17 @@ def test_a_file_fixed_to_the_export_batch_size_is_removed_with_the_cause(run_fol
     err = capsys.readouterr().err
     assert "does not run on the check's batch" in err and "x.view(len(x), ...)" in err and "Traceback" not in err
     assert not output.exists()
+
+
+def test_a_model_that_asserts_its_image_size_exports_for_that_size(run_folder, tmp_path, monkeypatch):
+    from model.builtin.models import DigitsCNN
+
+    forward = DigitsCNN.forward
+
+    def one_size(self, x):
+        torch._assert(x.shape[-1] == 8, "8x8 images only")
+        return forward(self, x)
+
+    monkeypatch.setattr(DigitsCNN, "forward", one_size)
+    assert export.main(["--resume", str(run_folder), "--format", "exported", "--output", str(tmp_path / "m.pt2")]) == 0
+    assert json.loads((tmp_path / "m.pt2.json").read_text())["input"]["shape"] == [None, 1, 8, 8]

@@ -137,7 +137,8 @@ def test_corrupt_image_stops_with_its_name_even_in_a_worker_process(tmp_path, ca
     assert len(epochs) == 2 and all(line.endswith("1 bad sample(s) skipped") for line in epochs), log.out
     # The reason, once in the run (logged by the worker process that met it), without the advice to set skip_bad.
     assert len(re.findall(r"Skipping bad samples \(skip_bad: true\); the first: Cannot read image '.*0002.png': "
-                          r"Unsupported image file[^\n]*\. Each epoch's line counts the samples skipped\.$", log.out,
+                          r"Unsupported image file[^\n]*\. The others are skipped without a message of their own \(in "
+                          r"training, each epoch's line counts them\)\.$", log.out,
                           re.M)) == 1, log.out
     assert "skip_bad: true to skip" not in log.out + log.err
 
@@ -218,8 +219,13 @@ def test_one_folder_per_class_holds_out_a_seeded_stratified_test_split(tmp_path,
     run = tmp_path / "saved" / "models" / "digits_cnn" / "r"
     assert test_script.main(["--resume", str(run), "--no-report"]) == 0
     assert "on the test split: 6 samples" in capsys.readouterr().out
-    assert test_script.main(["--resume", str(run), "--no-report", "data_loader.args.test_split=0.3"]) == 2
-    assert "trained with test_split 0.2, so the test_split 0.3 given now would test it on images it was trained on" \
+    for changed, now in (("data_loader.args.test_split=0.3", "0.3 and 0"), ("seed=1", "0.2 and 1")):
+        assert test_script.main(["--resume", str(run), "--no-report", changed]) == 2
+        assert f"sets data_loader.args.test_split and seed to {now}, but the checkpoint was trained with 0.2 and 0: " \
+               "its test images would include images it was trained on" in capsys.readouterr().err
+    # Nor may a resumed run train on the held-out images.
+    assert train.main(["--resume", str(run), "--epochs", "2", "data_loader.args.test_split=0"]) == 2
+    assert "sets data_loader.args.test_split and seed to 0 and None, but the checkpoint was trained with 0.2 and 0" \
         in capsys.readouterr().err
 
 
@@ -230,3 +236,22 @@ def test_a_held_out_share_is_stratified_by_class_with_largest_remainders():
     assert len(kept) == 90 and not set(kept) & set(held)
     kept, held = split_indices(100, 0.1, seed=0)  # without labels: a plain seeded draw
     assert len(held) == 10
+
+
+def test_a_class_named_train_is_a_class_and_multi_label_targets_are_held_out_unstratified(tmp_path):
+    vehicles = image_classes(tmp_path / "vehicles", ("bus", "car", "train"), per_class=4, splits=("",))
+    assert ImageFolderDataLoader(str(vehicles), test_split=3).classes == ["bus", "car", "train"]
+    tree = image_classes(tmp_path / "tree", ("bus", "car"), per_class=4, splits=("train",))  # no test/ yet
+    assert ImageFolderDataLoader(str(tree), test_split=2).classes == ["bus", "car"]
+
+    class MultiLabel(torch.utils.data.TensorDataset):
+        @property
+        def targets(self):
+            return self.tensors[1]
+
+    class Loader(BaseDataLoader):
+        def make_dataset(self, train, transform):
+            return MultiLabel(torch.zeros(50, 2), torch.randint(0, 2, (50, 3)))
+
+    fit, val, test = Loader(test_split=0.2, validation_split=5).split()
+    assert len(test) == 10 and len(val) == 5 and len(fit) == 35

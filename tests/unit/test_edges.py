@@ -16,6 +16,7 @@ from data_loader.datasets import CsvImageDataset
 from data_loader.transforms import build_transforms
 from model.builtin import metrics
 from model.builtin.metrics import top_k_acc
+from trainer.checkpoint import load_checkpoint
 from utils import run as run_module
 from utils.errors import DataError
 from utils.run import run_of_checkpoint
@@ -374,4 +375,33 @@ def test_new_project_lays_an_example_over_the_copy_and_refuses_an_unknown_one(tm
     assert (tmp_path / "gan" / "README.md").read_text() == (REPO / "README.md").read_text()
     assert new_project.main([str(tmp_path / "other"), "--example", "gann"]) == 2
     assert "there is no example 'gann'; the examples are char_rnn, dcgan, sine_lbfgs, vae" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_loader_of_transform_objects_resumes_and_a_wrong_eval_transform_is_one_message(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A subclass may give BaseDataLoader transform objects: its checkpoints record no steps, and still load; a
+    wrong eval_transform is explained by the check before writing, not by the record of the inputs."""
+    from torchvision.transforms import v2
+
+    import data_loader.data_loaders
+    from data_loader.builtin import CsvImageDataLoader
+
+    class ObjectTransforms(CsvImageDataLoader):
+        def __init__(self, data_dir):
+            super().__init__(data_dir, transform=v2.ToDtype(torch.float32, scale=True), batch_size=20,
+                             validation_split=20)
+
+    ObjectTransforms.__module__ = "data_loader.data_loaders"
+    monkeypatch.setattr(data_loader.data_loaders, "ObjectTransforms", ObjectTransforms, raising=False)
+    data = tiny_digits(tmp_path / "digits")
+    args = train_args(tmp_path / "saved", data, f"data_loader={{type: ObjectTransforms, args: {{data_dir: {data}}}}}",
+                      "--run-id", "r")
+    assert train.main(args) == 0
+    run = tmp_path / "saved" / "models" / "digits_cnn" / "r"
+    assert load_checkpoint(run / "checkpoint-latest.pth")["data_loader"]["inputs"]["eval_transform"] is None
+    assert train.main(["--resume", str(run), "--epochs", "2"]) == 0
+    wrong = "data_loader.args.eval_transform=[{type: Normalize, args: {mean: [0.3], std: [0.4]}}]"
+    assert train.main(train_args(tmp_path / "other", data, wrong)) == 2
+    assert "does not go through the validation step" in one_error(capsys)
     assert not (tmp_path / "other").exists()

@@ -349,3 +349,22 @@ def test_a_table_model_predicts_rows_from_its_checkpoint_alone(tmp_path):
     assert one.output == as_lists[0].output
     with pytest.raises(DataError, match="a row has 2 values; the model takes 10"):
         model.predict([[1.0, 2.0]])
+
+
+def test_a_loader_of_ones_own_without_an_image_mode_reads_images_unchanged(digits_best, tmp_path, monkeypatch):
+    import data_loader.data_loaders
+    from data_loader.base import BaseDataLoader
+    from data_loader.datasets import CsvImageDataset
+
+    class MyDigits(BaseDataLoader):
+        def make_dataset(self, train, transform):
+            return CsvImageDataset(DIGITS, split="train" if train else "test", transform=transform)
+
+    MyDigits.__module__ = "data_loader.data_loaders"
+    monkeypatch.setattr(data_loader.data_loaders, "MyDigits", MyDigits, raising=False)
+    (tmp_path / "mine.yaml").write_text("data_loader:\n  type: MyDigits\n  args: {eval_transform: "
+                                        "[{type: ToDtype, args: {dtype: float32, scale: true}}]}\n")
+    output = tmp_path / "preds.csv"
+    assert predict.main(["--resume", str(digits_best), "-c", str(tmp_path / "mine.yaml"),
+                         str(DIGITS / "images" / "0000.png"), "--output", str(output)]) == 0
+    assert len(read_csv(output)) == 1

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import test as test_script
 import train
-from tools.report import format_report
+from tools.report import file_name, format_report
 from trainer.confusion import ConfusionCollector
 from trainer.trainer import Step
 
@@ -75,6 +75,11 @@ def digits_run(tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("report") / "saved"
     assert train.main(fast_args(save_dir, "trainer.tensorboard=true", "--run-id", "r")) == 0
     return save_dir
+
+
+def test_a_caption_takes_the_file_name_out_of_a_description_whatever_its_quotes():
+    assert file_name("image 'data/pets/dog's bed.jpg' (line 4 of labels.csv)") == "dog's bed.jpg"
+    assert file_name("sample 3 of TensorDataset") is None and file_name(None) is None
 
 
 def test_test_py_writes_the_report_of_the_digits(digits_run, capsys):

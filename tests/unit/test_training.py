@@ -406,3 +406,23 @@ def test_the_run_says_how_much_disk_its_checkpoints_take_at_most(save_dir, caplo
     size = (run / "checkpoint-latest.pth").stat().st_size / 2**20  # a little larger: its history grew since
     assert float(each) == pytest.approx(size, rel=0.05) and float(total) == pytest.approx(4 * float(each), rel=0.01)
     assert len(list(run.glob("*.pth"))) == 4
+
+
+def test_a_resume_rewrites_a_best_file_left_at_an_earlier_tie(save_dir, monkeypatch, caplog):
+    """A stop between writing checkpoint-latest.pth and model_best.pth, at an epoch that ties the best, leaves the
+    earlier epoch in model_best.pth: the resume writes the later one, as the run left alone has it."""
+    def constant(output, target):
+        return 0.5
+
+    constant.__module__ = "model.metric"
+    monkeypatch.setattr(model.metric, "constant", constant, raising=False)
+    args = fast_args(save_dir, "metrics=[constant]", "trainer.monitor=max val_constant", "trainer.save_top_k=-1",
+                     "trainer.epochs=3", "--run-id", "r")
+    assert train.main(args) == 0
+    run = only_run(save_dir)
+    assert len(load_checkpoint(run / "model_best.pth")["history"]) == 3  # the later of the ties
+    (run / "checkpoint-epoch2.pth").replace(run / "model_best.pth")  # as a stop between the two writes leaves it
+    caplog.set_level("WARNING")
+    assert train.main(["--resume", str(run), "--epochs", "3"]) == 0
+    assert "model_best.pth does not hold the best val_constant" in caplog.text
+    assert len(load_checkpoint(run / "model_best.pth")["history"]) == 3
