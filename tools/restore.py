@@ -17,10 +17,10 @@ from torch import nn
 
 from data_loader.factory import build_data_loader, load_data_state
 from model.factory import build_criterion, build_metrics, build_model
-from trainer.checkpoint import BEST, check_test_split, find_checkpoint
+from trainer.checkpoint import BEST, find_checkpoint
 from trainer.factory import build_trainer
 from trainer.trainer import Trainer
-from utils.config import Config
+from utils.config import Config, check_test_split
 from utils.config_file import read_config_file
 from utils.device import select_device
 from utils.errors import CheckpointError, ConfigError, reason

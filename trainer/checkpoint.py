@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from utils.config import check_test_split
 from utils.config_file import read_config_file
 from utils.errors import CheckpointError, TrainingError, reason
 from utils.files import atomic_write
@@ -267,21 +268,6 @@ def check_resume_config(saved: dict[str, Any], config: dict[str, Any], source: s
         raise CheckpointError(f"{source} sets optimizers to {now!r}, but the checkpoint was trained with {before!r}. "
                               "Resume with the checkpoint's own settings (leave out -c and that override), or start "
                               "a new run with -c.")
-
-
-def check_test_split(saved: dict[str, Any], config: dict[str, Any], source: str) -> None:
-    """Refuse another `test_split` (or, with one, another seed) than the checkpoint's, on the same data: the test
-    images would then include images the model was trained on, or the training would take in its test images."""
-    def split(cfg: dict[str, Any]) -> tuple[Any, Any]:
-        share = ((cfg.get("data_loader") or {}).get("args") or {}).get("test_split") or 0
-        return share, cfg.get("seed") if share else None
-
-    before, now = split(saved), split(config)
-    if before != now:
-        raise CheckpointError(f"{source} sets data_loader.args.test_split and seed to {now[0]!r} and {now[1]!r}, but "
-                              f"the checkpoint was trained with {before[0]!r} and {before[1]!r}: its test images "
-                              "would include images it was trained on (or training would take in its test images). "
-                              "Keep the training run's test_split and seed.")
 
 
 def class_names(checkpoint: dict[str, Any]) -> list[str] | None:

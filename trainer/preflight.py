@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader
 from data_loader.batch_transforms import training_batch
 from data_loader.transforms import TRANSFORM_ORDER
 from trainer.callbacks import EVENTS
-from trainer.checkpoint import unreadable_value
 from trainer.metric_tracker import MetricTracker, as_scalar
-from trainer.state import unreadable_callback_state
+from trainer.state import unreadable_callback_state, unreadable_data_state
 from trainer.trainer import Trainer
 from utils.device import autocast, to_device
 from utils.errors import ConfigError, TemplateError, blame, reason
@@ -91,11 +90,7 @@ def check_one_batch(trainer: Any, num_classes: int | None = None) -> None:
             trainer.monitor.check(names)  # else events may log more; the first epoch's end checks it
         problem = unreadable_callback_state(trainer.callbacks, [c.state_dict() if hasattr(c, "state_dict") else None
                                                                 for c in trainer.callbacks])
-        data_problem = unreadable_value(trainer.data.state)
-        if problem is None and data_problem is not None:
-            problem = (f"The data loader's state_dict() holds {data_problem}, which a checkpoint cannot hold (they "
-                       "are read with torch.load(weights_only=True): tensors and plain Python values only). Convert "
-                       "it in state_dict().")
+        problem = problem or unreadable_data_state(trainer.data.state)
         if problem is not None:
             raise ConfigError(f"{problem} Nothing was written.")
 

@@ -47,6 +47,14 @@ def unreadable_callback_state(callbacks: list[Any], states: list[Any]) -> str | 
     return None
 
 
+def unreadable_data_state(state: Any) -> str | None:
+    """What is wrong when the data loader's state holds something a checkpoint cannot."""
+    problem = unreadable_value(state)
+    return None if problem is None else (
+        f"The data loader's state_dict() holds {problem}, which a checkpoint cannot hold (they are read with "
+        "torch.load(weights_only=True): tensors and plain Python values only). Convert it in state_dict().")
+
+
 class TrainingState:
     """The checkpoint side of the Trainer: `state_dict`, `load_state_dict` and the saves during a run."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from utils.config_file import parse_value, read_config_file
 from utils.construct import call_with_args
-from utils.errors import ConfigError, Source, blame, printable, suggest
+from utils.errors import CheckpointError, ConfigError, Source, blame, printable, suggest
 from utils.registry import REPO, lookup
 from utils.schema import CHECKS, REQUIRED, SHORT_FLAGS, SWITCH, Key, children
 
@@ -213,3 +213,16 @@ class Config:
         return call_with_args(factory, {**args, **kwargs}, key, self.source, supplied=kwargs)
 
 
+def check_test_split(saved: dict[str, Any], config: dict[str, Any], source: str) -> None:
+    """Refuse another `test_split` (or, with one, another seed) than the checkpoint's, on the same data: the test
+    images would then include images the model was trained on, or the training would take in its test images."""
+    def split(cfg: dict[str, Any]) -> tuple[Any, Any]:
+        share = ((cfg.get("data_loader") or {}).get("args") or {}).get("test_split") or 0
+        return share, cfg.get("seed") if share else None
+
+    before, now = split(saved), split(config)
+    if before != now:
+        raise CheckpointError(f"{source} sets data_loader.args.test_split and seed to {now[0]!r} and {now[1]!r}, but "
+                              f"the checkpoint was trained with {before[0]!r} and {before[1]!r}: its test images "
+                              "would include images it was trained on (or training would take in its test images). "
+                              "Keep the training run's test_split and seed.")
