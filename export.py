@@ -142,6 +142,21 @@ def other_size(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
     return larger
 
 
+def tolerance_of(output: torch.Tensor) -> float:
+    """How far an exported file's outputs may be from the model's: RELATIVE_TOLERANCE of their scale, at least 1."""
+    return RELATIVE_TOLERANCE * max(1.0, output.abs().max().item())
+
+
+def takes_other_size(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, larger: torch.Tensor) -> bool:
+    """Whether the exported file gives the model's outputs for an image of another size too."""
+    try:
+        with torch.no_grad():
+            tolerance = tolerance_of(model(larger))
+        return max_difference(run, model, larger) <= tolerance
+    except Exception:  # the exporter kept the traced size: the file refuses this one
+        return False
+
+
 def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_size: bool) -> dict[str, Any]:
     """What a user of the exported file needs besides it (the JSON beside it): the class names, and how an input
     is prepared (the checkpoint's record: image_mode, eval_transform; a table's columns and statistics)."""
@@ -234,7 +249,7 @@ def run_export(args: argparse.Namespace) -> float:
         raise ExportError(f"Could not export '{arch}' from '{trained.path}' as {args.format}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}. Models whose "
                           "Python code branches on tensor values or shapes may export in another --format.") from None
-    tolerance = RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
+    tolerance = tolerance_of(reference)
     try:
         run = load_exported(args.format, path, trained.device)
         differences = [max_difference(run, model, x) for x in (inputs, inputs[:1])]
@@ -246,18 +261,10 @@ def run_export(args: argparse.Namespace) -> float:
                           "x.view(len(x), ...)) is exported for that size only: write x.view(-1, ...) or x.flatten(1) "
                           "instead, or try another --format.") from None
     difference = torch.tensor(differences).max().item()  # NaN if either is NaN
-    if larger is not None:
-        try:
-            with torch.no_grad():
-                scale = model(larger).abs().max().item()
-            any_size = max_difference(run, model, larger) <= RELATIVE_TOLERANCE * max(1.0, scale)
-        except Exception:  # the exporter kept the traced size: the file takes that size only
-            any_size = False
-        if not any_size:
-            log.info("The exported file takes images of %s pixels only (the exporter fixed the size the model "
-                     "was traced with).", "x".join(map(str, inputs.shape[2:])))
-    else:
-        any_size = False
+    any_size = larger is not None and takes_other_size(run, model, larger)
+    if larger is not None and not any_size:
+        log.info("The exported file takes images of %s pixels only (the exporter fixed the size the model was "
+                 "traced with).", "x".join(map(str, inputs.shape[2:])))
     log.info("Wrote %s (%s, %s, %s weights). Max abs difference to the PyTorch model on a batch of %d and on "
              "one sample: %.3g (tolerance %.3g)%s.", path, args.format, arch, trained.weights, len(inputs), difference,
              tolerance, "; it takes any image size (checked on one 16 pixels larger each way)" if any_size else "")

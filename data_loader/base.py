@@ -259,17 +259,17 @@ class BaseDataLoader(ClassNames):
         if own is not None:
             return self._loader(own, ResumableSampler(list(range(len(own))), shuffle=False,
                                                       **process_share(pad=False)))
-        val_indices = self.split()[1]
-        if not val_indices:
-            return None
-        sampler = ResumableSampler(val_indices, shuffle=False, **process_share(pad=False))
-        return self._loader(self.make_dataset(True, self.eval_transform), sampler)
+        return self._held_out(self.split()[1]) if self.split()[1] else None
 
     def test_loader(self, device: torch.device | None = None) -> DataLoader:
         """The test files, or with `test_split` the share of the training files held out for testing."""
         if not self.test_split:
             return self._loader(self.make_dataset(False, self.eval_transform))
-        sampler = ResumableSampler(self.split()[2], shuffle=False, **process_share(pad=False))
+        return self._held_out(self.split()[2])
+
+    def _held_out(self, indices: list[int]) -> DataLoader:
+        """The training files of `indices`, prepared for evaluation, in order."""
+        sampler = ResumableSampler(indices, shuffle=False, **process_share(pad=False))
         return self._loader(self.make_dataset(True, self.eval_transform), sampler)
 
     def check_labels(self, dataset: Dataset, targets: Any) -> None:

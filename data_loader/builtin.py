@@ -42,8 +42,8 @@ class ImageFolderDataLoader(BaseDataLoader):
     """One folder per class: `data_dir/<class>/<image>`, with `test_split` holding out the test images, or
     `data_dir/train/<class>/<image>` and `data_dir/test/<class>/<image>`. `train_dir` defaults to `train` when
     data_dir holds that folder and no others but `test` (`test_dir`), else to data_dir itself (a class may be
-    named `train`). Classes are numbered in sorted order of their folder names;
-    a test tree must have the same class folders."""
+    named `train`). Classes are numbered in sorted order of their folder names; a test tree must have the same
+    class folders."""
 
     def __init__(self, data_dir: str, train_dir: str | None = None, test_dir: str = "test",
                  image_mode: str = "unchanged", **kwargs):

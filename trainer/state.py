@@ -209,11 +209,12 @@ class TrainingState:
                         "kept, %.3g MiB more each epoch. Set save_top_k to keep only the best epochs.", megabytes,
                         megabytes / self.cfg["save_period"])
             return
-        files = ["checkpoint-latest.pth", *(["model_best.pth"] if self.monitor.key else []),
+        keep = 1 + bool(self.monitor.key) + k
+        names = ["checkpoint-latest.pth", *(["model_best.pth"] if self.monitor.key else []),
                  *([f"the {k} {'best' if self.monitor.key else 'newest'} epochs' (trainer.save_top_k)"] if k else [])]
-        log.info("Each checkpoint takes %.3g MiB; the run keeps at most %d in %s, %.3g MiB: %s.", megabytes,
-                 len(files) - bool(k) + k, self.run.models, megabytes * (len(files) - bool(k) + k),
-                 " and ".join([", ".join(files[:-1]), files[-1]] if len(files) > 1 else files))
+        listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+        log.info("Each checkpoint takes %.3g MiB; the run keeps at most %d in %s, %.3g MiB: %s.", megabytes, keep,
+                 self.run.models, megabytes * keep, listed)
 
     def check_best_file(self) -> None:
         """On resume: the best value the monitor recorded must be the one `model_best.pth` holds. A kill, a full
