@@ -169,14 +169,16 @@ class Config:
         source = str(path) if path is not None else "the checkpoint's config"
         raw = read_config_file(path) if path is not None else copy.deepcopy(base)
         config = resolve(raw, source)
-        settings = [(SHORT_FLAGS[name], value, printable(f"--{name} {value}")) for name, value in short.items()
-                    if value is not None]
+        settings = []
         for item in overrides:
             key, sep, text = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"Cannot read the override '{printable(item)}': write it as key.path=value, "
                                   f"e.g. {SHORT_FLAGS['lr']}=3e-4 trainer.epochs=5.")
             settings.append((key.strip(), parse_value(text), printable(item)))
+        # The short flags last, so that a key=value that replaces a whole section (data_loader={...}) keeps them.
+        settings += [(SHORT_FLAGS[name], value, printable(f"--{name} {value}")) for name, value in short.items()
+                     if value is not None]
         set_by: dict[str, str] = {}
         flagged = {key: (value, item) for key, value, item in settings if item.startswith("--")}
         for key, value, item in settings:

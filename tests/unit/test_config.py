@@ -10,7 +10,7 @@ from utils.config import Config
 from utils.config_file import parse_value
 from utils.errors import ConfigError
 
-from helpers import CLASSIC
+from helpers import CLASSIC, ORDINARY_LOADER, REPO
 
 MINIMAL = """
 arch: {type: DigitsCNN}
@@ -285,3 +285,9 @@ def test_a_type_torch_lacks_is_not_said_to_be_definable(tmp_path):
     assert "Define yours" not in str(e.value)
     with pytest.raises(ConfigError, match=r"looked up in torch\.optim\.lr_scheduler only"):
         config.init_obj("lr_scheduler", optimizer=torch.optim.SGD(params, lr=1))
+
+
+def test_a_short_flag_holds_over_an_override_that_replaces_its_whole_section():
+    config = Config.load(REPO / "configs" / "config.yaml", [ORDINARY_LOADER], bs=32)
+    assert config["data_loader"]["type"] == "CsvImageDataLoader" and config["data_loader"]["args"]["batch_size"] == 32
+    assert config.source.of("data_loader.args.batch_size") == "command line (--bs 32)"

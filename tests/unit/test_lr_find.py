@@ -62,9 +62,9 @@ def test_lr_find_on_the_digits_writes_its_own_folder_only(save_dir, capsys):
     # The suggested command is one train.py takes, with the suggested rate (over the lr given to the test).
     command = shlex.split(re.search(r"Train with it: (.*)", out).group(1))
     parsed = train.parse_args(command[2:])
-    config = Config.load(parsed.config, parsed.overrides, lr=parsed.lr)
+    config = Config.load(parsed.config, parsed.overrides, lr=parsed.lr, bs=parsed.bs)
     assert config["optimizer"]["args"]["lr"] == float(f"{suggested:.2g}")
-    assert parsed.bs == 32  # the batch size the rate was measured with
+    assert config["data_loader"]["args"]["batch_size"] == 32  # the batch size the rate was measured with
     assert Image.open(folder / "lr_find.png").size == (720, 440)
 
 
