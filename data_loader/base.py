@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +19,8 @@ from data_loader.transforms import build_transforms
 from utils import distributed
 from utils.errors import CheckpointError, DataError
 from utils.signals import STOP_SIGNALS
+
+log = logging.getLogger(__name__)
 
 
 def process_share(pad: bool) -> dict[str, Any]:
@@ -232,7 +235,10 @@ class BaseDataLoader(ClassNames):
             files = self.make_dataset(True, None)
             rest, test = list(range(len(files))), []
             if self.test_split:
-                rest, test = split_indices(len(files), self.test_split, self.seed, class_labels(files), "test_split")
+                labels = class_labels(files)
+                rest, test = split_indices(len(files), self.test_split, self.seed, labels, "test_split")
+                log.info("Held out %d of the %d training files for testing (test_split %s, %s).", len(test),
+                         len(files), self.test_split, "stratified by class" if labels else "not stratified")
             train, val = list(range(len(rest))), []
             if self.make_val_dataset(None) is None:
                 train, val = split_indices(len(rest), self.validation_split, self.seed)

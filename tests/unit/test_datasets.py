@@ -215,7 +215,9 @@ def test_one_folder_per_class_holds_out_a_seeded_stratified_test_split(tmp_path,
     assert train.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
                        "arch.args.width=8", "arch.args.num_classes=3", "trainer.epochs=1", "trainer.tensorboard=false",
                        "data_loader.type=ImageFolderDataLoader", f"data_loader.args={args}", "--run-id", "r"]) == 0
-    assert "Data per process: 21 training, 3 validation samples" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Held out 6 of the 30 training files for testing (test_split 0.2, stratified by class)." in out
+    assert "Data per process: 21 training, 3 validation samples" in out
     run = tmp_path / "saved" / "models" / "digits_cnn" / "r"
     assert test_script.main(["--resume", str(run), "--no-report"]) == 0
     assert "on the test split: 6 samples" in capsys.readouterr().out
