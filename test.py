@@ -56,8 +56,11 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     result = trainer.evaluate(loader, desc=args.split, observe=collector)
     loop = trained.checkpoint["loop"]
     epoch = loop["epoch"] - 1 if loop["batch_idx"] == 0 else loop["epoch"]
+    # A classifier's report counts the samples evaluated: the others were bad and skipped (skip_bad).
+    skipped = len(loader.sampler) - collector.seen if not collector.skipped else 0
     print(f"{trained.path} (epoch {epoch}, step {loop['global_step']}, {trained.weights} weights) on the "
-          f"{args.split} split: {len(loader.sampler)} samples")
+          f"{args.split} split: {len(loader.sampler)} samples" + (f", {skipped} of them bad and skipped (skip_bad)"
+                                                                    if skipped else ""))
     width = max(len(name) for name in result)
     for name, value in result.items():
         print(f"  {name:<{width}}  {value:.6f}")
@@ -70,7 +73,8 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
           else f"No classification report: {collector.skipped}.")
     if not args.no_report:
         summary = {"checkpoint": str(trained.path), "epoch": epoch, "step": loop["global_step"],
-                   "weights": trained.weights, "split": args.split, "samples": len(loader.sampler), "metrics": result}
+                   "weights": trained.weights, "split": args.split, "samples": len(loader.sampler), "skipped": skipped,
+                   "metrics": result}
         written = write_report(folder, summary, report)
         print(f"\nReport: {', '.join(str(path) for path in written)}")
     return result

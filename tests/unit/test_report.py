@@ -15,7 +15,7 @@ from tools.report import file_name, format_report
 from trainer.confusion import ConfusionCollector
 from trainer.trainer import Step
 
-from helpers import MATRIX, REPO, fast_args, feed
+from helpers import MATRIX, REPO, fast_args, feed, tiny_digits, train_args
 
 
 @pytest.mark.parametrize("one_hot", [False, True])
@@ -161,3 +161,16 @@ def test_regression_gets_a_report_without_classification(tmp_path, capsys):
     report = json.loads((run / "report-model_best-test" / "report.json").read_text())
     assert "classification" not in report and set(report["metrics"]) == {"loss", "mae", "rmse", "r2"}
     assert sorted(p.name for p in (run / "report-model_best-test").iterdir()) == ["report.json"]
+
+
+def test_bad_test_images_skipped_are_counted_in_the_header_and_the_report(tmp_path, capsys):
+    data = tiny_digits(tmp_path / "digits")
+    assert train.main(train_args(tmp_path / "saved", data, "--run-id", "r")) == 0
+    test_file = next(line.split(",")[0] for line in (data / "labels.csv").read_text().splitlines() if line.endswith(",test"))
+    (data / test_file).write_bytes(b"not a png")
+    run = tmp_path / "saved" / "models" / "digits_cnn" / "r"
+    capsys.readouterr()
+    assert test_script.main(["--resume", str(run), "-o", str(tmp_path / "report"), "data_loader.args.skip_bad=true"]) == 0
+    assert "on the test split: 20 samples, 1 of them bad and skipped (skip_bad)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["samples"] == 20 and report["skipped"] == 1 and report["classification"]["samples"] == 19
