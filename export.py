@@ -6,7 +6,8 @@ The model is rebuilt from the checkpoint's config and weights, in eval mode, and
 (`torch.jit.load`), ONNX (onnxruntime) or a `torch.export` program (`torch.export.load(...).module()`), each
 with a dynamic batch dimension. The file is then loaded back and run on a batch and on a single sample (random
 inputs of the form the checkpoint records, so that no data is needed; a test batch with -c); outputs that differ
-from the PyTorch model's beyond the tolerance fail the export.
+from the PyTorch model's beyond the tolerance fail the export. `--with-preprocessing` bakes the evaluation
+preprocessing in (tools/preprocessing.py): the file then takes images as read, of any size.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_loader.transforms import build_transforms
+from tools.preprocessing import Prepared, Resize, baked
 from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, eval_loader, restore
 from trainer.checkpoint import class_names
 from utils.errors import ConfigError, ExportError, reason, report_errors, suggest
@@ -57,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-d", "--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device)")
     parser.add_argument("-m", "--module", help="export this submodule of the model (e.g. a GAN's generator), fed the "
                                                "model's example_input(module)")
+    parser.add_argument("-p", "--with-preprocessing", action="store_true", help="bake the checkpoint's "
+                        "eval_transform into the file, which then takes uint8 images as read, of any size "
+                        "(tools/preprocessing.py)")
     add_ema_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="as test.py takes them, e.g. "
                         "device=cpu")
@@ -129,11 +135,12 @@ def recorded_input(trained: Restored) -> torch.Tensor | None:
 
 
 def other_size(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
-    """One image of another size (16 pixels more each way) when the inputs are images (N, C, H, W) and the model
-    takes that size too; None when it takes one size only, or the inputs are not images."""
+    """One image of another size (16 pixels more each way, height and width swapped) when the inputs are images
+    (N, C, H, W) and the model takes that size too; None when it takes one size only, or the inputs are not
+    images."""
     if inputs.dim() != 4:
         return None
-    larger = torch.nn.functional.pad(inputs[:1], (8, 8, 8, 8))
+    larger = torch.nn.functional.pad(inputs[:1], (8, 8, 8, 8)).transpose(-2, -1).contiguous()  # another shape
     try:
         with torch.no_grad():
             model(larger)
@@ -157,9 +164,33 @@ def takes_other_size(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Modu
         return False
 
 
-def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_size: bool) -> dict[str, Any]:
+def with_preprocessing(trained: Restored, model: nn.Module) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """For --with-preprocessing: the model behind torchvision's eval_transform (to check against), the model
+    behind the same steps baked (to export), and two random uint8 images (larger than the prepared ones, when
+    the steps resize)."""
+    record = (trained.checkpoint.get("data_loader") or {}).get("inputs") or {}
+    if not record.get("image_mode") or not record.get("eval_transform") or len(record.get("shape") or []) != 3:
+        raise ConfigError(f"--with-preprocessing bakes the eval_transform of an image model into the file, and "
+                          f"'{trained.path}' records none (a model of other inputs, a loader with transform "
+                          "objects, or a checkpoint of an older version). Export without it.")
+    try:
+        steps = baked(record["eval_transform"])
+    except ValueError as e:
+        raise ConfigError(f"--with-preprocessing: {e}. Export without it, and prepare the inputs as the JSON "
+                          "beside the file says.") from None
+    channels, height, width = record["shape"]
+    resized = any(isinstance(step, Resize) for step in steps)
+    size = (height + 21, width + 37) if resized else (height, width)
+    images = torch.randint(0, 256, (2, channels, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    reference = Prepared(build_transforms(record["eval_transform"], "eval_transform"), model)
+    return reference.eval(), Prepared(steps, model).eval(), images.to(trained.device)
+
+
+def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_size: bool,
+             preprocessed: bool) -> dict[str, Any]:
     """What a user of the exported file needs besides it (the JSON beside it): the class names, and how an input
-    is prepared (the checkpoint's record: image_mode, eval_transform; a table's columns and statistics)."""
+    is prepared (the checkpoint's record: image_mode, eval_transform; a table's columns and statistics; with
+    `preprocessed`, only how images are read)."""
     state = trained.checkpoint.get("data_loader") or {}
     shape = [None, *inputs.shape[1:]] if not any_size else [None, inputs.shape[1], None, None]
     table = {key: state[key].tolist() if isinstance(state[key], torch.Tensor) else state[key]
@@ -167,9 +198,10 @@ def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_s
     return {"format": fmt, "model": arch, "checkpoint": str(trained.path), "weights": trained.weights,
             "input": {"name": "input", "shape": shape, "dtype": str(inputs.dtype).removeprefix("torch.")},
             "output": "output", "classes": class_names(trained.checkpoint),
-            "preprocessing": {**{k: v for k, v in (state.get("inputs") or {}).items() if k in ("image_mode",
-                                                                                         "eval_transform")},
-                              **table}}
+            "preprocessing": {"baked": True, "image_mode": (state.get("inputs") or {}).get("image_mode")}
+            if preprocessed else {**{k: v for k, v in (state.get("inputs") or {}).items() if k in ("image_mode",
+                                                                                            "eval_transform")},
+                                  **table}}
 
 
 def served_part(trained: Restored, module: str | None, data: bool) -> tuple[nn.Module, str, torch.Tensor, bool]:
@@ -207,10 +239,16 @@ def remove_exported(path: Path, fmt: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> float:
+    if args.with_preprocessing and args.format != "exported":
+        raise ConfigError(f"--with-preprocessing needs --format exported: {args.format} cannot keep the size "
+                          "arithmetic that lets the file take images of any size.")
     if args.format == "onnx":
         check_onnx_packages()
     trained = restore(args.resume, args.config, args.overrides, device=args.device, ema=args.ema)
     model, arch, inputs, of_data = served_part(trained, args.module, data=args.config is not None)
+    exported = model
+    if args.with_preprocessing:
+        model, exported, inputs = with_preprocessing(trained, model)
     try:
         with torch.no_grad():
             reference = model(inputs)
@@ -239,7 +277,7 @@ def run_export(args: argparse.Namespace) -> float:
         log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
     larger = other_size(model, inputs) if of_data else None
     try:
-        export(model, inputs, args.format, path, any_size=larger is not None)
+        export(exported, inputs, args.format, path, any_size=larger is not None)
     except Exception as e:  # the exporters raise many types; the first line says what could not be exported
         if not existed:
             path.unlink(missing_ok=True)
@@ -274,9 +312,14 @@ def run_export(args: argparse.Namespace) -> float:
                           f"{difference:.3g}, more than the tolerance {tolerance:.3g}, so '{path}' was removed. The "
                           "model probably does something the exporter does not capture (e.g. Python code that "
                           "depends on the input's values); try another --format.")
+    if args.with_preprocessing and not any_size:
+        remove_exported(path, args.format)
+        raise ExportError(f"The file with the preprocessing baked in takes images of one size only (the exporter "
+                          f"fixed it), so '{path}' was removed. Export without --with-preprocessing, and prepare "
+                          "the inputs as the JSON beside the file says.")
     try:
-        atomic_write(described, (json.dumps(metadata(trained, args.format, arch, inputs, any_size), indent=1)
-                                 + "\n").encode())
+        atomic_write(described, (json.dumps(metadata(trained, args.format, arch, inputs, any_size,
+                                                  args.with_preprocessing), indent=1) + "\n").encode())
     except OSError as e:
         raise ConfigError(f"Could not write '{described}': {e.strerror or e}. Free disk space, or give --output in "
                           "a folder you can write to.") from None

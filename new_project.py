@@ -29,7 +29,7 @@ LEFT_OUT = {
         "tune.py", "tools/search.py", "tools/trials.py", "tools/lr_find.py", "docs/search.md",
         "tests/unit/test_tune.py", "tests/unit/test_lr_find.py", "tests/e2e/test_tune_runs.py"),
     "export to ONNX, TorchScript and torch.export (export.py, docs/export.md)": (
-        "export.py", "docs/export.md", "tests/e2e/test_export.py"),
+        "export.py", "tools/preprocessing.py", "docs/export.md", "tests/e2e/test_export.py"),
     "predictions on new files (predict.py, docs/predict.md)": (
         "predict.py", "tools/predictor.py", "data_loader/inputs.py", "docs/predict.md", "tests/unit/test_predict.py"),
     "the data set held on the training device (DeviceDataLoader, docs/speed.md)": (

@@ -12,9 +12,11 @@ import torch
 
 import export
 import train
+from data_loader.transforms import build_transforms
+from tools.preprocessing import baked
 from tools.restore import eval_loader, restore
 
-from helpers import fast_args, only_run
+from helpers import REPO, fast_args, image_classes, only_run
 
 # How a user of each file loads it; `run` maps an input tensor to the output tensor.
 LOADERS = {
@@ -199,3 +201,46 @@ def test_a_model_that_asserts_its_image_size_exports_for_that_size(run_folder, t
     monkeypatch.setattr(DigitsCNN, "forward", one_size)
     assert export.main(["--resume", str(run_folder), "--format", "exported", "--output", str(tmp_path / "m.pt2")]) == 0
     assert json.loads((tmp_path / "m.pt2.json").read_text())["input"]["shape"] == [None, 1, 8, 8]
+
+
+STEPS = [{"type": "Resize", "args": {"size": 12}}, {"type": "CenterCrop", "args": {"size": [10, 9]}},
+         {"type": "ToDtype", "args": {"dtype": "float32", "scale": True}},
+         {"type": "Normalize", "args": {"mean": [0.5], "std": [0.25]}}]
+
+
+@pytest.mark.parametrize("steps", [STEPS, [{"type": "Resize", "args": {"size": [7, 11], "antialias": False}}, *STEPS[2:]]])
+def test_baked_steps_give_torchvisions_results_for_any_image_shape(steps):
+    ours, theirs = baked(steps), build_transforms(steps, "eval_transform")
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(2, 1, 8, 8), (1, 1, 33, 14), (1, 1, 14, 33), (3, 1, 101, 100), (1, 1, 12, 12)]:
+        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+        assert torch.allclose(ours(images), theirs(images), atol=1e-6), shape
+    with pytest.raises(ValueError, match="eval_transform's RandomCrop cannot be baked in"):
+        baked([{"type": "RandomCrop", "args": {"size": 4}}])
+    with pytest.raises(ValueError, match="bilinear interpolation and no max_size only"):
+        baked([{"type": "Resize", "args": {"size": 4, "interpolation": "bicubic"}}])
+
+
+def test_a_file_with_the_preprocessing_baked_in_takes_images_as_read_of_any_size(tmp_path, capsys):
+    photos = image_classes(tmp_path / "photos", ("cat", "dog"), per_class=8, splits=("",))
+    args = (f"{{data_dir: {photos}, batch_size: 8, test_split: 4, validation_split: 2, transform: {STEPS}, "
+            f"eval_transform: {STEPS}}}")
+    assert train.main(["-c", str(REPO / "configs" / "config.yaml"), f"trainer.save_dir={tmp_path / 'saved'}",
+                       "arch.args.width=8", "arch.args.num_classes=2", "trainer.epochs=1", "trainer.tensorboard=false",
+                       "data_loader.type=ImageFolderDataLoader", f"data_loader.args={args}"]) == 0
+    best = only_run(tmp_path / "saved") / "model_best.pth"
+    assert export.main(["--resume", str(best), "--format", "exported", "-p", "-o", str(tmp_path / "m.pt2")]) == 0
+    assert "it takes any image size" in capsys.readouterr().out
+    described = json.loads((tmp_path / "m.pt2.json").read_text())
+    assert described["input"] == {"name": "input", "shape": [None, 1, None, None], "dtype": "uint8"}
+    assert described["preprocessing"] == {"baked": True, "image_mode": "unchanged"}
+    exported, model = torch.export.load(tmp_path / "m.pt2").module(), restore(best).model
+    portrait = torch.randint(0, 256, (1, 1, 40, 17), dtype=torch.uint8)
+    assert torch.allclose(exported(portrait), model(build_transforms(STEPS, "t")(portrait)), atol=1e-5)
+    assert export.main(["--resume", str(best), "--format", "torchscript", "-p", "-o", str(tmp_path / "m.ts")]) == 2
+    assert "--with-preprocessing needs --format exported" in capsys.readouterr().err
+    older = torch.load(best, weights_only=True)
+    del older["data_loader"]["inputs"]  # as a checkpoint of an older version
+    torch.save(older, tmp_path / "older.pth")
+    assert export.main(["--resume", str(tmp_path / "older.pth"), "--format", "exported", "-p"]) == 2
+    assert "older.pth' records none" in capsys.readouterr().err
