@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from data_loader.transforms import build_transforms
-from tools.preprocessing import Prepared, Resize, baked
+from tools.preprocessing import CenterCrop, Prepared, Resize, baked
 from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, eval_loader, restore
 from trainer.checkpoint import class_names
 from utils.errors import ConfigError, ExportError, reason, report_errors, suggest
@@ -134,13 +134,14 @@ def recorded_input(trained: Restored) -> torch.Tensor | None:
     return torch.zeros(2, *record["shape"], dtype=dtype)
 
 
-def other_size(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor | None:
-    """One image of another size (16 pixels more each way, height and width swapped) when the inputs are images
-    (N, C, H, W) and the model takes that size too; None when it takes one size only, or the inputs are not
-    images."""
+def other_size(model: nn.Module, inputs: torch.Tensor, swap: bool = False) -> torch.Tensor | None:
+    """One image of another size (16 pixels more each way; with `swap`, height and width swapped too, for another
+    aspect ratio) when the inputs are images (N, C, H, W) and the model takes that size too; None when it takes
+    one size only, or the inputs are not images."""
     if inputs.dim() != 4:
         return None
-    larger = torch.nn.functional.pad(inputs[:1], (8, 8, 8, 8)).transpose(-2, -1).contiguous()  # another shape
+    larger = torch.nn.functional.pad(inputs[:1], (8, 8, 8, 8))
+    larger = larger.transpose(-2, -1).contiguous() if swap else larger
     try:
         with torch.no_grad():
             model(larger)
@@ -167,7 +168,7 @@ def takes_other_size(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Modu
 def with_preprocessing(trained: Restored, model: nn.Module) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """For --with-preprocessing: the model behind torchvision's eval_transform (to check against), the model
     behind the same steps baked (to export), and two random uint8 images (larger than the prepared ones, when
-    the steps resize)."""
+    the steps resize or crop)."""
     record = (trained.checkpoint.get("data_loader") or {}).get("inputs") or {}
     if not record.get("image_mode") or not record.get("eval_transform") or len(record.get("shape") or []) != 3:
         raise ConfigError(f"--with-preprocessing bakes the eval_transform of an image model into the file, and "
@@ -179,8 +180,8 @@ def with_preprocessing(trained: Restored, model: nn.Module) -> tuple[nn.Module, 
         raise ConfigError(f"--with-preprocessing: {e}. Export without it, and prepare the inputs as the JSON "
                           "beside the file says.") from None
     channels, height, width = record["shape"]
-    resized = any(isinstance(step, Resize) for step in steps)
-    size = (height + 21, width + 37) if resized else (height, width)
+    larger = any(isinstance(step, (Resize, CenterCrop)) for step in steps)  # they take larger images
+    size = (height + 21, width + 37) if larger else (height, width)
     images = torch.randint(0, 256, (2, channels, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     reference = Prepared(build_transforms(record["eval_transform"], "eval_transform"), model)
     return reference.eval(), Prepared(steps, model).eval(), images.to(trained.device)
@@ -248,7 +249,7 @@ def run_export(args: argparse.Namespace) -> float:
     model, arch, inputs, of_data = served_part(trained, args.module, data=args.config is not None)
     exported = model
     if args.with_preprocessing:
-        model, exported, inputs = with_preprocessing(trained, model)
+        (model, exported, inputs), of_data = with_preprocessing(trained, model), True
     try:
         with torch.no_grad():
             reference = model(inputs)
@@ -275,7 +276,7 @@ def run_export(args: argparse.Namespace) -> float:
                           "can write to.") from None
     if args.format == "torchscript":
         log.info("Note: PyTorch deprecates TorchScript (torch.jit) in favour of torch.export (--format exported).")
-    larger = other_size(model, inputs) if of_data else None
+    larger = other_size(model, inputs, swap=args.with_preprocessing) if of_data else None
     try:
         export(exported, inputs, args.format, path, any_size=larger is not None)
     except Exception as e:  # the exporters raise many types; the first line says what could not be exported
@@ -305,7 +306,8 @@ def run_export(args: argparse.Namespace) -> float:
                  "traced with).", "x".join(map(str, inputs.shape[2:])))
     log.info("Wrote %s (%s, %s, %s weights). Max abs difference to the PyTorch model on a batch of %d and on "
              "one sample: %.3g (tolerance %.3g)%s.", path, args.format, arch, trained.weights, len(inputs), difference,
-             tolerance, "; it takes any image size (checked on one 16 pixels larger each way)" if any_size else "")
+             tolerance, "; it takes other image sizes (checked on one 16 pixels larger each way"
+             f"{', height and width swapped' if args.with_preprocessing else ''})" if any_size else "")
     if not difference <= tolerance:  # also catches NaN
         remove_exported(path, args.format)
         raise ExportError(f"The exported {args.format} file's outputs differ from the PyTorch model's by "
@@ -314,9 +316,10 @@ def run_export(args: argparse.Namespace) -> float:
                           "depends on the input's values); try another --format.")
     if args.with_preprocessing and not any_size:
         remove_exported(path, args.format)
-        raise ExportError(f"The file with the preprocessing baked in takes images of one size only (the exporter "
-                          f"fixed it), so '{path}' was removed. Export without --with-preprocessing, and prepare "
-                          "the inputs as the JSON beside the file says.")
+        raise ExportError(f"The file with the preprocessing baked in does not take an image of another shape (the "
+                          f"model, a step of its eval_transform or the exporter fixes the size), so '{path}' was "
+                          "removed. Export without --with-preprocessing, and prepare the inputs as the JSON beside "
+                          "the file says.")
     try:
         atomic_write(described, (json.dumps(metadata(trained, args.format, arch, inputs, any_size,
                                                   args.with_preprocessing), indent=1) + "\n").encode())

@@ -5,10 +5,12 @@ torchvision's Resize and CenterCrop choose their sizes with Python branches on t
 torch.export turns into guards on one aspect ratio. The steps here compute the same sizes and offsets with integer
 arithmetic instead, and call the same kernels, so that they give torchvision's results for any image; export.py
 checks that they do on images of two shapes. Supported: Resize (bilinear, to a shorter side or to [h, w]),
-CenterCrop no larger than the resized image, ToDtype (float32) and Normalize.
+CenterCrop no larger than the image it gets (torchvision pads; the file refuses a smaller image), ToDtype
+(float32) and Normalize.
 """
 from __future__ import annotations
 
+import platform
 from typing import Any
 
 import torch
@@ -39,7 +41,18 @@ class Resize(nn.Module):
             size = ((h * self.size) // short, (w * self.size) // short)
         else:
             size = self.size
-        return F.interpolate(x, size=size, mode="bilinear", antialias=self.antialias, align_corners=False)
+        if x.is_floating_point() or _native_uint8(x.device):
+            return F.interpolate(x, size=size, mode="bilinear", antialias=self.antialias, align_corners=False)
+        # As torchvision does where the uint8 kernel is not used: in float32, rounded back.
+        return F.interpolate(x.to(torch.float32), size=size, mode="bilinear", antialias=self.antialias,
+                             align_corners=False).round().to(x.dtype)
+
+
+def _native_uint8(device: torch.device) -> bool:
+    """Whether torchvision resizes uint8 images with the uint8 kernel here (its rule: x86 with AVX2 or AVX-512, or
+    ARM, on the CPU); elsewhere it resizes in float32."""
+    return device.type == "cpu" and (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+                                     or platform.machine() in ("aarch64", "arm64"))
 
 
 class CenterCrop(nn.Module):
@@ -50,9 +63,12 @@ class CenterCrop(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        torch._check(h >= self.height and w >= self.width, lambda: "the image is smaller than the crop")
-        top, left = _half(h - self.height), _half(w - self.width)
-        return x[..., top:top + self.height, left:left + self.width]
+        torch._check(h >= self.height, lambda: "the image is less high than the crop")
+        torch._check(w >= self.width, lambda: "the image is narrower than the crop")
+        # Rows and columns picked by index: a slice would let torch.export guard on whether it covers the image.
+        rows = torch.arange(self.height, device=x.device) + _half(h - self.height)
+        columns = torch.arange(self.width, device=x.device) + _half(w - self.width)
+        return x.index_select(-2, rows).index_select(-1, columns)
 
 
 def _half(n: Any) -> Any:
@@ -88,7 +104,7 @@ STEPS = {"Resize": Resize, "CenterCrop": CenterCrop, "ToDtype": ToDtype, "Normal
 def baked(spec: list[Any] | None) -> nn.Sequential:
     """The steps of an `eval_transform` spec ([{type, args}, ...]) as exportable modules; a ValueError names a step
     that cannot be baked."""
-    steps = []
+    steps: list[nn.Module] = []
     for item in spec or []:
         name, args = (item, {}) if isinstance(item, str) else (item.get("type"), item.get("args") or {})
         if name not in STEPS:
@@ -97,6 +113,11 @@ def baked(spec: list[Any] | None) -> nn.Sequential:
             steps.append(STEPS[name](**args))
         except TypeError as e:
             raise ValueError(f"eval_transform's {name} cannot be baked in ({e})") from None
+        resized = next((s.size for s in reversed(steps[:-1]) if isinstance(s, Resize)), None)
+        if isinstance(steps[-1], CenterCrop) and isinstance(resized, int) and resized < max(steps[-1].height,
+                                                                                             steps[-1].width):
+            raise ValueError(f"eval_transform's CenterCrop is larger than its Resize ({resized}), and torchvision "
+                             "pads such a crop, which cannot be baked in")
     return nn.Sequential(*steps)
 
 

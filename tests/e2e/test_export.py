@@ -181,7 +181,7 @@ def test_a_file_fixed_to_the_export_batch_size_is_removed_with_the_cause(run_fol
     monkeypatch.setattr(DigitsCNN, "forward", lambda self, x: self.classifier(self.features(x).view(len(x), -1)))
     # As for a model of one image size: the exporter keeps the batch size it traced (with a dynamic image size as
     # well, it keeps the batch dynamic too).
-    monkeypatch.setattr(export, "other_size", lambda model, inputs: None)
+    monkeypatch.setattr(export, "other_size", lambda model, inputs, swap=False: None)
     output = tmp_path / "model.onnx"
     assert export.main(["--resume", str(run_folder), "--format", "onnx", "--output", str(output)]) == 1
     err = capsys.readouterr().err
@@ -208,17 +208,28 @@ STEPS = [{"type": "Resize", "args": {"size": 12}}, {"type": "CenterCrop", "args"
          {"type": "Normalize", "args": {"mean": [0.5], "std": [0.25]}}]
 
 
-@pytest.mark.parametrize("steps", [STEPS, [{"type": "Resize", "args": {"size": [7, 11], "antialias": False}}, *STEPS[2:]]])
+CROP_ONLY = [{"type": "CenterCrop", "args": {"size": 6}}, *STEPS[2:]]
+SAME_SIDE = [{"type": "Resize", "args": {"size": 12}}, {"type": "CenterCrop", "args": {"size": 12}}, *STEPS[2:]]
+
+
+@pytest.mark.parametrize("steps", [STEPS, [{"type": "Resize", "args": {"size": [7, 11], "antialias": False}},
+                                           *STEPS[2:]], CROP_ONLY, SAME_SIDE])
 def test_baked_steps_give_torchvisions_results_for_any_image_shape(steps):
     ours, theirs = baked(steps), build_transforms(steps, "eval_transform")
     generator = torch.Generator().manual_seed(0)
-    for shape in [(2, 1, 8, 8), (1, 1, 33, 14), (1, 1, 14, 33), (3, 1, 101, 100), (1, 1, 12, 12)]:
+    example = torch.randint(0, 256, (2, 1, 21, 30), dtype=torch.uint8, generator=generator)
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    program = torch.export.export(ours, (example,), dynamic_shapes=(dims,)).module()
+    for shape in [(2, 1, 8, 8), (1, 1, 33, 14), (1, 1, 14, 33), (3, 1, 101, 100), (1, 1, 12, 12), (1, 1, 6, 9)]:
         images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
         assert torch.allclose(ours(images), theirs(images), atol=1e-6), shape
+        assert torch.allclose(program(images), theirs(images), atol=1e-6), shape
     with pytest.raises(ValueError, match="eval_transform's RandomCrop cannot be baked in"):
         baked([{"type": "RandomCrop", "args": {"size": 4}}])
     with pytest.raises(ValueError, match="bilinear interpolation and no max_size only"):
         baked([{"type": "Resize", "args": {"size": 4, "interpolation": "bicubic"}}])
+    with pytest.raises(ValueError, match=r"CenterCrop is larger than its Resize \(8\), and torchvision pads"):
+        baked([{"type": "Resize", "args": {"size": 8}}, {"type": "CenterCrop", "args": {"size": 10}}])
 
 
 def test_a_file_with_the_preprocessing_baked_in_takes_images_as_read_of_any_size(tmp_path, capsys):
@@ -230,7 +241,8 @@ def test_a_file_with_the_preprocessing_baked_in_takes_images_as_read_of_any_size
                        "data_loader.type=ImageFolderDataLoader", f"data_loader.args={args}"]) == 0
     best = only_run(tmp_path / "saved") / "model_best.pth"
     assert export.main(["--resume", str(best), "--format", "exported", "-p", "-o", str(tmp_path / "m.pt2")]) == 0
-    assert "it takes any image size" in capsys.readouterr().out
+    assert "it takes other image sizes (checked on one 16 pixels larger each way, height and width swapped)" in \
+        capsys.readouterr().out
     described = json.loads((tmp_path / "m.pt2.json").read_text())
     assert described["input"] == {"name": "input", "shape": [None, 1, None, None], "dtype": "uint8"}
     assert described["preprocessing"] == {"baked": True, "image_mode": "unchanged"}
