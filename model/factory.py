@@ -140,12 +140,17 @@ def build_optimizers(config: Config, model: nn.Module) -> dict[str, torch.optim.
 
 def build_criterion(config: Config) -> Callable:
     """`loss: nll_loss` (a function of model/loss.py or model/builtin/losses.py) or `loss: {type:
-    CrossEntropyLoss, args: {...}}` (a class, such as torch.nn's losses)."""
+    CrossEntropyLoss, args: {...}}` (a class, such as torch.nn's losses; a list for a tensor argument, such as
+    `weight: [1.0, 3.0]`, is made a float tensor)."""
     spec = config["loss"]
     spec = {"type": spec} if isinstance(spec, str) else spec
     factory = lookup(spec["type"], "loss", "loss", config.source)
     if inspect.isclass(factory):
-        return call_with_args(factory, spec.get("args") or {}, "loss", config.source)
+        # A list where the class takes a tensor (weight, pos_weight of torch.nn's losses) becomes one.
+        params = inspect.signature(factory).parameters
+        args = {name: torch.tensor(value, dtype=torch.float32) if isinstance(value, list) and name in params
+                and "Tensor" in str(params[name].annotation) else value for name, value in (spec.get("args") or {}).items()}
+        return call_with_args(factory, args, "loss", config.source)
     return _bind(factory, spec.get("args") or {}, "loss", config.source)
 
 

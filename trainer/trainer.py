@@ -77,7 +77,9 @@ class Trainer(TrainingState, OptimizerSteps, Events):
         self.model = model.to(device)
         if self.cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.criterion, self.metrics = criterion, metrics
+        # A loss module's tensors (CrossEntropyLoss's weight) go where the outputs are, as the model does.
+        self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
+        self.metrics = metrics
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         # Several optimizers by name (the config's `optimizers`): the training step steps them itself, with
         # `manual_backward` and `step_optimizer`; otherwise the one `optimizer`, stepped by the loop.

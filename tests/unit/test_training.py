@@ -11,8 +11,10 @@ import model.builtin.metrics
 import model.metric
 import test as test_script
 import train
+from model.factory import build_criterion
 from trainer.checkpoint import load_checkpoint
 from trainer.metric_tracker import MetricTracker
+from utils.config import Config
 from utils.run import new_run
 
 from helpers import REPO, fast_args, only_run
@@ -426,3 +428,16 @@ def test_a_resume_rewrites_a_best_file_left_at_an_earlier_tie(save_dir, monkeypa
     assert train.main(["--resume", str(run), "--epochs", "3"]) == 0
     assert "model_best.pth does not hold the best val_constant" in caplog.text
     assert len(load_checkpoint(run / "model_best.pth")["history"]) == 3
+
+
+def test_a_loss_takes_its_class_weights_as_a_list_and_keeps_them_on_the_training_device(save_dir, capsys):
+    weighted = "loss={type: CrossEntropyLoss, args: {weight: [1, 1, 1, 1, 1, 1, 1, 1, 1, 3]}}"
+    criterion = build_criterion(Config.load(REPO / "configs" / "config.yaml", [weighted]))
+    assert torch.equal(criterion.weight, torch.tensor([1.0] * 9 + [3.0]))
+    binary = build_criterion(Config.load(REPO / "configs" / "config.yaml",
+                                         ["loss={type: BCEWithLogitsLoss, args: {pos_weight: [2.5]}}"]))
+    assert binary.pos_weight.dtype == torch.float32 and binary.pos_weight.tolist() == [2.5]
+    assert train.main(fast_args(save_dir, weighted, "trainer.epochs=1", "--run-id", "w")) == 0
+    run = save_dir / "models" / "digits_cnn" / "w"
+    assert test_script.main(["--resume", str(run), "--no-report"]) == 0
+    assert "on the test split: 360 samples" in capsys.readouterr().out
