@@ -30,7 +30,7 @@ from torch import nn
 from data_loader.transforms import build_transforms
 from tools.preprocessing import CenterCrop, Prepared, Resize, baked
 from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, eval_loader, restore
-from trainer.checkpoint import class_names
+from trainer.checkpoint import class_names, inputs_record
 from utils.errors import ConfigError, ExportError, reason, report_errors, suggest
 from utils.files import atomic_write
 from utils.log import setup_logging
@@ -124,7 +124,7 @@ def max_difference(run: Callable[[torch.Tensor], torch.Tensor], model: nn.Module
 def recorded_input(trained: Restored) -> torch.Tensor | None:
     """Two random inputs of the form the checkpoint records for its model (data_loader/base.py `inputs`), so that
     export needs no data; None for a checkpoint that records none."""
-    record = (trained.checkpoint.get("data_loader") or {}).get("inputs") or {}
+    record = inputs_record(trained.checkpoint)
     if not record.get("shape") or not isinstance(getattr(torch, str(record.get("dtype")), None), torch.dtype):
         return None
     dtype = getattr(torch, record["dtype"])
@@ -169,7 +169,7 @@ def with_preprocessing(trained: Restored, model: nn.Module) -> tuple[nn.Module, 
     """For --with-preprocessing: the model behind torchvision's eval_transform (to check against), the model
     behind the same steps baked (to export), and two random uint8 images (larger than the prepared ones, when
     the steps resize or crop)."""
-    record = (trained.checkpoint.get("data_loader") or {}).get("inputs") or {}
+    record = inputs_record(trained.checkpoint)
     if not record.get("image_mode") or not record.get("eval_transform") or len(record.get("shape") or []) != 3:
         raise ConfigError(f"--with-preprocessing bakes the eval_transform of an image model into the file, and "
                           f"'{trained.path}' records none (a model of other inputs, a loader with transform "
@@ -199,8 +199,8 @@ def metadata(trained: Restored, fmt: str, arch: str, inputs: torch.Tensor, any_s
     return {"format": fmt, "model": arch, "checkpoint": str(trained.path), "weights": trained.weights,
             "input": {"name": "input", "shape": shape, "dtype": str(inputs.dtype).removeprefix("torch.")},
             "output": "output", "classes": class_names(trained.checkpoint),
-            "preprocessing": {"baked": True, "image_mode": (state.get("inputs") or {}).get("image_mode")}
-            if preprocessed else {**{k: v for k, v in (state.get("inputs") or {}).items() if k in ("image_mode",
+            "preprocessing": {"baked": True, "image_mode": inputs_record(trained.checkpoint).get("image_mode")}
+            if preprocessed else {**{k: v for k, v in inputs_record(trained.checkpoint).items() if k in ("image_mode",
                                                                                             "eval_transform")},
                                   **table}}
 

@@ -30,7 +30,7 @@ from data_loader.device_loader import DeviceDataLoader
 from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
 from tools.predictor import Predictor, is_classifier
 from tools.restore import Restored, Served, add_ema_argument, check_one_input, check_one_output, rebuilt_data, restore
-from trainer.checkpoint import class_names
+from trainer.checkpoint import class_names, inputs_record
 from utils.device import to_device
 from utils.errors import ConfigError, DataError, reason, report_errors
 from utils.files import atomic_write
@@ -199,7 +199,7 @@ def run_predict(args: argparse.Namespace) -> list[list[Any]]:
     trained = restore(args.resume, args.config, device=args.device, ema=args.ema)
     check_one_input(trained, "predict.py")
     batch_size = args.batch_size or trained.config["data_loader"]["args"].get("batch_size", 64)
-    if args.config is None and "inputs" in (trained.checkpoint.get("data_loader") or {}):
+    if args.config is None and inputs_record(trained.checkpoint):
         inputs, num_workers = Predictor(trained).files(args.paths), 0  # the checkpoint alone: no data needed
     else:  # other data (-c), or a checkpoint that does not record its inputs: from the data loader, rebuilt
         data = rebuilt_data(trained, training=False)

@@ -25,7 +25,7 @@ from data_loader.inputs import ImageInputs, Inputs, TableInputs, find_images
 from data_loader.table import Standardize
 from data_loader.transforms import build_transforms
 from tools.restore import Restored, Served, check_one_input, restore
-from trainer.checkpoint import class_names
+from trainer.checkpoint import class_names, inputs_record
 from utils.config import Config
 from utils.device import to_device
 from utils.errors import CheckpointError, DataError, plural
@@ -55,9 +55,8 @@ class Predictor:
     """A restored model with the preparation of its inputs, both read from the checkpoint alone."""
 
     def __init__(self, trained: Restored):
-        state = trained.checkpoint.get("data_loader") or {}
-        record = state.get("inputs")
-        if record is None:
+        state, record = trained.checkpoint.get("data_loader") or {}, inputs_record(trained.checkpoint)
+        if not record:
             raise CheckpointError(f"'{trained.path}' does not record how its inputs are prepared (a checkpoint of an "
                                   "older version of the template, or of a loader of your own that does not derive "
                                   "from BaseDataLoader). Predict with the training data present: python predict.py "

@@ -276,3 +276,9 @@ def class_names(checkpoint: dict[str, Any]) -> list[str] | None:
     bare numbers (or the checkpoint predates class names)."""
     classes = (checkpoint.get("data_loader") or {}).get("classes")
     return [str(name) for name in classes] if classes else None
+
+
+def inputs_record(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """How the checkpoint's model takes its inputs (data_loader/base.py `inputs`: image_mode, eval_transform, one
+    prepared sample's shape and dtype), or {} when it records none (an older checkpoint, a loader of its own)."""
+    return (checkpoint.get("data_loader") or {}).get("inputs") or {}
